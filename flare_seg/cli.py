@@ -1,0 +1,234 @@
+"""``flare-seg``: one command, several subcommands. Heavy modules are imported only when used.
+
+Errors the user can fix end with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("flare_seg")
+
+EXIT_FAILED_CASES = 1
+EXIT_USAGE = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from flare_seg.training.phantom import PhantomOptions, write_dataset
+
+    options = PhantomOptions(size=args.size, oblique_probability=args.oblique_probability)
+    names = write_dataset(
+        Path(args.out_dir),
+        args.cases,
+        args.seed,
+        options,
+        workers=args.workers,
+        progress=lambda i, n: log.info("phantom %d/%d written", i, n),
+    )
+    print(f"wrote {len(names)} cases to {args.out_dir}")
+    return 0
+
+
+def _cmd_train(task: str):
+    def run(args: argparse.Namespace) -> int:
+        from flare_seg.training.config import load_config
+        from flare_seg.training.train import train
+
+        config = load_config(task, args.config, steps=args.steps, seed=args.seed)  # type: ignore[arg-type]
+        result = train(Path(args.data_dir), Path(args.run_dir), config)
+        print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, indent=2))
+        return 0
+
+    return run
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from flare_seg.training.export import export_models
+
+    manifest = export_models(
+        Path(args.localization_run),
+        Path(args.segmentation_run),
+        Path(args.out),
+        evaluation_json=Path(args.evaluation) if args.evaluation else None,
+        notes=args.notes,
+    )
+    print(f"exported models {manifest['model_version']} to {args.out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from flare_seg.service.cli import format_report_line, predict_dir
+    from flare_seg.service.pipeline import Segmenter
+    from flare_seg.service.settings import load_settings
+
+    settings = load_settings(models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb)
+    settings.check_paths()
+    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb)
+    reports = predict_dir(
+        Path(args.input_dir),
+        Path(args.output_dir),
+        segmenter,
+        max_voxels=settings.max_voxels,
+        on_case=lambda r: print(format_report_line(r), flush=True),
+    )
+    failed = [r for r in reports if r.status != "ok"]
+    print(
+        f"{len(reports) - len(failed)} succeeded, {len(failed)} failed; "
+        f"summary in {args.output_dir}/summary.json"
+    )
+    return EXIT_FAILED_CASES if failed else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flare_seg.evaluation import evaluate_dirs
+
+    report = evaluate_dirs(
+        Path(args.pred_dir),
+        Path(args.label_dir),
+        args.tolerance_mm,
+        Path(args.out_dir) if args.out_dir else None,
+    )
+    print(report.summary_table())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flare_seg.service.api import ModelLoadError, serve
+    from flare_seg.service.settings import load_settings
+
+    settings = load_settings(host=args.host, port=args.port, models_dir=args.models_dir)
+    settings.check_paths()
+    try:
+        serve(settings)
+    except ModelLoadError as exc:
+        print(f"flare-seg serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Segment the bundled example CT with the shipped models and print organ volumes."""
+    from flare_seg.service.io import write_mask_atomic
+    from flare_seg.service.pipeline import Segmenter
+    from flare_seg.service.settings import load_settings
+
+    settings = load_settings(models_dir=args.models_dir)
+    settings.check_paths()
+    example = Path(args.image)
+    if not example.is_file():
+        raise FileNotFoundError(f"example image {example} not found")
+    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb)
+    result = segmenter.segment_file(example, settings.max_voxels)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_mask_atomic(result.mask, out)
+    print(f"mask written to {out} (models {result.model_version})")
+    for organ, ml in result.volumes_ml.items():
+        print(f"  {organ:<9} {ml:9.1f} mL")
+    print(f"  total time {sum(result.timings_s.values()):.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flare-seg", description="Two-stage abdominal CT organ segmentation."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic phantom dataset in the FLARE21 layout")
+    p.add_argument("out_dir")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size", choices=["full", "small"], default="full", help="full: 512x512-ish; small: for tests"
+    )
+    p.add_argument("--oblique-probability", type=float, default=0.0)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_cmd_synth)
+
+    for task in ("localization", "segmentation"):
+        p = sub.add_parser(f"train-{task}", help=f"train the {task} network (resumes from checkpoints)")
+        p.add_argument("data_dir", help="dataset in the FLARE21 layout (TrainingImg/, TrainingMask/)")
+        p.add_argument("--run-dir", default=f"runs/{task}", help="checkpoints, config, metrics")
+        p.add_argument("--config", type=Path, help="YAML file of training settings")
+        p.add_argument("--steps", type=int)
+        p.add_argument("--seed", type=int)
+        p.set_defaults(func=_cmd_train(task))
+
+    p = sub.add_parser("export", help="export the three SavedModels and the manifest")
+    p.add_argument("--localization-run", default="runs/localization")
+    p.add_argument("--segmentation-run", default="runs/segmentation")
+    p.add_argument("--out", default="saved_models")
+    p.add_argument("--evaluation", help="evaluation.json of the full pipeline, recorded in the manifest")
+    p.add_argument("--notes", help="free text recorded in the manifest")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="segment every <case>_0000.nii.gz of INPUT_DIR into OUTPUT_DIR")
+    p.add_argument("input_dir")
+    p.add_argument("output_dir")
+    p.add_argument("--models-dir", help="default: $FLARE_SEG_MODELS_DIR or ./saved_models")
+    p.add_argument("--memory-budget-mb", type=int, help="bounds slabs and tiles (default 2048)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="per-case, per-organ Dice and normalized surface distance")
+    p.add_argument("pred_dir")
+    p.add_argument("label_dir")
+    p.add_argument("--tolerance-mm", type=float, default=1.0)
+    p.add_argument("--out-dir", help="where evaluation.csv/json go (default PRED_DIR)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("serve", help="run the HTTP inference server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--models-dir")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")
+    p.add_argument("--image", default="examples/phantom_example_0000.nii.gz")
+    p.add_argument("--out", default="outputs/phantom_example.nii.gz")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from flare_seg.contract import ManifestError
+
+    expected: tuple[type[BaseException], ...] = (
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+        ManifestError,
+    )
+    try:
+        return int(args.func(args))
+    except expected as exc:
+        if args.verbose:
+            log.exception("failed")
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"flare-seg {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"flare-seg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

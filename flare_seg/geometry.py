@@ -1,0 +1,171 @@
+"""Image geometry: the one place where SimpleITK's x,y,z order meets numpy's z,y,x order.
+
+SimpleITK reports size, spacing and origin in (x, y, z) order and indexes voxels (x, y, z);
+``sitk.GetArrayFromImage`` returns a numpy array indexed ``[z, y, x]``. Every function here
+says which order it takes and returns; names carry the order (``spacing_mm_zyx``).
+
+Reorientation to the canonical LPS direction (identity direction matrix) and its exact inverse
+also live here (``to_canonical`` / ``undo_canonical``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+CANONICAL_ORIENTATION = "LPS"  # identity direction matrix in SimpleITK's (DICOM LPS) convention
+_AXIS_ALIGNED_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical placement of a 3D voxel grid, in SimpleITK's (x, y, z) order.
+
+    ``direction`` is the 3x3 direction cosine matrix, row-major, columns are the x, y, z axes.
+    """
+
+    size_xyz: tuple[int, int, int]
+    spacing_mm_xyz: tuple[float, float, float]
+    origin_mm_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        if image.GetDimension() != 3:
+            raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
+        return cls(
+            size_xyz=tuple(int(s) for s in image.GetSize()),  # type: ignore[arg-type]
+            spacing_mm_xyz=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]
+            origin_mm_xyz=tuple(float(s) for s in image.GetOrigin()),  # type: ignore[arg-type]
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        x, y, z = self.size_xyz
+        return (z, y, x)
+
+    @property
+    def spacing_mm_zyx(self) -> tuple[float, float, float]:
+        x, y, z = self.spacing_mm_xyz
+        return (z, y, x)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm_xyz)) / 1000.0
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        """True when every axis is parallel to a patient axis (flips and permutations allowed)."""
+        d = np.abs(self.direction_matrix)
+        return bool(np.all((np.abs(d) < _AXIS_ALIGNED_TOL) | (np.abs(d - 1.0) < _AXIS_ALIGNED_TOL)))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry on ``image`` (sizes must match); returns the same image."""
+        if tuple(image.GetSize()) != self.size_xyz:
+            raise ValueError(f"size {image.GetSize()} does not match geometry size {self.size_xyz}")
+        image.SetSpacing(self.spacing_mm_xyz)
+        image.SetOrigin(self.origin_mm_xyz)
+        image.SetDirection(self.direction)
+        return image
+
+    def index_to_physical_xyz(self, index_xyz: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices (..., 3) in x,y,z order -> physical LPS mm (..., 3)."""
+        idx = np.asarray(index_xyz, dtype=np.float64)
+        scaled = idx * np.asarray(self.spacing_mm_xyz)
+        return scaled @ self.direction_matrix.T + np.asarray(self.origin_mm_xyz)
+
+    def physical_to_index_xyz(self, point_mm_xyz: np.ndarray) -> np.ndarray:
+        """Physical LPS mm (..., 3) -> continuous voxel indices (..., 3) in x,y,z order."""
+        p = np.asarray(point_mm_xyz, dtype=np.float64) - np.asarray(self.origin_mm_xyz)
+        return (p @ self.direction_matrix) / np.asarray(self.spacing_mm_xyz)
+
+
+def array_zyx(image: sitk.Image) -> np.ndarray:
+    """Voxel array indexed [z, y, x] (a copy; SimpleITK's own buffer is not exposed)."""
+    return sitk.GetArrayFromImage(image)
+
+
+def image_from_array_zyx(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """An image from an array indexed [z, y, x], with ``geometry`` (which is in x, y, z order)."""
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} (z,y,x) does not match geometry {geometry.shape_zyx}")
+    image = sitk.GetImageFromArray(array)
+    return geometry.apply_to(image)
+
+
+@dataclass(frozen=True)
+class CanonicalTransform:
+    """What ``to_canonical`` did, so that ``undo_canonical`` restores the input grid exactly."""
+
+    original: Geometry
+    orientation: str  # the original's closest axis-aligned orientation code, e.g. "RAS"
+    oblique: bool  # True when the original was resampled onto an axis-aligned grid
+    oriented: Geometry  # the grid after the lossless flip/permutation (before any oblique resampling)
+
+
+def to_canonical(image: sitk.Image) -> tuple[sitk.Image, CanonicalTransform]:
+    """Return ``image`` on a grid with the identity (LPS) direction, and the record to undo it.
+
+    Axis-aligned inputs (any flips or permutations) are reoriented losslessly with
+    ``sitk.DICOMOrient``. Oblique inputs are additionally resampled (linear) onto an
+    identity-direction grid that covers them, at the same spacing; ``undo_canonical`` then
+    resamples the labels back with nearest-neighbour interpolation.
+    """
+    original = Geometry.of(image)
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(original.direction)
+    oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    oriented_geometry = Geometry.of(oriented)
+    oblique = not original.is_axis_aligned
+    if oblique:
+        oriented = _resample_to_identity_direction(oriented)
+    else:
+        # DICOMOrient of an axis-aligned image yields an exact identity up to rounding: make it exact.
+        oriented.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return oriented, CanonicalTransform(original, orientation, oblique, oriented_geometry)
+
+
+def undo_canonical(labels: sitk.Image, transform: CanonicalTransform) -> sitk.Image:
+    """Map a label image on the canonical grid back onto the original grid, exactly.
+
+    The result has the original's size, spacing, origin and direction bit for bit.
+    """
+    if transform.oblique:
+        reference = sitk.Image(list(transform.oriented.size_xyz), labels.GetPixelID())
+        transform.oriented.apply_to(reference)
+        labels = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    else:
+        labels = sitk.Image(labels)
+        labels.SetDirection(transform.oriented.direction)
+    restored = sitk.DICOMOrient(labels, transform.orientation)
+    if tuple(restored.GetSize()) != transform.original.size_xyz:
+        raise RuntimeError(
+            "reorientation did not restore the input size: "
+            f"{restored.GetSize()} vs {transform.original.size_xyz}"
+        )
+    return transform.original.apply_to(restored)
+
+
+def _resample_to_identity_direction(image: sitk.Image) -> sitk.Image:
+    """Resample an (oblique) image onto an identity-direction grid covering its physical extent."""
+    geometry = Geometry.of(image)
+    nx, ny, nz = geometry.size_xyz
+    corners = np.array(
+        [[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], dtype=float
+    )
+    points = geometry.index_to_physical_xyz(corners)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    spacing = np.asarray(geometry.spacing_mm_xyz)
+    size = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    reference = sitk.Image([int(s) for s in size], image.GetPixelID())
+    reference.SetSpacing(tuple(float(s) for s in spacing))
+    reference.SetOrigin(tuple(float(v) for v in lo))
+    reference.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    fill = float(np.min(sitk.GetArrayViewFromImage(image))) if image.GetNumberOfPixels() else 0.0
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, fill)

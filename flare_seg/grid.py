@@ -1,0 +1,116 @@
+"""Crops and resampling plans on a canonical (identity-direction, LPS) grid.
+
+Index conventions: arrays are (z, y, x). A voxel ``i`` of a grid covers the half-open "edge"
+interval [i, i + 1) along its axis; boxes are given in these edge coordinates, so the box of
+voxels ``start..stop-1`` is [start, stop). A crop of ``size`` voxels resampled to ``out_shape``
+voxels covers the same extent (see ``flare_seg.training.tf_utils`` for the interpolation).
+
+Used by the service and by training data preparation alike, so both cut identical boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+Zyx = tuple[int, int, int]
+ZyxF = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class GridCrop:
+    """A box of a canonical grid, resampled onto ``out_shape_zyx`` voxels over the same extent."""
+
+    start_zyx: Zyx  # first voxel of the crop, in the source grid
+    size_zyx: Zyx  # voxels of the source grid in the crop
+    out_shape_zyx: Zyx  # voxels of the resampled grid
+    source_spacing_mm_zyx: ZyxF
+
+    @property
+    def out_spacing_mm_zyx(self) -> ZyxF:
+        return tuple(  # type: ignore[return-value]
+            s * n / m
+            for s, n, m in zip(self.source_spacing_mm_zyx, self.size_zyx, self.out_shape_zyx, strict=True)
+        )
+
+    @property
+    def stop_zyx(self) -> Zyx:
+        return tuple(a + n for a, n in zip(self.start_zyx, self.size_zyx, strict=True))  # type: ignore[return-value]
+
+    def source_edge_to_out_mm(self, edge_zyx: np.ndarray) -> np.ndarray:
+        """Source-grid edge coordinates -> mm from the resampled grid's leading edge."""
+        return (np.asarray(edge_zyx, float) - np.asarray(self.start_zyx)) * np.asarray(
+            self.source_spacing_mm_zyx
+        )
+
+    def out_edge_to_source_edge(self, edge_zyx: np.ndarray) -> np.ndarray:
+        """Resampled-grid edge coordinates -> source-grid edge coordinates."""
+        scale = np.asarray(self.size_zyx, float) / np.asarray(self.out_shape_zyx, float)
+        return np.asarray(self.start_zyx, float) + np.asarray(edge_zyx, float) * scale
+
+
+def plan_shape(size_zyx: Zyx, spacing_mm_zyx: ZyxF, target_spacing_mm: float, max_size_vox: int) -> Zyx:
+    """Voxel counts that resample ``size_zyx`` at ``spacing_mm_zyx`` to about ``target_spacing_mm``.
+
+    When an axis would exceed ``max_size_vox``, the spacing is coarsened isotropically so that
+    the longest axis fits: memory stays bounded whatever the field of view.
+    """
+    extent = np.asarray(size_zyx, float) * np.asarray(spacing_mm_zyx, float)
+    target = max(target_spacing_mm, float(extent.max()) / max_size_vox)
+    shape = np.maximum(1, np.minimum(max_size_vox, np.ceil(extent / target - 1e-6))).astype(int)
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
+def crop_around_box(
+    box_lo_edge_zyx: np.ndarray,
+    box_hi_edge_zyx: np.ndarray,
+    shape_zyx: Zyx,
+    spacing_mm_zyx: ZyxF,
+    margin_mm: float,
+) -> tuple[Zyx, Zyx]:
+    """Voxel (start, size) of the box grown by ``margin_mm`` on every side, clamped to the grid."""
+    margin_vox = margin_mm / np.asarray(spacing_mm_zyx, float)
+    lo = np.floor(np.asarray(box_lo_edge_zyx, float) - margin_vox + 1e-6).astype(int)
+    hi = np.ceil(np.asarray(box_hi_edge_zyx, float) + margin_vox - 1e-6).astype(int)
+    lo = np.clip(lo, 0, np.asarray(shape_zyx) - 1)
+    hi = np.clip(hi, lo + 1, np.asarray(shape_zyx))
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)  # type: ignore[return-value]
+
+
+class ResampleFunctions(Protocol):
+    """The two tf_utils functions used here (a loaded SavedModel or the in-memory module)."""
+
+    def crop_resample_inplane(self, slab: Any, start_yx: Any, size_yx: Any, out_hw: Any) -> Any: ...
+
+    def resample_z(self, volume: Any, out_d: Any) -> Any: ...
+
+
+def slab_slices(total: int, bytes_per_slice: int, budget_bytes: int) -> int:
+    """Slices per slab so that a slab stays within ``budget_bytes`` (at least one)."""
+    return max(1, min(total, budget_bytes // max(1, bytes_per_slice)))
+
+
+def resample_crop(
+    fns: ResampleFunctions, volume_zyx: np.ndarray, crop: GridCrop, budget_bytes: int = 256 * 2**20
+) -> np.ndarray:
+    """Resample ``volume_zyx[crop]`` onto ``crop.out_shape_zyx`` (float32), slab by slab in z.
+
+    Only one slab of the source is converted to float32 at a time; the full-resolution volume is
+    never copied.
+    """
+    z0, y0, x0 = crop.start_zyx
+    nz, ny, nx = crop.size_zyx
+    od, oh, ow = crop.out_shape_zyx
+    # float32 slab + the resize's own float copy and antialiasing intermediate
+    per_slice = volume_zyx.shape[1] * volume_zyx.shape[2] * 4 * 3
+    step = slab_slices(nz, per_slice, budget_bytes)
+    planes = np.empty((nz, oh, ow), np.float32)
+    for a in range(0, nz, step):
+        b = min(nz, a + step)
+        slab = np.asarray(volume_zyx[z0 + a : z0 + b, y0 : y0 + ny, x0 : x0 + nx], dtype=np.float32)
+        planes[a:b] = np.asarray(fns.crop_resample_inplane(slab, [0, 0], [ny, nx], [oh, ow]))
+    if od == nz:
+        return planes
+    return np.asarray(fns.resample_z(planes, od))

@@ -1,0 +1,479 @@
+"""Input validation, reading and atomic writing of NIfTI images (shared by the server and batch CLI).
+
+Reading is done in two steps so that hostile or broken files fail fast and cheaply:
+
+1. ``read_nifti_header`` parses only the first 540 bytes (decompressing just those for .nii.gz) and
+   rejects non-NIfTI files, non-3D images, unsupported data types and absurd sizes before a single
+   voxel is decompressed or allocated.
+2. ``check_nifti_data`` streams through the file (1 MiB at a time, never holding the volume) to make
+   sure the voxel data the header promises is really there: SimpleITK/ITK silently zero-fills
+   truncated files instead of failing.
+
+``read_ct`` does both, then reads the image with SimpleITK. Sizes, spacings and origins are in
+SimpleITK's (x, y, z) order; physical coordinates are LPS millimetres.
+
+Every user-facing failure is an ``InputError`` (or a subclass) whose message names the file and says
+what is wrong; ``status_code`` is the HTTP status the server answers with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import logging
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+logger = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_DIM_PER_AXIS = 4096  # voxels; larger axes are rejected as absurd (a CT is at most ~2000 slices)
+_NIFTI1_HEADER_BYTES = 348
+_NIFTI2_HEADER_BYTES = 540
+_READ_CHUNK_BYTES = 1 << 20
+# Decompressed bytes tolerated after the voxel data before we stop checking (bounds a gzip bomb).
+_TRAILING_SLACK_BYTES = 1 << 20
+
+# NIfTI datatype code -> numpy dtype name, for the scalar types we read.
+_SUPPORTED_DATATYPES: dict[int, str] = {
+    2: "uint8",
+    4: "int16",
+    8: "int32",
+    16: "float32",
+    64: "float64",
+    256: "int8",
+    512: "uint16",
+    768: "uint32",
+    1024: "int64",
+    1280: "uint64",
+}
+_UNSUPPORTED_DATATYPES: dict[int, str] = {
+    1: "binary (1 bit)",
+    32: "complex64",
+    128: "RGB24",
+    1536: "float128",
+    1792: "complex128",
+    2048: "complex256",
+    2304: "RGBA32",
+}
+_ITEMSIZE: dict[str, int] = {
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+}
+
+# SimpleITK pixel types returned unchanged by read_ct; the wider integer types are cast to float32.
+_ACCEPTED_PIXEL_IDS = frozenset(
+    {
+        sitk.sitkInt16,
+        sitk.sitkUInt16,
+        sitk.sitkInt32,
+        sitk.sitkUInt8,
+        sitk.sitkInt8,
+        sitk.sitkFloat32,
+        sitk.sitkFloat64,
+    }
+)
+_CAST_TO_FLOAT32_PIXEL_IDS = frozenset({sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64})
+
+
+class InputError(ValueError):
+    """A problem with a user's input file; the message says what is wrong and with which file.
+
+    Maps to an HTTP 4xx answer in the server and to a failed case in the batch CLI.
+    """
+
+    status_code: int = 422
+
+
+class UnsupportedFormatError(InputError):
+    """Not a (single-file) NIfTI image, or not a valid gzip stream."""
+
+    status_code = 415
+
+
+class InputTooLargeError(InputError):
+    """The header describes an image over the configured voxel limit or with absurd dimensions."""
+
+    status_code = 413
+
+
+@dataclass(frozen=True)
+class NiftiHeader:
+    """What ``read_nifti_header`` learned from a NIfTI header, before reading any voxel.
+
+    ``dims_xyz`` and ``spacing_mm_xyz`` are in (x, y, z) order. ``nbytes`` is the size of the voxel
+    data in bytes, ``data_offset`` the byte offset of the voxel data in the (decompressed) file.
+    """
+
+    dims_xyz: tuple[int, int, int]
+    datatype: str  # numpy dtype name, e.g. "int16"
+    voxel_count: int
+    nbytes: int
+    version: int  # 1 or 2
+    spacing_mm_xyz: tuple[float, float, float]
+    data_offset: int
+    compressed: bool
+
+
+def _name(path: Path, display_name: str | None) -> str:
+    return display_name if display_name else path.name
+
+
+def is_gzip(path: Path) -> bool:
+    """True when the file starts with the gzip magic bytes (1f 8b), whatever its name."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None = None) -> NiftiHeader:
+    """Parse and validate the NIfTI-1 or NIfTI-2 header of a .nii or .nii.gz file.
+
+    Only the first 540 (decompressed) bytes are read; gzip is detected by its magic bytes, not by the
+    file name; both byte orders are accepted (``sizeof_hdr`` tells which).
+
+    Args:
+        path: the file to inspect.
+        max_voxels: the largest accepted x*y*z voxel count.
+        display_name: the name used in error messages (e.g. an upload's original file name);
+            defaults to ``path.name``.
+
+    Raises:
+        UnsupportedFormatError: not a single-file NIfTI (no ``n+1``/``n+2`` magic) or a broken gzip stream.
+        InputTooLargeError: more than ``max_voxels`` voxels or more than 4096 voxels along an axis.
+        InputError: not a 3D scalar image (2D, 4D with several volumes, vectors), an empty axis,
+            an unsupported data type, a zero, negative or non-finite voxel spacing, a truncated header.
+    """
+    name = _name(path, display_name)
+    try:
+        compressed = is_gzip(path)
+        if compressed:
+            with gzip.open(path, "rb") as f:
+                raw = f.read(_NIFTI2_HEADER_BYTES)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(_NIFTI2_HEADER_BYTES)
+    except gzip.BadGzipFile as e:
+        raise UnsupportedFormatError(f"{name}: not a valid gzip file ({e})") from None
+    except EOFError:
+        raise InputError(f"{name}: the gzip stream ends inside the NIfTI header (truncated file)") from None
+    except zlib.error as e:
+        raise InputError(f"{name}: corrupt gzip data in the NIfTI header ({e})") from None
+    except OSError as e:
+        raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
+
+    if not raw:
+        raise InputError(f"{name}: the file is empty")
+    if len(raw) < 4:
+        raise UnsupportedFormatError(f"{name}: not a NIfTI file ({len(raw)} bytes only)")
+
+    endian = ""
+    for candidate in ("<", ">"):
+        (sizeof_hdr,) = struct.unpack(candidate + "i", raw[:4])
+        if sizeof_hdr in (_NIFTI1_HEADER_BYTES, _NIFTI2_HEADER_BYTES):
+            endian = candidate
+            break
+    if not endian:
+        raise UnsupportedFormatError(
+            f"{name}: not a NIfTI file (unknown header size); expected a .nii or .nii.gz image"
+        )
+    if len(raw) < sizeof_hdr:
+        raise InputError(f"{name}: truncated NIfTI header ({len(raw)} of {sizeof_hdr} bytes)")
+
+    if sizeof_hdr == _NIFTI1_HEADER_BYTES:
+        version = 1
+        magic = raw[344:348]
+        if magic == b"ni1\x00":
+            raise UnsupportedFormatError(
+                f"{name}: a NIfTI .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
+            )
+        if magic != b"n+1\x00":
+            raise UnsupportedFormatError(
+                f"{name}: not a NIfTI file (no 'n+1' magic; ANALYZE is not supported)"
+            )
+        dim = struct.unpack(endian + "8h", raw[40:56])
+        (datatype_code,) = struct.unpack(endian + "h", raw[70:72])
+        pixdim = struct.unpack(endian + "8f", raw[76:108])
+        (vox_offset_f,) = struct.unpack(endian + "f", raw[108:112])
+        if not math.isfinite(vox_offset_f) or vox_offset_f < 0:
+            raise InputError(f"{name}: invalid vox_offset {vox_offset_f} in the NIfTI header")
+        data_offset = max(int(vox_offset_f), _NIFTI1_HEADER_BYTES + 4)
+    else:
+        version = 2
+        magic = raw[4:12]
+        if magic[:4] == b"ni2\x00":
+            raise UnsupportedFormatError(
+                f"{name}: a NIfTI-2 .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
+            )
+        if magic[:4] != b"n+2\x00":
+            raise UnsupportedFormatError(f"{name}: not a NIfTI file (no 'n+2' magic)")
+        (datatype_code,) = struct.unpack(endian + "h", raw[12:14])
+        dim = struct.unpack(endian + "8q", raw[16:80])
+        pixdim = struct.unpack(endian + "8d", raw[104:168])
+        (vox_offset,) = struct.unpack(endian + "q", raw[168:176])
+        if vox_offset < 0:
+            raise InputError(f"{name}: invalid vox_offset {vox_offset} in the NIfTI header")
+        data_offset = max(int(vox_offset), _NIFTI2_HEADER_BYTES + 4)
+
+    ndim = dim[0]
+    if not 1 <= ndim <= 7:
+        raise InputError(f"{name}: invalid number of dimensions dim[0]={ndim} in the NIfTI header")
+    extra = dim[4 : ndim + 1]
+    if ndim < 3:
+        raise InputError(
+            f"{name}: expected a 3D image, got a {ndim}D image of size {tuple(dim[1 : ndim + 1])}"
+        )
+    if any(d != 1 for d in extra):
+        raise InputError(
+            f"{name}: expected a 3D image, got a {ndim}D image of size {tuple(dim[1 : ndim + 1])} "
+            f"(several volumes, time points or vector components)"
+        )
+    dims_xyz = (int(dim[1]), int(dim[2]), int(dim[3]))
+    if any(d < 1 for d in dims_xyz):
+        raise InputError(f"{name}: empty image, size {dims_xyz} (x, y, z) has an axis with no voxels")
+    if dims_xyz[2] == 1:
+        raise InputError(f"{name}: expected a 3D image, got a single 2D slice of size {dims_xyz[:2]}")
+    if any(d > MAX_DIM_PER_AXIS for d in dims_xyz):
+        raise InputTooLargeError(
+            f"{name}: image size {dims_xyz} (x, y, z) is over the limit of {MAX_DIM_PER_AXIS} voxels per axis"
+        )
+    voxel_count = dims_xyz[0] * dims_xyz[1] * dims_xyz[2]
+    if voxel_count > max_voxels:
+        raise InputTooLargeError(
+            f"{name}: image size {dims_xyz} (x, y, z) has {voxel_count} voxels, "
+            f"over the limit of {max_voxels}"
+        )
+
+    if datatype_code in _UNSUPPORTED_DATATYPES:
+        raise InputError(
+            f"{name}: unsupported voxel type {_UNSUPPORTED_DATATYPES[datatype_code]}; expected a scalar "
+            f"integer or float CT image (e.g. int16)"
+        )
+    if datatype_code not in _SUPPORTED_DATATYPES:
+        raise InputError(f"{name}: unknown NIfTI datatype code {datatype_code}")
+    datatype = _SUPPORTED_DATATYPES[datatype_code]
+
+    spacing_mm_xyz = (float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
+    if not all(math.isfinite(s) and s > 0 for s in spacing_mm_xyz):
+        raise InputError(f"{name}: invalid voxel spacing {spacing_mm_xyz} (x, y, z); must be positive")
+
+    return NiftiHeader(
+        dims_xyz=dims_xyz,
+        datatype=datatype,
+        voxel_count=voxel_count,
+        nbytes=voxel_count * _ITEMSIZE[datatype],
+        version=version,
+        spacing_mm_xyz=spacing_mm_xyz,
+        data_offset=data_offset,
+        compressed=compressed,
+    )
+
+
+def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | None = None) -> None:
+    """Make sure the file holds all the voxel data its header promises.
+
+    ITK silently zero-fills a truncated NIfTI, so this check is what turns a cut-off upload into an
+    error. Uncompressed files are checked by size; gzip files are decompressed as a stream, 1 MiB at
+    a time (memory stays bounded; costs one decompression pass). Reading stops 1 MiB past the end of
+    the voxel data so that a gzip bomb cannot keep it busy.
+
+    Raises:
+        InputError: truncated or corrupt data.
+    """
+    name = _name(path, display_name)
+    needed = header.data_offset + header.nbytes
+    if not header.compressed:
+        size = path.stat().st_size
+        if size < needed:
+            raise InputError(
+                f"{name}: truncated file: {size} bytes, but its header describes {needed} bytes "
+                f"({header.dims_xyz} {header.datatype} voxels)"
+            )
+        return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while True:
+                chunk = f.read(_READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > needed + _TRAILING_SLACK_BYTES:
+                    logger.warning(
+                        "%s: more decompressed data than the header describes; ignoring the rest", name
+                    )
+                    return
+    except EOFError:
+        raise InputError(
+            f"{name}: truncated gzip file (the stream ends after {total} of {needed} bytes; "
+            f"was the upload or copy interrupted?)"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
+    except OSError as e:
+        raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
+    if total < needed:
+        raise InputError(
+            f"{name}: truncated file: {total} decompressed bytes, but its header describes {needed} bytes "
+            f"({header.dims_xyz} {header.datatype} voxels)"
+        )
+
+
+def validate_nifti(path: Path, max_voxels: int, *, display_name: str | None = None) -> NiftiHeader:
+    """All the checks ``read_ct`` makes before reading voxels: header, readability, complete data.
+
+    Costs one streaming decompression pass for .nii.gz (bounded memory); the server runs it before
+    queueing an upload so that broken files are answered at once.
+
+    Raises:
+        InputError (or a subclass): see ``read_nifti_header`` and ``check_nifti_data``;
+            UnsupportedFormatError for NIfTI-2 when this SimpleITK cannot read it.
+    """
+    header = read_nifti_header(path, max_voxels, display_name=display_name)
+    _check_readable(header, _name(path, display_name))
+    check_nifti_data(path, header, display_name=display_name)
+    return header
+
+
+def _check_readable(header: NiftiHeader, name: str) -> None:
+    if header.version == 2 and not sitk_reads_nifti2():
+        raise UnsupportedFormatError(
+            f"{name}: NIfTI-2 files cannot be read by this server's SimpleITK; save the image as NIfTI-1"
+        )
+
+
+@functools.cache
+def sitk_reads_nifti2() -> bool:
+    """Whether the installed SimpleITK/ITK reads NIfTI-2 files (probed once with a 2x2x2 file)."""
+    data = struct.pack("<8h", *range(8))
+    header = bytearray(_NIFTI2_HEADER_BYTES)
+    struct.pack_into("<i", header, 0, _NIFTI2_HEADER_BYTES)
+    header[4:12] = b"n+2\x00\r\n\x1a\n"
+    struct.pack_into("<hh", header, 12, 4, 16)  # int16
+    struct.pack_into("<8q", header, 16, 3, 2, 2, 2, 1, 1, 1, 1)
+    struct.pack_into("<8d", header, 104, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    struct.pack_into("<qd", header, 168, _NIFTI2_HEADER_BYTES + 4, 1.0)  # vox_offset, scl_slope
+    with tempfile.TemporaryDirectory(prefix="flare-seg-probe-") as tmp:
+        probe = Path(tmp) / "probe.nii"
+        probe.write_bytes(bytes(header) + bytes(4) + data)
+        try:
+            image = sitk.ReadImage(str(probe), imageIO="NiftiImageIO")
+        except RuntimeError:
+            logger.info("this SimpleITK cannot read NIfTI-2 files (the NIfTI error above is the probe)")
+            return False
+    return image.GetSize() == (2, 2, 2)
+
+
+def read_ct(
+    path: Path, max_voxels: int, *, display_name: str | None = None, verify_data: bool = True
+) -> sitk.Image:
+    """Read a 3D CT image from a .nii or .nii.gz file, validating it first.
+
+    The header is checked before anything is decompressed (``read_nifti_header``), then the data
+    is checked to be complete (``check_nifti_data``; pass ``verify_data=False`` when the caller
+    already ran ``validate_nifti``), then SimpleITK reads it. Pixel types int16, uint16, int32,
+    uint8, int8, float32 and float64 are returned unchanged; uint32, int64 and uint64 are cast to
+    float32.
+
+    The file name does not matter: a gzip file is read as .nii.gz and anything else as .nii
+    (through a symbolic link with the right suffix when the name disagrees).
+
+    Returns:
+        a 3D single-component ``sitk.Image`` with the file's geometry (LPS, x/y/z order).
+
+    Raises:
+        InputError (or a subclass): the file is not a readable 3D scalar NIfTI image.
+    """
+    name = _name(path, display_name)
+    if verify_data:
+        header = validate_nifti(path, max_voxels, display_name=display_name)
+    else:
+        header = read_nifti_header(path, max_voxels, display_name=display_name)
+        _check_readable(header, name)
+
+    suffix = ".nii.gz" if header.compressed else ".nii"
+    with contextlib.ExitStack() as stack:
+        read_path = path
+        if not path.name.endswith(suffix) or (suffix == ".nii" and path.name.endswith(".nii.gz")):
+            # SimpleITK picks the reader and the decompression from the file name.
+            link_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flare-seg-read-")))
+            read_path = link_dir / f"image{suffix}"
+            read_path.symlink_to(path.resolve())
+        try:
+            image = sitk.ReadImage(str(read_path), imageIO="NiftiImageIO")
+        except RuntimeError as e:
+            lines = str(e).strip().splitlines()
+            detail = lines[-1].removeprefix("ITK ERROR: ") if lines else "unknown error"
+            for internal in (str(read_path), str(path)):  # do not show server paths to clients
+                detail = detail.replace(internal, name)
+            raise InputError(f"{name}: cannot read the NIfTI image ({detail})") from None
+
+    if image.GetDimension() != 3:
+        raise InputError(
+            f"{name}: expected a 3D image, got {image.GetDimension()}D of size {image.GetSize()}"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{name}: expected a scalar image, "
+            f"got {image.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+    pixel_id = image.GetPixelID()
+    if pixel_id in _ACCEPTED_PIXEL_IDS:
+        return image
+    if pixel_id in _CAST_TO_FLOAT32_PIXEL_IDS:
+        logger.info("%s: casting %s voxels to float32", name, image.GetPixelIDTypeAsString())
+        return sitk.Cast(image, sitk.sitkFloat32)
+    raise InputError(f"{name}: unsupported voxel type {image.GetPixelIDTypeAsString()}")
+
+
+def _nifti_suffix(path: Path) -> str:
+    if path.name.endswith(".nii.gz"):
+        return ".nii.gz"
+    if path.name.endswith(".nii"):
+        return ".nii"
+    raise ValueError(f"{path}: output file name must end in .nii.gz or .nii")
+
+
+def write_mask_atomic(mask: sitk.Image, path: Path) -> None:
+    """Write ``mask`` to ``path`` (.nii.gz compressed, or .nii) atomically.
+
+    The image is written to a hidden temporary file in the same folder, flushed to disk, then
+    renamed over ``path`` with ``os.replace``: readers see either the old file or the complete new
+    one, never a partial file. The temporary file is removed on any failure.
+    """
+    suffix = _nifti_suffix(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        sitk.WriteImage(mask, str(tmp), useCompression=suffix == ".nii.gz")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def image_to_nifti_bytes(mask: sitk.Image) -> bytes:
+    """The gzip-compressed NIfTI (.nii.gz) encoding of ``mask``, e.g. for an HTTP response body."""
+    with tempfile.TemporaryDirectory(prefix="flare-seg-encode-") as tmp:
+        out = Path(tmp) / "mask.nii.gz"
+        sitk.WriteImage(mask, str(out), useCompression=True)
+        return out.read_bytes()

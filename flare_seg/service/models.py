@@ -1,0 +1,81 @@
+"""Load the three SavedModels with plain TensorFlow and check them against the contract.
+
+No training code is imported: the networks and the traced preprocessing come from the
+SavedModels alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from flare_seg.contract import (
+    LOCALIZATION_DIR,
+    SEGMENTATION_DIR,
+    SERVING_ENDPOINT,
+    TF_UTILS_DIR,
+    TF_UTILS_FUNCTIONS,
+    ManifestError,
+    ModelContract,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    localization: Any  # callable: image (1,D,H,W,1) float32 -> {"heatmaps": (1,D,H,W,organs)}
+    segmentation: Any  # callable: image (1,D,H,W,4) float32 -> {"probabilities": (1,D,H,W,classes)}
+    tf_utils: Any  # the tf_utils_module SavedModel (functions named in TF_UTILS_FUNCTIONS)
+    manifest: dict[str, Any]
+    contract: ModelContract
+    saved_models: tuple[Any, ...] = ()  # the loaded objects; their functions need them alive
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest.get("model_version", "unknown"))
+
+
+def load_models(models_dir: Path) -> LoadedModels:
+    """Load and check ``models_dir``; raises ManifestError naming what does not match."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ManifestError(f"models directory {models_dir} does not exist")
+    manifest = read_manifest(models_dir)
+    contract = ModelContract.from_json(manifest["contract"])
+    expected = contract.signatures()
+    if manifest.get("signatures") != _jsonish(expected):
+        raise ManifestError(f"{models_dir}: the manifest's signatures differ from what this service expects")
+    loaded = {}
+    for name in (LOCALIZATION_DIR, SEGMENTATION_DIR, TF_UTILS_DIR):
+        try:
+            loaded[name] = tf.saved_model.load(str(models_dir / name))
+        except Exception as exc:  # TensorFlow raises many types for a damaged SavedModel
+            raise ManifestError(f"cannot load SavedModel {models_dir / name}: {exc}") from None
+    for name in (LOCALIZATION_DIR, SEGMENTATION_DIR):
+        if not hasattr(loaded[name], SERVING_ENDPOINT):
+            raise ManifestError(f"{models_dir / name} has no '{SERVING_ENDPOINT}' endpoint")
+    missing = [f for f in TF_UTILS_FUNCTIONS if not hasattr(loaded[TF_UTILS_DIR], f)]
+    if missing:
+        raise ManifestError(f"{models_dir / TF_UTILS_DIR} lacks functions {missing}")
+    log.info("loaded models %s from %s", manifest.get("model_version"), models_dir)
+    return LoadedModels(
+        getattr(loaded[LOCALIZATION_DIR], SERVING_ENDPOINT),
+        getattr(loaded[SEGMENTATION_DIR], SERVING_ENDPOINT),
+        loaded[TF_UTILS_DIR],
+        manifest,
+        contract,
+        tuple(loaded.values()),
+    )
+
+
+def _jsonish(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples become lists, keys strings)."""
+    import json
+
+    return json.loads(json.dumps(value))

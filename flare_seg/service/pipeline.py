@@ -1,0 +1,254 @@
+"""The two-stage pipeline: localize -> crop the organ box -> segment -> back to the input grid.
+
+One pipeline behind the batch CLI, the HTTP server and Python::
+
+    segmenter = Segmenter.load("saved_models")
+    result = segmenter.segment_file(Path("case_0000.nii.gz"))      # or segment_image(sitk.Image)
+    labels_zyx = segmenter.segment_array(array_zyx, spacing_mm_zyx)  # numpy in, numpy out
+
+Every forward step has its inverse: ``to_canonical``/``undo_canonical`` for orientation,
+crop + resample to ~2 mm / resample back + uncrop for the box. Memory: the input is held as
+int16 (2 bytes a voxel) and the output as uint8; float copies exist only per z-slab, sized by
+the memory budget; class scores exist only on the ~2 mm box grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import tensorflow as tf
+
+from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
+from flare_seg.geometry import Geometry, image_from_array_zyx, to_canonical, undo_canonical
+from flare_seg.grid import GridCrop, crop_around_box, plan_shape, resample_crop, slab_slices
+from flare_seg.labels import ORGANS
+from flare_seg.service.models import LoadedModels, load_models
+
+log = logging.getLogger(__name__)
+
+BoxMM = tuple[tuple[float, float, float], tuple[float, float, float]]
+INT16_MIN, INT16_MAX = -32768, 32767
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    mask: sitk.Image  # uint8 labels with exactly the input's size, spacing, origin and direction
+    volumes_ml: dict[str, float]  # organ name -> mL
+    organ_boxes_mm: dict[str, BoxMM | None]  # LPS (x, y, z) min and max corners per organ; None if absent
+    roi_box_mm: BoxMM  # LPS box that was segmented (localized organs + margin)
+    organs_localized: bool  # False when localization found nothing and the whole volume was used
+    timings_s: dict[str, float]
+    model_version: str
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able figures (everything but the mask)."""
+        return {
+            "volumes_ml": self.volumes_ml,
+            "organ_boxes_mm": self.organ_boxes_mm,
+            "roi_box_mm": self.roi_box_mm,
+            "organs_localized": self.organs_localized,
+            "timings_s": self.timings_s,
+            "model_version": self.model_version,
+        }
+
+
+class Segmenter:
+    """Loaded models plus the pipeline; load once, segment many. Not thread-safe: one call at a time."""
+
+    def __init__(self, models: LoadedModels, memory_budget_mb: int = 2048) -> None:
+        if memory_budget_mb < 64:
+            raise ValueError(f"memory_budget_mb must be >= 64, not {memory_budget_mb}")
+        self.models = models
+        self.contract = models.contract
+        self.memory_budget_bytes = int(memory_budget_mb) * 2**20
+
+    @classmethod
+    def load(cls, models_dir: Path | str, memory_budget_mb: int = 2048) -> Segmenter:
+        return cls(load_models(Path(models_dir)), memory_budget_mb)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.models.manifest
+
+    @property
+    def model_version(self) -> str:
+        return self.models.model_version
+
+    # ------------------------------------------------------------------ entry points
+
+    def warm_up(self) -> None:
+        """Trace and run every function once on a small phantom-like volume."""
+        arr = np.full((40, 64, 64), -1000, np.int16)
+        arr[5:35, 12:52, 8:56] = 40
+        self.segment_array(arr, (5.0, 6.0, 6.0))
+
+    def segment_file(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
+        """Read a NIfTI file (validated, see ``service.io.read_ct``) and segment it."""
+        from flare_seg.service.io import read_ct
+
+        return self.segment_image(read_ct(Path(path), max_voxels))
+
+    def segment_array(
+        self,
+        array_zyx: np.ndarray,
+        spacing_mm_zyx: tuple[float, float, float],
+        origin_mm_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    ) -> np.ndarray:
+        """Labels (z, y, x) uint8 for a HU array indexed (z, y, x) with spacing in (z, y, x) order."""
+        if np.ndim(array_zyx) != 3:
+            raise ValueError(f"expected a 3D (z, y, x) array, got shape {np.shape(array_zyx)}")
+        z, y, x = (float(s) for s in spacing_mm_zyx)
+        geometry = Geometry(
+            tuple(int(n) for n in np.shape(array_zyx)[::-1]),  # type: ignore[arg-type]
+            (x, y, z),
+            tuple(float(v) for v in origin_mm_xyz),  # type: ignore[arg-type]
+            tuple(float(v) for v in direction),
+        )
+        image = image_from_array_zyx(np.asarray(array_zyx), geometry)
+        return sitk.GetArrayFromImage(self.segment_image(image).mask)
+
+    def segment_image(self, image: sitk.Image) -> SegmentationResult:
+        """Segment a 3D CT image (HU); the mask has exactly the input's geometry."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        original = Geometry.of(image)
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError("expected a scalar image, got one with several components per voxel")
+        if min(original.size_xyz) < 1:
+            raise ValueError(f"empty image of size {original.size_xyz}")
+        canonical, transform = to_canonical(_as_int16(image))
+        vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
+        geometry = Geometry.of(canonical)
+        spacing = geometry.spacing_mm_zyx
+        timings["reorient_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        lo, hi, found = self._localize(vol, spacing)
+        timings["localize_s"] = time.perf_counter() - t
+        if not found:
+            log.warning("localization found no organ: segmenting the whole volume")
+
+        t = time.perf_counter()
+        start, size = crop_around_box(
+            lo, hi, vol.shape, spacing, self.contract.box_margin_mm if found else 0.0
+        )
+        out_shape = plan_shape(
+            size, spacing, self.contract.segmentation_spacing_mm, self.contract.segmentation_max_size_vox
+        )
+        crop = GridCrop(start, size, out_shape, spacing)
+        probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0)
+        timings["segment_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        labels = np.zeros(vol.shape, np.uint8)
+        self._scores_to_labels(probabilities, crop, labels)
+        del probabilities
+        organ_boxes = self._organ_boxes(labels, crop, geometry)
+        mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
+        del labels
+        counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=max(ORGANS) + 1)
+        volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
+        timings["postprocess_s"] = time.perf_counter() - t
+        roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
+        return SegmentationResult(
+            mask=mask,
+            volumes_ml=volumes,
+            organ_boxes_mm=organ_boxes,
+            roi_box_mm=roi,
+            organs_localized=found,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+            model_version=self.model_version,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def _slab_budget(self) -> int:
+        return max(8 * 2**20, self.memory_budget_bytes // 4)
+
+    def _localize(
+        self, vol: np.ndarray, spacing: tuple[float, float, float]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found."""
+        c = self.contract
+        shape = plan_shape(vol.shape, spacing, c.localization_spacing_mm, c.localization_max_size_vox)
+        crop = GridCrop((0, 0, 0), vol.shape, shape, spacing)
+        small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
+        x = self.models.tf_utils.normalize_localization(tf.constant(small))
+        heat = self.models.localization(x)[LOCALIZATION_OUTPUT][0, : shape[0], : shape[1], : shape[2]]
+        start, stop, found = self.models.tf_utils.box_from_heatmaps(heat, tf.constant(c.heatmap_threshold))
+        lo = crop.out_edge_to_source_edge(start.numpy())
+        hi = crop.out_edge_to_source_edge(stop.numpy())
+        return lo, hi, bool(found.numpy())
+
+    def _segment_box(self, vol: np.ndarray, crop: GridCrop, centre_edge_zyx: np.ndarray) -> tf.Tensor:
+        """Class probabilities (d, h, w, classes) on the box grid."""
+        box = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
+        centre_mm = crop.source_edge_to_out_mm(centre_edge_zyx)
+        x = self.models.tf_utils.normalize_segmentation(
+            tf.constant(box),
+            tf.constant(crop.out_spacing_mm_zyx, tf.float32),
+            tf.constant(centre_mm, tf.float32),
+        )
+        d, h, w = crop.out_shape_zyx
+        return self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]
+
+    def _scores_to_labels(self, probabilities: tf.Tensor, crop: GridCrop, labels: np.ndarray) -> None:
+        """Resample scores onto the crop of the canonical grid slab by slab; argmax into ``labels``."""
+        nz, ny, nx = crop.size_zyx
+        z0, y0, x0 = crop.start_zyx
+        classes = int(probabilities.shape[-1])
+        per_slice = ny * nx * classes * 4 * 3  # interpolated slab, resized slab, argmax temporaries
+        step = slab_slices(nz, per_slice, self._slab_budget())
+        size = tf.constant(crop.size_zyx, tf.int32)
+        for a in range(0, nz, step):
+            n = min(step, nz - a)
+            slab = self.models.tf_utils.labels_from_scores_slab(
+                probabilities, size, tf.constant(a), tf.constant(n)
+            )
+            labels[z0 + a : z0 + a + n, y0 : y0 + ny, x0 : x0 + nx] = slab.numpy()
+
+    @staticmethod
+    def _organ_boxes(labels: np.ndarray, crop: GridCrop, geometry: Geometry) -> dict[str, BoxMM | None]:
+        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+        boxes: dict[str, BoxMM | None] = {}
+        for k, name in ORGANS.items():
+            present = region == k
+            idx = [np.flatnonzero(present.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+            if any(len(i) == 0 for i in idx):
+                boxes[name] = None
+                continue
+            lo = np.array([i[0] for i in idx], float) + crop.start_zyx
+            hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
+            boxes[name] = _box_mm(geometry, lo, hi)
+        return boxes
+
+
+def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray) -> BoxMM:
+    """Edge-coordinate box on an identity-direction grid -> LPS (x, y, z) min and max corners in mm."""
+    corners = np.stack([lo_edge_zyx[::-1], hi_edge_zyx[::-1]]) - 0.5  # edges -> continuous indices (x, y, z)
+    pts = geometry.index_to_physical_xyz(corners)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return (tuple(round(float(v), 2) for v in lo), tuple(round(float(v), 2) for v in hi))  # type: ignore[return-value]
+
+
+def _as_int16(image: sitk.Image) -> sitk.Image:
+    """HU as int16 (2 bytes a voxel): other integer and float types are clamped and rounded."""
+    if image.GetPixelID() == sitk.sitkInt16:
+        return image
+    if image.GetPixelID() in (sitk.sitkInt8, sitk.sitkUInt8):
+        return sitk.Cast(image, sitk.sitkInt16)
+    clamped = (
+        sitk.Clamp(image, image.GetPixelID(), INT16_MIN, INT16_MAX)
+        if image.GetPixelID() not in (sitk.sitkUInt16,)
+        else sitk.Clamp(image, image.GetPixelID(), 0, INT16_MAX)
+    )
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        clamped = sitk.Round(clamped)
+    return sitk.Cast(clamped, sitk.sitkInt16)

@@ -1,0 +1,121 @@
+"""Service settings: defaults <- environment (``FLARE_SEG_*``) <- explicit overrides (CLI flags).
+
+This is the only module that reads the environment. Nothing is read at import time: call
+``load_settings()`` at start-up, then ``Settings.check_paths()`` before serving. A bad value fails
+with a ``SettingsError`` that names the environment variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FLARE_SEG_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message names the environment variable and the accepted values."""
+
+
+class Settings(BaseSettings):
+    """Configuration of the inference service (and the parts of it the batch CLI shares).
+
+    Every field can be set with the environment variable ``FLARE_SEG_<FIELD NAME IN CAPITALS>``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    models_dir: Path = Field(
+        Path("saved_models"), description="folder holding the SavedModels and their manifest"
+    )
+    memory_budget_mb: int = Field(
+        2048, ge=256, description="memory budget for one inference (MiB); bounds tile and batch sizes"
+    )
+    max_upload_mb: int = Field(2048, ge=1, description="largest accepted upload (MiB)")
+    max_voxels: int = Field(1_500_000_000, ge=1, description="largest accepted image, in voxels (x*y*z)")
+    queue_size: int = Field(
+        4, ge=1, description="requests that may wait for the single inference worker (sync and jobs together)"
+    )
+    job_ttl_s: int = Field(3600, ge=10, description="seconds a finished job and its result are kept")
+    work_dir: Path | None = Field(
+        None,
+        description="folder for uploads and job results (a per-process subfolder is created and removed); "
+        "default: the system temporary folder",
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token required on every endpoint but /health, /ready and the docs; unset: off",
+    )
+    host: str = Field("0.0.0.0", min_length=1, description="address the server binds to")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port the server listens on")
+    log_level: str = Field("info", description="one of debug, info, warning, error")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in LOG_LEVELS:
+                raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        # FLARE_SEG_API_TOKEN="" (e.g. from compose's ${VAR:-}) means "no authentication".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    def check_paths(self) -> None:
+        """Check the paths at start-up (not at import): models_dir must be an existing folder and
+        work_dir, when set, a folder that exists or can be created.
+
+        Raises:
+            SettingsError: naming the offending environment variable.
+        """
+        if not self.models_dir.exists():
+            raise SettingsError(f"{ENV_PREFIX}MODELS_DIR: {self.models_dir} does not exist")
+        if not self.models_dir.is_dir():
+            raise SettingsError(f"{ENV_PREFIX}MODELS_DIR: {self.models_dir} is not a directory")
+        if self.work_dir is not None:
+            try:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SettingsError(f"{ENV_PREFIX}WORK_DIR: cannot create {self.work_dir} ({e})") from None
+            if not self.work_dir.is_dir():
+                raise SettingsError(f"{ENV_PREFIX}WORK_DIR: {self.work_dir} is not a directory")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the defaults, the ``FLARE_SEG_*`` environment and ``overrides`` (highest priority).
+
+    Overrides whose value is ``None`` are ignored (an unset CLI flag), so
+    ``load_settings(port=args.port)`` keeps the environment's port when no flag was given.
+
+    Raises:
+        SettingsError: an invalid value or an unknown setting; the message names the variable.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        raise SettingsError(_describe(e, set(given))) from None
+
+
+def _describe(error: ValidationError, overridden: set[str]) -> str:
+    lines = []
+    for item in error.errors(include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        source = f"setting {field!r}" if field in overridden else f"{ENV_PREFIX}{field.upper()}"
+        value = item.get("input")
+        shown = "" if field == "api_token" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{source}: {item['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

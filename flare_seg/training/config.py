@@ -1,0 +1,78 @@
+"""Training configuration: defaults <- YAML file <- command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Task = Literal["localization", "segmentation"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; written to ``RUN_DIR/config.yaml``."""
+
+    task: Task
+    steps: int = 2000
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 5e-5
+    filters: tuple[int, ...] = (8, 16, 32, 48)
+    sc_filters: int = 16  # segmentation: spatial configuration branch width
+    sc_downsample: int = 4  # segmentation: spatial configuration branch scale factor
+    patch_size_vox: int = 64  # segmentation: cubic training patch at ~2 mm
+    batch_per_device: int = 1
+    foreground_fraction: float = 0.8  # segmentation: patches centred on an organ voxel
+    centre_jitter_mm: float = 8.0  # segmentation: simulated localization error of the box centre
+    intensity_scale: float = 0.08  # augmentation: HU * U(1 - s, 1 + s)
+    intensity_shift_hu: float = 15.0  # augmentation: HU + U(-s, s)
+    noise_hu: float = 10.0  # augmentation: + N(0, U(0, s))
+    val_cases: int = 3  # last cases (by name) held out for validation
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 250
+    mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: on when a GPU is present
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("localization", "segmentation"):
+            raise ValueError(f"task must be localization or segmentation, not {self.task!r}")
+        if self.steps < 1 or self.batch_per_device < 1:
+            raise ValueError("steps and batch_per_device must be >= 1")
+        if self.patch_size_vox % 8 or self.patch_size_vox < 16:
+            raise ValueError(f"patch_size_vox must be a multiple of 8 and >= 16, not {self.patch_size_vox}")
+        if not self.filters or any(f < 1 for f in self.filters):
+            raise ValueError(f"filters must be positive, not {self.filters}")
+
+    def to_yaml(self) -> str:
+        d = asdict(self)
+        d["filters"] = list(self.filters)
+        return yaml.safe_dump(d, sort_keys=False)
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "localization": {"steps": 1500, "filters": (8, 16, 32, 32), "learning_rate": 2e-3},
+    "segmentation": {"steps": 3000, "filters": (8, 16, 32, 48)},
+}
+
+
+def load_config(task: Task, path: Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults for ``task``, then the YAML file's keys, then non-None ``overrides``."""
+    values: dict[str, Any] = dict(DEFAULTS[task])
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        if loaded.get("task", task) != task:
+            raise ValueError(f"{path} is a {loaded['task']} config, not {task}")
+        values.update({k: v for k, v in loaded.items() if k != "task"})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    if "filters" in values:
+        values["filters"] = tuple(int(f) for f in values["filters"])
+    return replace(TrainConfig(task=task), **values)

@@ -1,0 +1,181 @@
+"""Traced preprocessing and postprocessing, exported as the ``tf_utils_module`` SavedModel.
+
+All arrays are channels-last and indexed (z, y, x) on an axis-aligned LPS grid. Resampling uses
+the "same extent" convention: a grid of ``n`` voxels resampled to ``m`` voxels covers the same
+physical extent, so output voxel ``j`` is centred on input continuous index
+``(j + 0.5) * n / m - 0.5`` and the output spacing is ``spacing * n / m``. Downsampling is
+antialiased (``tf.image.resize(antialias=True)``); the inverse mapping used to bring scores back
+is the same convention with bilinear interpolation.
+
+The same functions serve training data preparation and inference, so both see identical inputs.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from flare_seg.contract import ModelContract
+
+
+def _pad_to_multiple(volume: tf.Tensor, multiple: int, value: float) -> tf.Tensor:
+    """Pad a (D, H, W) volume at the far end of each axis up to a multiple of ``multiple``."""
+    shape = tf.shape(volume)
+    target = ((shape + multiple - 1) // multiple) * multiple
+    paddings = tf.stack([tf.zeros([3], tf.int32), target - shape], axis=1)
+    return tf.pad(volume, paddings, constant_values=value)
+
+
+def _window(volume: tf.Tensor, window_hu: tuple[float, float]) -> tf.Tensor:
+    """Clip HU to the window and map it linearly to [-1, 1]."""
+    lo, hi = float(window_hu[0]), float(window_hu[1])
+    return (tf.clip_by_value(volume, lo, hi) - (lo + hi) / 2.0) / ((hi - lo) / 2.0)
+
+
+def crop_resample_inplane(
+    slab: tf.Tensor, start_yx: tf.Tensor, size_yx: tf.Tensor, out_hw: tf.Tensor
+) -> tf.Tensor:
+    """Crop every z-slice of ``slab`` (n, H, W) float32 to [start, start+size) in (y, x) and resample
+    it to ``out_hw`` (antialiased). Returns (n, out_h, out_w) float32."""
+    cropped = slab[:, start_yx[0] : start_yx[0] + size_yx[0], start_yx[1] : start_yx[1] + size_yx[1]]
+    resized = tf.image.resize(cropped[..., tf.newaxis], out_hw, method="bilinear", antialias=True)
+    return resized[..., 0]
+
+
+def resample_z(volume: tf.Tensor, out_d: tf.Tensor) -> tf.Tensor:
+    """Resample a (D, h, w) float32 volume along z to ``out_d`` slices (antialiased when shrinking)."""
+    shape = tf.shape(volume)
+    as_images = tf.transpose(volume, [1, 0, 2])[..., tf.newaxis]  # (h, D, w, 1): batch over y
+    resized = tf.image.resize(as_images, tf.stack([out_d, shape[2]]), method="bilinear", antialias=True)
+    return tf.transpose(resized[..., 0], [1, 0, 2])
+
+
+def normalize_localization(volume: tf.Tensor, contract: ModelContract) -> tf.Tensor:
+    """(D, H, W) HU -> (1, D', H', W', 1) network input, padded with air to valid sizes."""
+    windowed = _window(volume, contract.localization_window_hu)
+    padded = _pad_to_multiple(windowed, contract.localization_size_multiple, -1.0)
+    return padded[tf.newaxis, ..., tf.newaxis]
+
+
+def position_channels(
+    shape_zyx: tf.Tensor, spacing_mm_zyx: tf.Tensor, center_mm_zyx: tf.Tensor, scale_mm: float
+) -> tf.Tensor:
+    """(D, H, W, 3) float32: each voxel centre's (z, y, x) offset from the organ box centre, in
+    units of ``scale_mm``. ``center_mm_zyx`` is measured from the grid's leading edge."""
+    axes = []
+    for axis in range(3):
+        n = shape_zyx[axis]
+        pos = (tf.cast(tf.range(n), tf.float32) + 0.5) * spacing_mm_zyx[axis] - center_mm_zyx[axis]
+        axes.append(pos / scale_mm)
+    z, y, x = tf.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+    return tf.stack([z, y, x], axis=-1)
+
+
+def normalize_segmentation(
+    volume: tf.Tensor, spacing_mm_zyx: tf.Tensor, center_mm_zyx: tf.Tensor, contract: ModelContract
+) -> tf.Tensor:
+    """(D, H, W) HU on the box grid -> (1, D', H', W', 4) network input: windowed intensity padded
+    to valid sizes, and position channels (which continue linearly into the padding)."""
+    windowed = _pad_to_multiple(
+        _window(volume, contract.segmentation_window_hu), contract.segmentation_size_multiple, -1.0
+    )
+    coords = position_channels(
+        tf.shape(windowed), spacing_mm_zyx, center_mm_zyx, contract.coordinate_scale_mm
+    )
+    return tf.concat([windowed[..., tf.newaxis], coords], axis=-1)[tf.newaxis]
+
+
+def box_from_heatmaps(heatmaps: tf.Tensor, threshold: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Bounding box of all voxels whose highest organ heatmap exceeds ``threshold``.
+
+    heatmaps: (D, H, W, C) float32. Returns (start_zyx int32, stop_zyx int32 exclusive, found bool);
+    when nothing exceeds the threshold, the box is the whole grid and found is False.
+    """
+    mask = tf.reduce_max(heatmaps, axis=-1) > threshold
+    idx = tf.cast(tf.where(mask), tf.int32)
+    found = tf.shape(idx)[0] > 0
+    shape = tf.shape(mask)
+    start = tf.cond(found, lambda: tf.reduce_min(idx, axis=0), lambda: tf.zeros([3], tf.int32))
+    stop = tf.cond(found, lambda: tf.reduce_max(idx, axis=0) + 1, lambda: shape)
+    return start, stop, found
+
+
+def labels_from_scores_slab(
+    scores: tf.Tensor, out_shape_zyx: tf.Tensor, z_start: tf.Tensor, z_count: tf.Tensor
+) -> tf.Tensor:
+    """Resample class scores (d, h, w, C) on the box grid onto the output grid ``out_shape_zyx``
+    (same extent), for output slices [z_start, z_start + z_count) only, and take the argmax.
+
+    Returns (z_count, H, W) uint8 labels; memory is z_count * H * W * C floats, never the full grid.
+    """
+    d = tf.shape(scores)[0]
+    scale = tf.cast(d, tf.float32) / tf.cast(out_shape_zyx[0], tf.float32)
+    k = tf.cast(tf.range(z_start, z_start + z_count), tf.float32)
+    src = tf.clip_by_value((k + 0.5) * scale - 0.5, 0.0, tf.cast(d - 1, tf.float32))
+    z0 = tf.cast(tf.floor(src), tf.int32)
+    z1 = tf.minimum(z0 + 1, d - 1)
+    w = (src - tf.cast(z0, tf.float32))[:, tf.newaxis, tf.newaxis, tf.newaxis]
+    slab = tf.gather(scores, z0) * (1.0 - w) + tf.gather(scores, z1) * w
+    resized = tf.image.resize(slab, out_shape_zyx[1:], method="bilinear")
+    return tf.cast(tf.argmax(resized, axis=-1), tf.uint8)
+
+
+class TfUtilsModule(tf.Module):
+    """The exported preprocessing/postprocessing functions with fixed input signatures."""
+
+    def __init__(self, contract: ModelContract) -> None:
+        super().__init__(name="tf_utils_module")
+        self._contract = contract
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32, name="slab"),
+            tf.TensorSpec([2], tf.int32, name="start_yx"),
+            tf.TensorSpec([2], tf.int32, name="size_yx"),
+            tf.TensorSpec([2], tf.int32, name="out_hw"),
+        ]
+    )
+    def crop_resample_inplane(self, slab, start_yx, size_yx, out_hw):
+        return crop_resample_inplane(slab, start_yx, size_yx, out_hw)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32, name="volume"),
+            tf.TensorSpec([], tf.int32, name="out_d"),
+        ]
+    )
+    def resample_z(self, volume, out_d):
+        return resample_z(volume, out_d)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="volume")])
+    def normalize_localization(self, volume):
+        return normalize_localization(volume, self._contract)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32, name="volume"),
+            tf.TensorSpec([3], tf.float32, name="spacing_mm_zyx"),
+            tf.TensorSpec([3], tf.float32, name="center_mm_zyx"),
+        ]
+    )
+    def normalize_segmentation(self, volume, spacing_mm_zyx, center_mm_zyx):
+        return normalize_segmentation(volume, spacing_mm_zyx, center_mm_zyx, self._contract)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, None], tf.float32, name="heatmaps"),
+            tf.TensorSpec([], tf.float32, name="threshold"),
+        ]
+    )
+    def box_from_heatmaps(self, heatmaps, threshold):
+        return box_from_heatmaps(heatmaps, threshold)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, None], tf.float32, name="scores"),
+            tf.TensorSpec([3], tf.int32, name="out_shape_zyx"),
+            tf.TensorSpec([], tf.int32, name="z_start"),
+            tf.TensorSpec([], tf.int32, name="z_count"),
+        ]
+    )
+    def labels_from_scores_slab(self, scores, out_shape_zyx, z_start, z_count):
+        return labels_from_scores_slab(scores, out_shape_zyx, z_start, z_count)

@@ -1,0 +1,361 @@
+"""Training loops for the localization net and the SpatialConfiguration-Net.
+
+A run directory holds ``config.yaml``, ``data.json`` (which cases trained and validated),
+``checkpoints/`` (model, optimizer and step; a rerun resumes from the latest) and
+``metrics.json`` (validation figures at the end). ``tf.distribute.MirroredStrategy`` is used when
+more than one GPU is visible; mixed precision when a GPU is present (config ``mixed_precision``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from flare_seg.contract import SEGMENTATION_INPUT_CHANNELS, ModelContract
+from flare_seg.labels import NUM_CLASSES, NUM_ORGANS, ORGANS
+from flare_seg.training import tf_utils
+from flare_seg.training.config import TrainConfig
+from flare_seg.training.data import PreparedCase, list_cases, prepare_dataset
+from flare_seg.training.networks import localization_net, spatial_configuration_net
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    if config.task == "localization":
+        return localization_net(NUM_ORGANS, config.filters)
+    return spatial_configuration_net(
+        NUM_CLASSES,
+        SEGMENTATION_INPUT_CHANNELS,
+        filters=config.filters,
+        sc_filters=config.sc_filters,
+        sc_downsample=config.sc_downsample,
+    )
+
+
+def checkpoint_for(
+    model: keras.Model, optimizer: Any | None = None
+) -> tuple[tf.train.Checkpoint, tf.Variable]:
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    objects: dict[str, Any] = {"model": model, "step": step}
+    if optimizer is not None:
+        objects["optimizer"] = optimizer
+    return tf.train.Checkpoint(**objects), step
+
+
+def restore_model(run_dir: Path, config: TrainConfig) -> tuple[keras.Model, int]:
+    """The model of a run with its latest checkpoint's weights, and that checkpoint's step."""
+    model = build_model(config)
+    ckpt, step = checkpoint_for(model)
+    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints: train first")
+    ckpt.restore(latest).expect_partial()
+    return model, int(step.numpy())
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, channels: slice = slice(None)) -> tf.Tensor:
+    """1 - mean soft Dice over the selected channels (computed over the whole batch volume)."""
+    t, p = y_true[..., channels], y_pred[..., channels]
+    axes = tf.range(tf.rank(t) - 1)
+    inter = tf.reduce_sum(t * p, axis=axes)
+    denom = tf.reduce_sum(t, axis=axes) + tf.reduce_sum(p, axis=axes)
+    return 1.0 - tf.reduce_mean((2.0 * inter + 1.0) / (denom + 1.0))
+
+
+def localization_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    bce = tf.reduce_mean(keras.losses.binary_crossentropy(y_true[..., tf.newaxis], y_pred[..., tf.newaxis]))
+    return bce + soft_dice_loss(y_true, y_pred)
+
+
+def segmentation_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    ce = tf.reduce_mean(keras.losses.categorical_crossentropy(y_true, y_pred))
+    return ce + soft_dice_loss(y_true, y_pred, slice(1, None))
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def _augment_hu(rng: np.random.Generator, hu: np.ndarray, config: TrainConfig) -> np.ndarray:
+    scale = rng.uniform(1 - config.intensity_scale, 1 + config.intensity_scale)
+    shift = rng.uniform(-config.intensity_shift_hu, config.intensity_shift_hu)
+    noise = rng.normal(0.0, rng.uniform(0.0, config.noise_hu), hu.shape).astype(np.float32)
+    return (hu * scale + shift + noise).astype(np.float32)
+
+
+def localization_samples(
+    cases: list[PreparedCase], config: TrainConfig, contract: ModelContract, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (input (D,H,W,1), target (D,H,W,organs)) pairs, padded to valid sizes."""
+    rng = np.random.default_rng(seed)
+    while True:
+        case = cases[rng.integers(len(cases))]
+        x = tf_utils.normalize_localization(tf.constant(_augment_hu(rng, case.loc_image, config)), contract)[
+            0
+        ]
+        target = np.zeros((*x.shape[:3], case.loc_target.shape[-1]), np.float32)
+        d, h, w = case.loc_target.shape[:3]
+        target[:d, :h, :w] = case.loc_target
+        yield x.numpy(), target
+
+
+def segmentation_patch(
+    rng: np.random.Generator, case: PreparedCase, config: TrainConfig, contract: ModelContract
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training patch: (P,P,P,4) network input and (P,P,P) labels, around an organ voxel or anywhere."""
+    p = config.patch_size_vox
+    shape = np.asarray(case.seg_image.shape)
+    if rng.random() < config.foreground_fraction:
+        present = [k for k in ORGANS if np.any(case.seg_labels == k)]
+        k = present[rng.integers(len(present))]
+        vox = np.argwhere(case.seg_labels == k)
+        centre = vox[rng.integers(len(vox))] + rng.integers(-p // 4, p // 4 + 1, 3)
+    else:
+        centre = rng.integers(0, shape)
+    start = centre - p // 2
+    hu = np.full((p, p, p), AIR_HU, np.float32)
+    labels = np.zeros((p, p, p), np.uint8)
+    lo, hi = np.maximum(start, 0), np.minimum(start + p, shape)
+    if np.all(hi > lo):
+        dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
+        src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        hu[dst] = case.seg_image[src]
+        labels[dst] = case.seg_labels[src]
+    spacing = case.seg_spacing_mm_zyx
+    box_centre_mm = case.organ_box_mm.mean(axis=0) + rng.normal(0.0, config.centre_jitter_mm, 3)
+    centre_in_patch_mm = box_centre_mm - start * spacing
+    x = tf_utils.normalize_segmentation(
+        tf.constant(_augment_hu(rng, hu, config)),
+        tf.constant(spacing, tf.float32),
+        tf.constant(centre_in_patch_mm, tf.float32),
+        contract,
+    )[0]
+    return x.numpy(), labels
+
+
+def segmentation_samples(
+    cases: list[PreparedCase], config: TrainConfig, contract: ModelContract, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    eye = np.eye(NUM_CLASSES, dtype=np.float32)
+    while True:
+        x, labels = segmentation_patch(rng, cases[rng.integers(len(cases))], config, contract)
+        yield x, eye[labels]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
+
+
+def validate_localization(
+    model: keras.Model, cases: list[PreparedCase], contract: ModelContract
+) -> dict[str, Any]:
+    """Per-organ Dice of thresholded heatmaps at ~6 mm, and the organ box's corner error in voxels."""
+    dices: dict[str, list[float]] = {name: [] for name in ORGANS.values()}
+    box_err = []
+    for case in cases:
+        x = tf_utils.normalize_localization(tf.constant(case.loc_image), contract)
+        d, h, w = case.loc_image.shape
+        heat = model(x, training=False).numpy()[0, :d, :h, :w]
+        for i, name in enumerate(ORGANS.values()):
+            dices[name].append(
+                _dice(heat[..., i] > contract.heatmap_threshold, case.loc_target[..., i] > 0.5)
+            )
+        s, e, found = tf_utils.box_from_heatmaps(tf.constant(heat), tf.constant(contract.heatmap_threshold))
+        ts, te, _ = tf_utils.box_from_heatmaps(tf.constant(case.loc_target), tf.constant(0.5))
+        if bool(found):
+            box_err.append(float(np.abs(np.concatenate([s - ts, e - te])).max()))
+    return {
+        "dice": {k: float(np.mean(v)) for k, v in dices.items()},
+        "max_box_corner_error_vox": float(np.max(box_err)) if box_err else None,
+        "cases": [c.name for c in cases],
+    }
+
+
+def validate_segmentation(
+    model: keras.Model, cases: list[PreparedCase], contract: ModelContract
+) -> dict[str, Any]:
+    """Per-organ Dice at ~2 mm on each validation case's cached box, with the true box centre."""
+    dices: dict[str, list[float]] = {name: [] for name in ORGANS.values()}
+    for case in cases:
+        x = tf_utils.normalize_segmentation(
+            tf.constant(case.seg_image),
+            tf.constant(case.seg_spacing_mm_zyx),
+            tf.constant(case.organ_box_mm.mean(axis=0), tf.float32),
+            contract,
+        )
+        d, h, w = case.seg_image.shape
+        pred = np.argmax(model(x, training=False).numpy()[0, :d, :h, :w], axis=-1)
+        for k, name in ORGANS.items():
+            dices[name].append(_dice(pred == k, case.seg_labels == k))
+    return {"dice": {k: float(np.mean(v)) for k, v in dices.items()}, "cases": [c.name for c in cases]}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps: int
+    metrics: dict[str, Any]
+
+
+def _strategy() -> tf.distribute.Strategy:
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train(
+    data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract | None = None
+) -> RunResult:
+    """Train ``config.task`` on a FLARE21-layout dataset into ``run_dir`` (resuming if it has checkpoints)."""
+    contract = contract or ModelContract()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved_config = run_dir / "config.yaml"
+    if saved_config.exists() and tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
+        previous = saved_config.read_text()
+        if previous != config.to_yaml():
+            log.warning("resuming %s with a changed config; the new one is recorded", run_dir)
+    saved_config.write_text(config.to_yaml())
+
+    keras.utils.set_random_seed(config.seed)
+    cases = list_cases(data_dir)
+    if len(cases) <= config.val_cases:
+        raise ValueError(f"{len(cases)} cases: need more than val_cases={config.val_cases}")
+    module = tf_utils.TfUtilsModule(contract)
+    t0 = time.time()
+    prepared = prepare_dataset(
+        data_dir,
+        Path(data_dir) / ".flare_seg_cache",
+        contract,
+        module,
+        progress=lambda i, n, name: log.info("prepared %d/%d %s", i, n, name),
+    )
+    log.info("prepared %d cases in %.0f s", len(prepared), time.time() - t0)
+    split = len(prepared) - config.val_cases
+    train_cases, val_cases = prepared[:split], prepared[split:]
+    dataset_meta = _dataset_provenance(Path(data_dir), train_cases, val_cases)
+    (run_dir / "data.json").write_text(json.dumps(dataset_meta, indent=2))
+
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and bool(gpus))
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    strategy = _strategy()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_per_device * replicas
+    with strategy.scope():
+        model = build_model(config)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, config.steps, alpha=config.final_learning_rate / config.learning_rate
+        )
+        optimizer: Any = keras.optimizers.Adam(schedule)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        ckpt, step_var = checkpoint_for(model, optimizer)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=3)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+
+    if config.task == "localization":
+        samples = localization_samples(train_cases, config, contract, config.seed + int(step_var.numpy()))
+        loss_fn = localization_loss
+        in_shape, out_c = (None, None, None, 1), NUM_ORGANS
+    else:
+        samples = segmentation_samples(train_cases, config, contract, config.seed + int(step_var.numpy()))
+        loss_fn = segmentation_loss
+        p = config.patch_size_vox
+        in_shape, out_c = (p, p, p, SEGMENTATION_INPUT_CHANNELS), NUM_CLASSES
+    out_shape = (*in_shape[:3], out_c)
+    dataset = tf.data.Dataset.from_generator(
+        lambda: samples,
+        output_signature=(tf.TensorSpec(in_shape, tf.float32), tf.TensorSpec(out_shape, tf.float32)),
+    )
+    dataset = dataset.padded_batch(global_batch).prefetch(2)
+    dist_iter = iter(strategy.experimental_distribute_dataset(dataset))
+
+    def step_fn(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = loss_fn(y, tf.cast(pred, tf.float32)) / replicas
+            scaled = optimizer.scale_loss(loss) if mixed else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        losses = strategy.run(step_fn, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    start_step = int(step_var.numpy())
+    t_start, recent = time.time(), []
+    for step in range(start_step, config.steps):
+        x, y = next(dist_iter)
+        recent.append(float(distributed_step(x, y)))
+        step_var.assign(step + 1)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            done = step + 1 - start_step
+            rate = done / (time.time() - t_start)
+            eta = (config.steps - step - 1) / max(rate, 1e-9)
+            log.info(
+                "%s step %d/%d loss %.4f  %.2f steps/s  eta %s",
+                config.task,
+                step + 1,
+                config.steps,
+                float(np.mean(recent)),
+                rate,
+                time.strftime("%H:%M:%S", time.gmtime(eta)),
+            )
+            recent = []
+        if (step + 1) % config.checkpoint_every == 0:
+            manager.save(checkpoint_number=step + 1)
+    manager.save(checkpoint_number=int(step_var.numpy()))
+
+    validate = validate_localization if config.task == "localization" else validate_segmentation
+    metrics = validate(model, val_cases, contract) if val_cases else {}
+    metrics["steps"] = int(step_var.numpy())
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("%s validation: %s", config.task, json.dumps(metrics.get("dice", {})))
+    keras.mixed_precision.set_global_policy("float32")
+    return RunResult(run_dir, int(step_var.numpy()), metrics)
+
+
+def _dataset_provenance(
+    data_dir: Path, train_cases: list[PreparedCase], val_cases: list[PreparedCase]
+) -> dict:
+    meta: dict[str, Any] = {
+        "data_dir": str(data_dir.resolve()),
+        "train_cases": [c.name for c in train_cases],
+        "val_cases": [c.name for c in val_cases],
+    }
+    described = data_dir / "dataset.json"
+    if described.is_file():
+        try:
+            meta["dataset"] = json.loads(described.read_text())
+            meta["dataset"].pop("cases", None)
+        except json.JSONDecodeError:
+            log.warning("ignoring unreadable %s", described)
+    return meta

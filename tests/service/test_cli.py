@@ -1,0 +1,105 @@
+"""Batch prediction: challenge naming, per-case failures, summaries, exit codes, predict.sh."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from flare_seg.cli import main
+from flare_seg.geometry import Geometry
+from tests.conftest import REPO, ct_image
+
+
+def _workspace(tmp_path: Path) -> tuple[Path, Path]:
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    sitk.WriteImage(ct_image(), str(inputs / "good1_0000.nii.gz"))
+    sitk.WriteImage(
+        ct_image(direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)), str(inputs / "good2_0000.nii.gz")
+    )
+    (inputs / "text_0000.nii.gz").write_text("not an image")
+    data = (inputs / "good1_0000.nii.gz").read_bytes()
+    (inputs / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
+    sitk.WriteImage(sitk.Image([16, 16], sitk.sitkInt16), str(inputs / "flat_0000.nii.gz"))
+    (inputs / "empty_0000.nii.gz").write_bytes(b"")
+    (inputs / "notes.txt").write_text("ignored")
+    (inputs / "good1_0001.nii.gz").write_bytes(gzip.compress(b"second channel, ignored"))
+    return inputs, outputs
+
+
+def test_predict_writes_good_cases_reports_bad_ones_and_exits_1(tiny_models, tmp_path, capsys):
+    inputs, outputs = _workspace(tmp_path)
+    code = main(["predict", str(inputs), str(outputs), "--models-dir", str(tiny_models)])
+    assert code == 1
+    assert sorted(p.name for p in outputs.glob("*.nii.gz")) == ["good1.nii.gz", "good2.nii.gz"]
+    assert not [p for p in outputs.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    for case in ("good1", "good2"):
+        mask = sitk.ReadImage(str(outputs / f"{case}.nii.gz"))
+        assert Geometry.of(mask) == Geometry.of(sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz")))
+    summary = json.loads((outputs / "summary.json").read_text())
+    status = {c["case"]: c for c in summary["cases"]}
+    assert set(status) == {"good1", "good2", "text", "truncated", "flat", "empty"}
+    assert status["good1"]["status"] == "ok" and set(status["good1"]["volumes_ml"]) == {
+        "liver",
+        "kidney",
+        "spleen",
+        "pancreas",
+    }
+    for bad in ("text", "truncated", "flat", "empty"):
+        assert status[bad]["status"] == "failed" and status[bad]["error"]
+    assert "3D" in status["flat"]["error"]
+    assert summary["failed"] == 4 and summary["succeeded"] == 2
+    assert (outputs / "summary.csv").read_text().count("\n") == 7
+    out = capsys.readouterr().out
+    assert "good1: ok" in out and "text: FAILED" in out
+
+
+def test_predict_with_no_inputs_or_bad_models_fails_with_one_line(tiny_models, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert (
+        main(["predict", str(tmp_path / "in"), str(tmp_path / "out"), "--models-dir", str(tiny_models)]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no <case>_0000.nii.gz" in err
+    assert main(["predict", str(tmp_path / "in"), str(tmp_path / "out"), "--models-dir", str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_predict_sh_runs_on_a_workspace_laid_out_like_the_container(tiny_models, tmp_path):
+    inputs, outputs = tmp_path / "workspace" / "inputs", tmp_path / "workspace" / "outputs"
+    inputs.mkdir(parents=True)
+    image = ct_image(direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    sitk.WriteImage(image, str(inputs / "case7_0000.nii.gz"))
+    env = {
+        **os.environ,
+        "FLARE_SEG_MODELS_DIR": str(tiny_models),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        [str(REPO / "predict.sh"), str(inputs), str(outputs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    mask = sitk.ReadImage(str(outputs / "case7.nii.gz"))
+    assert Geometry.of(mask) == Geometry.of(sitk.ReadImage(str(inputs / "case7_0000.nii.gz")))
+    assert np.asarray(sitk.GetArrayViewFromImage(mask)).dtype == np.uint8
+
+
+def test_service_code_never_imports_training_code():
+    code = (
+        "import sys, flare_seg.service.pipeline, flare_seg.service.cli, flare_seg.service.api, flare_seg.cli;"
+        "bad = [m for m in sys.modules if m.startswith('flare_seg.training')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

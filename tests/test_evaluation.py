@@ -1,0 +1,363 @@
+"""Tests of flare_seg.evaluation: Dice, NSD, geometry checks and the folder evaluation."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from flare_seg.evaluation import (
+    EvaluationReport,
+    dice,
+    evaluate_case,
+    evaluate_dirs,
+    normalized_surface_distance,
+)
+from flare_seg.labels import ORGANS
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _cube(shape: tuple[int, int, int], start: tuple[int, int, int], size: int) -> np.ndarray:
+    """A boolean z,y,x array holding one cube of edge ``size`` voxels starting at ``start``."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(s, s + size) for s in start)] = True
+    return mask
+
+
+def _brute_force_nsd(
+    pred: np.ndarray, ref: np.ndarray, spacing_mm_zyx: tuple[float, ...], tol: float
+) -> float:
+    """NSD straight from the definition: explicit faces, all-pairs distances between border voxels."""
+
+    def surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        padded = np.pad(mask, 1)
+        coords, areas = [], []
+        for index in zip(*np.nonzero(mask), strict=True):
+            area = 0.0
+            for axis, step in itertools.product(range(3), (-1, 1)):
+                neighbour = [i + 1 for i in index]
+                neighbour[axis] += step
+                if not padded[tuple(neighbour)]:
+                    area += float(np.prod([s for a, s in enumerate(spacing_mm_zyx) if a != axis]))
+            if area > 0:
+                coords.append(np.array(index) * np.array(spacing_mm_zyx))
+                areas.append(area)
+        return np.array(coords), np.array(areas)
+
+    pred_xyz, pred_area = surface(pred)
+    ref_xyz, ref_area = surface(ref)
+    distances = np.linalg.norm(pred_xyz[:, None, :] - ref_xyz[None, :, :], axis=-1)
+    within = pred_area[distances.min(axis=1) <= tol].sum() + ref_area[distances.min(axis=0) <= tol].sum()
+    return float(within / (pred_area.sum() + ref_area.sum()))
+
+
+def _image(array_zyx: np.ndarray, spacing_xyz: tuple[float, float, float], **geometry: object) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
+    image.SetSpacing(spacing_xyz)
+    if "origin" in geometry:
+        image.SetOrigin(geometry["origin"])
+    if "direction" in geometry:
+        image.SetDirection(geometry["direction"])
+    return image
+
+
+SPACING_XYZ = (0.8, 0.8, 2.5)  # anisotropic, x,y,z as SimpleITK has it
+ORIGIN_XYZ = (120.0, -35.5, 400.0)
+FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # diag(-1, -1, 1), LPS <-> RAS style
+
+
+def _phantom_labels(shape_zyx: tuple[int, int, int] = (8, 12, 14), with_pancreas: bool = True) -> np.ndarray:
+    """A z,y,x label array with one box per organ (pancreas optional)."""
+    labels = np.zeros(shape_zyx, dtype=np.uint8)
+    labels[1:6, 1:6, 1:7] = 1  # liver
+    labels[2:5, 7:10, 2:5] = 2  # kidney
+    labels[2:6, 7:11, 8:12] = 3  # spleen
+    if with_pancreas:
+        labels[5:7, 2:5, 9:13] = 4  # pancreas
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------
+# dice
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dice_of_shifted_cubes() -> None:
+    a = _cube((10, 10, 10), (2, 2, 2), 4)  # 64 voxels
+    b = _cube((10, 10, 10), (2, 2, 4), 4)  # 64 voxels, overlap 4*4*2 = 32
+    assert dice(a, b) == pytest.approx(2 * 32 / 128)
+    c = _cube((10, 10, 10), (3, 3, 3), 2)  # 8 voxels, inside a
+    assert dice(a, c) == pytest.approx(2 * 8 / (64 + 8))
+
+
+def test_dice_edge_cases() -> None:
+    a = _cube((6, 6, 6), (1, 1, 1), 3)
+    empty = np.zeros_like(a)
+    assert dice(a, a) == 1.0
+    assert dice(empty, empty) == 1.0
+    assert dice(a, empty) == 0.0
+    assert dice(empty, a) == 0.0
+    assert dice(a.astype(np.uint8) * 7, a) == 1.0  # non-zero is foreground
+    with pytest.raises(ValueError, match="shape"):
+        dice(a, a[:-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# NSD
+# --------------------------------------------------------------------------------------------------
+
+
+def test_nsd_identical_far_apart_and_empty() -> None:
+    shape = (12, 12, 30)
+    a = _cube(shape, (4, 4, 2), 4)
+    far = _cube(shape, (4, 4, 22), 4)
+    empty = np.zeros(shape, dtype=bool)
+    assert normalized_surface_distance(a, a, (1.0, 1.0, 1.0)) == 1.0
+    assert normalized_surface_distance(a, far, (1.0, 1.0, 1.0), tolerance_mm=5.0) == 0.0
+    assert normalized_surface_distance(empty, empty, (1.0, 1.0, 1.0)) == 1.0
+    assert normalized_surface_distance(a, empty, (1.0, 1.0, 1.0)) == 0.0
+    assert normalized_surface_distance(empty, a, (1.0, 1.0, 1.0)) == 0.0
+
+
+def test_nsd_one_voxel_shift_against_tolerance() -> None:
+    """Cube of edge n = 4 voxels at 1 mm, prediction shifted by one voxel along x.
+
+    Every border voxel of either cube lies at 0 or 1 mm from the other surface, so a 2 mm tolerance
+    gives 1. With 0.5 mm only distance-0 voxels count: the border voxels the two cubes share, i.e. the
+    side ring (y or z on the boundary) of the n - 1 overlapping x-slices. Their exposed faces are the
+    4n side faces per slice, plus one x face for each of the 4n - 4 ring voxels in the slice where the
+    cube starts (prediction) or ends (reference). Total surface is 6n² faces per cube, so
+    NSD = ((n - 1) * 4n + 4n - 4) / 6n² = 60 / 96 for n = 4, for each cube and so for both.
+    """
+    n = 4
+    ref = _cube((10, 10, 10), (3, 3, 3), n)
+    pred = _cube((10, 10, 10), (3, 3, 4), n)
+    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=2.0) == 1.0
+    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=1.0) == 1.0  # "<=" tol
+    expected = ((n - 1) * 4 * n + 4 * n - 4) / (6 * n * n)
+    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=0.5) == pytest.approx(
+        expected
+    )
+    assert expected == pytest.approx(0.625)
+
+
+def test_nsd_anisotropic_spacing() -> None:
+    """Spacing (z, y, x) = (3, 1, 1) mm, tolerance 2 mm, 4-voxel cube shifted by one voxel.
+
+    Along x (1 mm) every surface voxel is within 1 mm: NSD 1. Along z (3 mm) the cap the cubes do not
+    share is 3 mm away. Face areas: z faces 1 mm², y and x faces 3 mm²; total per cube
+    2*16*1 + 4*16*3 = 224 mm². Within 2 mm for the prediction: the side ring of the 3 shared z-slices
+    (3 * 16 * 3 = 144 mm²), the bottom faces of the first slice's ring (12 mm²) and of its 4 inner
+    voxels, 1 mm from the reference's side ring (4 mm²): 160 mm², the same for the reference by
+    symmetry, so NSD = 160 / 224.
+    """
+    spacing = (3.0, 1.0, 1.0)
+    ref = _cube((10, 10, 10), (3, 3, 3), 4)
+    along_x = _cube((10, 10, 10), (3, 3, 4), 4)
+    along_z = _cube((10, 10, 10), (4, 3, 3), 4)
+    assert normalized_surface_distance(along_x, ref, spacing, tolerance_mm=2.0) == 1.0
+    assert normalized_surface_distance(along_z, ref, spacing, tolerance_mm=2.0) == pytest.approx(160 / 224)
+    assert normalized_surface_distance(along_z, ref, spacing, tolerance_mm=3.0) == 1.0
+
+
+def test_nsd_matches_brute_force_on_random_blobs() -> None:
+    """The cropped EDT implementation against the definition, with masks touching the array edge."""
+    rng = np.random.default_rng(0)
+    spacing = (2.5, 0.8, 1.2)
+    for _ in range(3):
+        pred = rng.random((7, 9, 8)) < 0.35
+        ref = rng.random((7, 9, 8)) < 0.35
+        for tol in (0.0, 1.0, 2.6):
+            assert normalized_surface_distance(pred, ref, spacing, tol) == pytest.approx(
+                _brute_force_nsd(pred, ref, spacing, tol)
+            )
+
+
+def test_nsd_crop_is_translation_invariant() -> None:
+    """The same pair at the array corner (touching the edge) and well inside gives the same NSD."""
+    spacing = (2.0, 1.0, 0.7)
+    small_ref = _cube((5, 5, 5), (0, 0, 0), 4)
+    small_pred = _cube((5, 5, 5), (1, 0, 1), 4)
+    big_ref = np.zeros((20, 20, 20), dtype=bool)
+    big_pred = np.zeros((20, 20, 20), dtype=bool)
+    big_ref[8:13, 8:13, 8:13] = small_ref
+    big_pred[8:13, 8:13, 8:13] = small_pred
+    assert normalized_surface_distance(small_pred, small_ref, spacing, 1.5) == pytest.approx(
+        normalized_surface_distance(big_pred, big_ref, spacing, 1.5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("spacing", "tolerance"),
+    [((1.0, 1.0), 1.0), ((1.0, 0.0, 1.0), 1.0), ((1.0, 1.0, float("nan")), 1.0), ((1.0, 1.0, 1.0), -1.0)],
+)
+def test_nsd_rejects_bad_arguments(spacing: tuple[float, ...], tolerance: float) -> None:
+    a = _cube((6, 6, 6), (1, 1, 1), 3)
+    with pytest.raises(ValueError):
+        normalized_surface_distance(a, a, spacing, tolerance)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate_case
+# --------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_case_scores_each_organ_and_flips_spacing_once() -> None:
+    labels = _phantom_labels()
+    ref = _image(labels, (1.0, 1.0, 3.0), origin=ORIGIN_XYZ, direction=FLIP_XY)  # z is the 3 mm axis
+    pred_labels = labels.copy()
+    pred_labels[labels == 3] = 0  # spleen missed
+    pred_labels[pred_labels == 1] = 0
+    pred_labels[2:7, 1:6, 1:7][labels[1:6, 1:6, 1:7] == 1] = 1  # liver shifted by one voxel along z
+    pred = _image(pred_labels, (1.0, 1.0, 3.0), origin=ORIGIN_XYZ, direction=FLIP_XY)
+
+    scores = evaluate_case(pred, ref, tolerance_mm=2.0)
+
+    assert list(scores) == list(ORGANS.values())
+    assert scores["kidney"] == {"dice": 1.0, "nsd": 1.0}
+    assert scores["pancreas"] == {"dice": 1.0, "nsd": 1.0}
+    assert scores["spleen"] == {"dice": 0.0, "nsd": 0.0}
+    assert scores["liver"]["dice"] == pytest.approx(2 * 4 / 10)  # 5 slices each, 4 shared
+    # a 3 mm shift is outside 2 mm: if the spacing were not flipped, z would be 1 mm and NSD 1
+    assert scores["liver"]["nsd"] < 1.0
+    assert evaluate_case(pred, ref, tolerance_mm=3.0)["liver"]["nsd"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("spacing", (0.8, 0.8, 2.0), "spacing"),
+        ("origin", (120.0, -35.5, 401.0), "origin"),
+        ("direction", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), "direction"),
+    ],
+)
+def test_evaluate_case_rejects_geometry_mismatch(
+    attribute: str, value: tuple[float, ...], message: str
+) -> None:
+    labels = _phantom_labels()
+    ref = _image(labels, SPACING_XYZ, origin=ORIGIN_XYZ, direction=FLIP_XY)
+    pred = _image(labels, SPACING_XYZ, origin=ORIGIN_XYZ, direction=FLIP_XY)
+    getattr(pred, f"Set{attribute.capitalize()}")(value)
+    with pytest.raises(ValueError, match=message):
+        evaluate_case(pred, ref)
+
+
+def test_evaluate_case_rejects_size_mismatch_and_tolerates_rounding() -> None:
+    labels = _phantom_labels()
+    ref = _image(labels, SPACING_XYZ, origin=ORIGIN_XYZ, direction=FLIP_XY)
+    with pytest.raises(ValueError, match="size"):
+        evaluate_case(_image(labels[:-1], SPACING_XYZ, origin=ORIGIN_XYZ, direction=FLIP_XY), ref)
+    nearly = _image(
+        labels,
+        tuple(s + 1e-6 for s in SPACING_XYZ),
+        origin=tuple(o + 1e-5 for o in ORIGIN_XYZ),
+        direction=FLIP_XY,
+    )
+    assert evaluate_case(nearly, ref)["liver"] == {"dice": 1.0, "nsd": 1.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate_dirs
+# --------------------------------------------------------------------------------------------------
+
+
+def _write(image: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def test_evaluate_dirs_end_to_end_with_missing_prediction(tmp_path: Path) -> None:
+    label_dir, pred_dir, out_dir = tmp_path / "labels", tmp_path / "preds", tmp_path / "out"
+    geometry = {"origin": ORIGIN_XYZ, "direction": FLIP_XY}
+    labels_a = _phantom_labels()
+    labels_b = _phantom_labels(with_pancreas=False)
+    _write(_image(labels_a, SPACING_XYZ, **geometry), label_dir / "case_a.nii.gz")
+    _write(_image(labels_b, SPACING_XYZ, **geometry), label_dir / "case_b.nii.gz")
+    pred_a = labels_a.copy()
+    pred_a[pred_a == 3] = 0  # spleen missed in case a
+    _write(_image(pred_a, SPACING_XYZ, **geometry), pred_dir / "case_a.nii.gz")
+    _write(_image(labels_a, SPACING_XYZ, **geometry), pred_dir / "no_label.nii.gz")  # ignored
+
+    report = evaluate_dirs(pred_dir, label_dir, tolerance_mm=1.0, out_dir=out_dir)
+
+    expected = {
+        "case_a": {
+            "liver": {"dice": 1.0, "nsd": 1.0},
+            "kidney": {"dice": 1.0, "nsd": 1.0},
+            "spleen": {"dice": 0.0, "nsd": 0.0},
+            "pancreas": {"dice": 1.0, "nsd": 1.0},
+        },
+        "case_b": {  # missing: 0 for organs in the label, 1 for the absent pancreas
+            "liver": {"dice": 0.0, "nsd": 0.0},
+            "kidney": {"dice": 0.0, "nsd": 0.0},
+            "spleen": {"dice": 0.0, "nsd": 0.0},
+            "pancreas": {"dice": 1.0, "nsd": 1.0},
+        },
+    }
+    assert isinstance(report, EvaluationReport)
+    assert report.per_case == expected
+    assert report.missing == ["case_b"]
+    assert report.mean["liver"] == {"dice": 0.5, "nsd": 0.5}
+    assert report.std["liver"] == {"dice": 0.5, "nsd": 0.5}
+    assert report.mean["spleen"] == {"dice": 0.0, "nsd": 0.0}
+    assert report.std["pancreas"] == {"dice": 0.0, "nsd": 0.0}
+
+    with (out_dir / "evaluation.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], r["organ"]) for r in rows] == [
+        (case, organ) for case in ("case_a", "case_b") for organ in ORGANS.values()
+    ]
+    for row in rows:
+        assert float(row["dice"]) == expected[row["case"]][row["organ"]]["dice"]
+        assert float(row["nsd"]) == expected[row["case"]][row["organ"]]["nsd"]
+
+    saved = json.loads((out_dir / "evaluation.json").read_text())
+    assert saved["cases"] == expected
+    assert saved["missing"] == ["case_b"]
+    assert saved["mean"] == report.mean
+    assert saved["std"] == report.std
+    assert saved["tolerance_mm"] == 1.0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["evaluation.csv", "evaluation.json"]  # no temp files
+
+    table = report.summary_table()
+    assert all(organ in table for organ in ORGANS.values())
+    assert "0.5000 ± 0.5000" in table
+    assert "case_b" in table
+
+
+def test_evaluate_dirs_names_and_default_out_dir(tmp_path: Path) -> None:
+    """Predictions named like FLARE images (<case>_0000) are found; results land in pred_dir."""
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    labels = _phantom_labels()
+    _write(_image(labels, SPACING_XYZ, direction=FLIP_XY), label_dir / "train_001.nii.gz")
+    _write(_image(labels, SPACING_XYZ, direction=FLIP_XY), pred_dir / "train_001_0000.nii.gz")
+
+    report = evaluate_dirs(pred_dir, label_dir)
+
+    assert report.missing == []
+    assert report.per_case["train_001"]["liver"] == {"dice": 1.0, "nsd": 1.0}
+    assert (pred_dir / "evaluation.csv").is_file()
+    assert (pred_dir / "evaluation.json").is_file()
+
+
+def test_evaluate_dirs_errors(tmp_path: Path) -> None:
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    label_dir.mkdir()
+    pred_dir.mkdir()
+    with pytest.raises(ValueError, match="no"):
+        evaluate_dirs(pred_dir, label_dir)
+    with pytest.raises(FileNotFoundError):
+        evaluate_dirs(tmp_path / "nope", label_dir)
+    labels = _phantom_labels()
+    _write(_image(labels, SPACING_XYZ, direction=FLIP_XY), label_dir / "c1.nii.gz")
+    _write(_image(labels, SPACING_XYZ), pred_dir / "c1.nii.gz")  # identity direction
+    with pytest.raises(ValueError, match=r"c1.*direction"):
+        evaluate_dirs(pred_dir, label_dir)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from flare_seg.training.config import load_config
+
+
+def test_defaults_file_and_flags_layer_in_order(tmp_path):
+    cfg = tmp_path / "seg.yaml"
+    cfg.write_text("task: segmentation\nsteps: 50\nlearning_rate: 0.01\nfilters: [4, 8, 16, 16]\n")
+    c = load_config("segmentation", cfg, steps=7, seed=None)
+    assert c.steps == 7  # flag wins
+    assert c.learning_rate == 0.01  # file beats default
+    assert c.filters == (4, 8, 16, 16)
+    assert load_config("segmentation").steps != 7
+
+
+def test_bad_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown training settings: \\['stepz'\\]"):
+        load_config("localization", stepz=3)
+    with pytest.raises(ValueError, match="patch_size_vox"):
+        load_config("segmentation", patch_size_vox=30)
+    wrong = tmp_path / "loc.yaml"
+    wrong.write_text("task: localization\n")
+    with pytest.raises(ValueError, match="is a localization config"):
+        load_config("segmentation", wrong)
+
+
+def test_config_yaml_round_trips(tmp_path):
+    import yaml
+
+    c = load_config("localization", steps=11)
+    raw = yaml.safe_load(c.to_yaml())
+    assert load_config(raw.pop("task"), None, **raw) == c

@@ -1,0 +1,76 @@
+"""The traced preprocessing/postprocessing functions, before and after a SavedModel round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from flare_seg.contract import TF_UTILS_FUNCTIONS, ModelContract
+from flare_seg.training.tf_utils import TfUtilsModule
+
+
+@pytest.fixture(scope="module")
+def fns(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfu") / "tf_utils_module"
+    tf.saved_model.save(TfUtilsModule(ModelContract()), str(path))
+    return tf.saved_model.load(str(path))
+
+
+def test_saved_module_has_every_contract_function(fns):
+    for name in TF_UTILS_FUNCTIONS:
+        assert callable(getattr(fns, name))
+
+
+def test_normalize_localization_windows_and_pads_with_air(fns):
+    vol = np.full((5, 9, 17), 500.0, np.float32)
+    vol[0, 0, 0] = -3000.0
+    x = fns.normalize_localization(vol).numpy()
+    assert x.shape == (1, 8, 16, 24, 1)
+    assert x[0, 0, 0, 0, 0] == -1.0  # clipped at the window
+    assert x[0, 1, 1, 1, 0] == pytest.approx(0.5)  # 500 HU in [-1000, 1000]
+    assert np.all(x[0, 5:, :, :, 0] == -1.0)  # padding is air
+
+
+def test_normalize_segmentation_position_channels_are_mm_from_centre(fns):
+    vol = np.zeros((8, 8, 16), np.float32)
+    x = fns.normalize_segmentation(vol, [2.0, 2.0, 1.0], [8.0, 8.0, 8.0]).numpy()[0]
+    assert x.shape == (8, 8, 16, 4)
+    # voxel (z=3) centre is at 7 mm, 1 mm before the centre: -1 mm / 100 mm
+    assert x[3, 0, 0, 1] == pytest.approx(-0.01)
+    assert x[0, 5, 0, 2] == pytest.approx((11.0 - 8.0) / 100.0)
+    assert x[0, 0, 15, 3] == pytest.approx((15.5 - 8.0) / 100.0)
+
+
+def test_box_from_heatmaps_finds_union_box_and_reports_empty(fns):
+    heat = np.zeros((10, 12, 14, 4), np.float32)
+    heat[2:4, 5:7, 1:3, 0] = 0.9
+    heat[6, 8, 10, 3] = 0.6
+    heat[9, 11, 13, 2] = 0.4  # below threshold
+    start, stop, found = fns.box_from_heatmaps(heat, 0.5)
+    assert bool(found)
+    np.testing.assert_array_equal(start, [2, 5, 1])
+    np.testing.assert_array_equal(stop, [7, 9, 11])
+    start, stop, found = fns.box_from_heatmaps(np.zeros((3, 4, 5, 4), np.float32), 0.5)
+    assert not bool(found)
+    np.testing.assert_array_equal(stop, [3, 4, 5])
+
+
+def test_labels_from_scores_slabs_match_one_pass_and_restore_a_block(fns):
+    # a block of class 2 on a 10^3 grid, upsampled to 40x30x20 (same extent)
+    scores = np.zeros((10, 10, 10, 3), np.float32)
+    scores[..., 0] = 1.0
+    scores[2:6, 3:8, 4:9] = [0.0, 0.0, 1.0]
+    out_shape = [40, 30, 20]
+    whole = fns.labels_from_scores_slab(scores, out_shape, 0, 40).numpy()
+    assert whole.dtype == np.uint8 and whole.shape == (40, 30, 20)
+    slabs = np.concatenate(
+        [fns.labels_from_scores_slab(scores, out_shape, a, 7).numpy() for a in range(0, 35, 7)]
+        + [fns.labels_from_scores_slab(scores, out_shape, 35, 5).numpy()]
+    )
+    np.testing.assert_array_equal(slabs, whole)
+    # the block [2, 6) x [3, 8) x [4, 9) in source voxels covers [8, 24) x [9, 24) x [8, 18) at the output
+    expected = np.zeros((40, 30, 20), np.uint8)
+    expected[8:24, 9:24, 8:18] = 2
+    assert np.mean(whole == expected) > 0.99
+    assert whole[16, 16, 13] == 2 and whole[2, 2, 2] == 0

@@ -1,0 +1,53 @@
+"""Training runs: checkpoints, resume, recorded config and data split; dataset checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import SimpleITK as sitk
+
+from flare_seg.training.config import load_config
+from flare_seg.training.data import DatasetError, list_cases, load_case
+from flare_seg.training.train import train
+
+
+def test_run_records_config_data_split_and_metrics(tiny_runs):
+    loc, seg = tiny_runs
+    for run in (loc, seg):
+        assert (run / "config.yaml").is_file()
+        data = json.loads((run / "data.json").read_text())
+        assert len(data["val_cases"]) == 1 and len(data["train_cases"]) == 3
+        assert not set(data["val_cases"]) & set(data["train_cases"])
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert set(metrics["dice"]) == {"liver", "kidney", "spleen", "pancreas"}
+
+
+def test_training_resumes_from_the_latest_checkpoint(tiny_runs, phantom_dataset, tmp_path):
+    run = tmp_path / "loc"
+    shutil.copytree(tiny_runs[0], run)
+    config = load_config("localization", steps=3, filters=(4, 8, 8, 8), val_cases=1, log_every=1)
+    result = train(phantom_dataset, run, config)
+    assert result.steps == 3  # continued from step 2, not from 0
+    import tensorflow as tf
+
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("-3")
+
+
+def test_dataset_errors_name_the_case(phantom_dataset, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(phantom_dataset, broken)
+    case = list_cases(broken)[0]
+    image = sitk.ReadImage(str(case.image_path))
+    mask = sitk.ReadImage(str(case.mask_path))
+    mask.SetOrigin(tuple(v + 5.0 for v in mask.GetOrigin()))
+    sitk.WriteImage(mask, str(case.mask_path))
+    with pytest.raises(DatasetError, match=f"case {case.name}: image origin"):
+        load_case(case)
+    assert image.GetSize() == mask.GetSize()
+    case.mask_path.unlink()
+    with pytest.raises(DatasetError, match=f"case {case.name}: image .* has no mask"):
+        list_cases(broken)
+    with pytest.raises(DatasetError, match="TrainingImg/ is missing"):
+        list_cases(tmp_path / "nowhere")
