@@ -101,6 +101,58 @@ def image_from_array_zyx(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 
 @dataclass(frozen=True)
+class AxisMap:
+    """How an axis-aligned image's voxel array is seen on the canonical (LPS) grid, without a copy.
+
+    ``view(array)`` of an array indexed like the original image is the array indexed like the
+    canonical grid: a transpose and flips, both numpy views. Writing into the view of a fresh
+    array fills it in the original's layout, so results go back without resampling or copying.
+    """
+
+    transpose_zyx: tuple[int, int, int]  # canonical numpy axis a is original numpy axis transpose_zyx[a]
+    flip_zyx: tuple[bool, bool, bool]  # per canonical numpy axis, after the transpose
+
+    def view(self, array_zyx: np.ndarray) -> np.ndarray:
+        v = np.transpose(array_zyx, self.transpose_zyx)
+        return v[tuple(slice(None, None, -1) if f else slice(None) for f in self.flip_zyx)]
+
+
+def canonical_axes(geometry: Geometry) -> tuple[AxisMap, Geometry]:
+    """For an axis-aligned grid: the view onto the canonical grid, and that grid's geometry.
+
+    The same grid as ``sitk.DICOMOrient(image, "LPS")`` yields, computed without touching voxels.
+    """
+    if not geometry.is_axis_aligned:
+        raise ValueError("canonical_axes needs an axis-aligned direction; oblique images need resampling")
+    d = geometry.direction_matrix  # rows: patient L, P, S; columns: image axes x, y, z
+    image_axis_of = [0, 0, 0]  # patient axis -> image axis
+    flipped = [False, False, False]  # per patient axis
+    for i in range(3):
+        p = int(np.argmax(np.abs(d[:, i])))
+        image_axis_of[p] = i
+        flipped[p] = bool(d[p, i] < 0)
+    if sorted(image_axis_of) != [0, 1, 2]:
+        raise ValueError(f"direction {geometry.direction} is not a permutation of the patient axes")
+    size = tuple(geometry.size_xyz[image_axis_of[p]] for p in range(3))
+    spacing = tuple(geometry.spacing_mm_xyz[image_axis_of[p]] for p in range(3))
+    corner = np.zeros(3)
+    for p in range(3):
+        if flipped[p]:
+            corner[image_axis_of[p]] = geometry.size_xyz[image_axis_of[p]] - 1
+    origin = geometry.index_to_physical_xyz(corner)
+    canonical = Geometry(
+        size,  # type: ignore[arg-type]
+        spacing,  # type: ignore[arg-type]
+        tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
+    # numpy axis a holds patient axis 2 - a; the original's numpy axis for image axis i is 2 - i
+    transpose = tuple(2 - image_axis_of[2 - a] for a in range(3))
+    flips = tuple(flipped[2 - a] for a in range(3))
+    return AxisMap(transpose, flips), canonical  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class CanonicalTransform:
     """What ``to_canonical`` did, so that ``undo_canonical`` restores the input grid exactly."""
 

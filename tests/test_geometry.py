@@ -79,3 +79,39 @@ def test_image_from_array_rejects_wrong_shape():
     g = Geometry.of(_image((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)))
     with pytest.raises(ValueError, match="does not match"):
         image_from_array_zyx(np.zeros((9, 7, 5), np.int16), g)
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("signs", list(itertools.product((1.0, -1.0), repeat=3)))
+def test_canonical_axes_view_matches_dicom_orient(perm, signs):
+    from flare_seg.geometry import canonical_axes
+
+    direction = np.zeros((3, 3))
+    for image_axis, patient_axis in enumerate(perm):
+        direction[patient_axis, image_axis] = signs[image_axis]
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.7, 1.1, 2.5))
+    image.SetOrigin((-12.0, 30.5, 101.25))
+    image.SetDirection(tuple(direction.ravel()))
+    reference = sitk.DICOMOrient(image, "LPS")
+
+    axes, canonical = canonical_axes(Geometry.of(image))
+    view = axes.view(sitk.GetArrayViewFromImage(image))
+    np.testing.assert_array_equal(view, sitk.GetArrayViewFromImage(reference))
+    assert canonical.size_xyz == reference.GetSize()
+    np.testing.assert_allclose(canonical.spacing_mm_xyz, reference.GetSpacing())
+    np.testing.assert_allclose(canonical.origin_mm_xyz, reference.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(canonical.direction, np.eye(3).ravel(), atol=1e-12)
+    # Writing through the view of a fresh array fills it in the original's layout.
+    back = np.zeros_like(arr)
+    axes.view(back)[...] = sitk.GetArrayViewFromImage(reference)
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_canonical_axes_rejects_oblique():
+    from flare_seg.geometry import canonical_axes
+
+    geometry = Geometry((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), oblique_direction())
+    with pytest.raises(ValueError, match="oblique"):
+        canonical_axes(geometry)

@@ -25,7 +25,14 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
-from flare_seg.geometry import Geometry, image_from_array_zyx, to_canonical, undo_canonical
+from flare_seg.geometry import (
+    AxisMap,
+    Geometry,
+    canonical_axes,
+    image_from_array_zyx,
+    to_canonical,
+    undo_canonical,
+)
 from flare_seg.grid import GridCrop, crop_around_box, plan_shape, resample_crop, slab_slices
 from flare_seg.labels import ORGANS
 from flare_seg.service.models import LoadedModels, load_models
@@ -123,19 +130,23 @@ class Segmenter:
             raise ValueError("expected a scalar image, got one with several components per voxel")
         if min(original.size_xyz) < 1:
             raise ValueError(f"empty image of size {original.size_xyz}")
-        canonical, transform = to_canonical(_as_int16(image))
-        vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
-        geometry = Geometry.of(canonical)
+        image16 = _as_int16(image)  # kept alive: ``vol`` may be a view of its buffer
+        axes: AxisMap | None = None
+        if original.is_axis_aligned:
+            # Lossless reorientation as a numpy view (transpose + flips): no copy of the volume.
+            axes, geometry = canonical_axes(original)
+            vol = axes.view(sitk.GetArrayViewFromImage(image16))
+        else:
+            canonical, transform = to_canonical(image16)
+            vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
+            geometry = Geometry.of(canonical)
         spacing = geometry.spacing_mm_zyx
         timings["reorient_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        lo, hi, found = self._localize(vol, spacing)
-        timings["localize_s"] = time.perf_counter() - t
+        lo, hi, found = self._localize(vol, spacing, timings)
         if not found:
             log.warning("localization found no organ: segmenting the whole volume")
 
-        t = time.perf_counter()
         start, size = crop_around_box(
             lo, hi, vol.shape, spacing, self.contract.box_margin_mm if found else 0.0
         )
@@ -143,17 +154,29 @@ class Segmenter:
             size, spacing, self.contract.segmentation_spacing_mm, self.contract.segmentation_max_size_vox
         )
         crop = GridCrop(start, size, out_shape, spacing)
-        probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0)
-        timings["segment_s"] = time.perf_counter() - t
+        probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0, timings)
 
         t = time.perf_counter()
-        labels = np.zeros(vol.shape, np.uint8)
+        if axes is not None:
+            labels_original = np.zeros(original.shape_zyx, np.uint8)
+            labels = axes.view(labels_original)  # written in canonical order, stored in the input's
+        else:
+            labels = np.zeros(vol.shape, np.uint8)
         self._scores_to_labels(probabilities, crop, labels)
         del probabilities
-        organ_boxes = self._organ_boxes(labels, crop, geometry)
-        mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
-        del labels
-        counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=max(ORGANS) + 1)
+        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+        organ_boxes = self._organ_boxes(region, crop, geometry)
+        # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
+        counts = np.bincount(region.ravel(), minlength=max(ORGANS) + 1)
+        del region
+        if axes is not None:
+            del labels
+            mask = image_from_array_zyx(labels_original, original)
+            del labels_original
+        else:
+            mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
+            del labels
+            counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=max(ORGANS) + 1)
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
         timings["postprocess_s"] = time.perf_counter() - t
         roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
@@ -173,22 +196,29 @@ class Segmenter:
         return max(8 * 2**20, self.memory_budget_bytes // 4)
 
     def _localize(
-        self, vol: np.ndarray, spacing: tuple[float, float, float]
+        self, vol: np.ndarray, spacing: tuple[float, float, float], timings: dict[str, float]
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found."""
+        t = time.perf_counter()
         c = self.contract
         shape = plan_shape(vol.shape, spacing, c.localization_spacing_mm, c.localization_max_size_vox)
         crop = GridCrop((0, 0, 0), vol.shape, shape, spacing)
         small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
         x = self.models.tf_utils.normalize_localization(tf.constant(small))
+        timings["localization_preprocess_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         heat = self.models.localization(x)[LOCALIZATION_OUTPUT][0, : shape[0], : shape[1], : shape[2]]
         start, stop, found = self.models.tf_utils.box_from_heatmaps(heat, tf.constant(c.heatmap_threshold))
         lo = crop.out_edge_to_source_edge(start.numpy())
         hi = crop.out_edge_to_source_edge(stop.numpy())
+        timings["localization_forward_s"] = time.perf_counter() - t
         return lo, hi, bool(found.numpy())
 
-    def _segment_box(self, vol: np.ndarray, crop: GridCrop, centre_edge_zyx: np.ndarray) -> tf.Tensor:
+    def _segment_box(
+        self, vol: np.ndarray, crop: GridCrop, centre_edge_zyx: np.ndarray, timings: dict[str, float]
+    ) -> tf.Tensor:
         """Class probabilities (d, h, w, classes) on the box grid."""
+        t = time.perf_counter()
         box = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
         centre_mm = crop.source_edge_to_out_mm(centre_edge_zyx)
         x = self.models.tf_utils.normalize_segmentation(
@@ -196,8 +226,13 @@ class Segmenter:
             tf.constant(crop.out_spacing_mm_zyx, tf.float32),
             tf.constant(centre_mm, tf.float32),
         )
+        timings["crop_resample_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         d, h, w = crop.out_shape_zyx
-        return self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]
+        probabilities = self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]
+        _ = probabilities[0, 0, 0, 0].numpy()  # wait for the forward pass (asynchronous on a GPU)
+        timings["segmentation_forward_s"] = time.perf_counter() - t
+        return probabilities
 
     def _scores_to_labels(self, probabilities: tf.Tensor, crop: GridCrop, labels: np.ndarray) -> None:
         """Resample scores onto the crop of the canonical grid slab by slab; argmax into ``labels``."""
@@ -215,8 +250,8 @@ class Segmenter:
             labels[z0 + a : z0 + a + n, y0 : y0 + ny, x0 : x0 + nx] = slab.numpy()
 
     @staticmethod
-    def _organ_boxes(labels: np.ndarray, crop: GridCrop, geometry: Geometry) -> dict[str, BoxMM | None]:
-        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+    def _organ_boxes(region: np.ndarray, crop: GridCrop, geometry: Geometry) -> dict[str, BoxMM | None]:
+        """Per-organ LPS boxes from the labels inside the crop (``region``)."""
         boxes: dict[str, BoxMM | None] = {}
         for k, name in ORGANS.items():
             present = region == k

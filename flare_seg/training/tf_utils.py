@@ -84,18 +84,46 @@ def normalize_segmentation(
     return tf.concat([windowed[..., tf.newaxis], coords], axis=-1)[tf.newaxis]
 
 
-def box_from_heatmaps(heatmaps: tf.Tensor, threshold: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Bounding box of all voxels whose highest organ heatmap exceeds ``threshold``.
+def _peak_run(profile: tf.Tensor, threshold: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The run of ``profile > threshold`` that contains the profile's maximum: (start, stop, found)."""
+    n = tf.shape(profile)[0]
+    peak = tf.cast(tf.argmax(profile), tf.int32)
+    idx = tf.range(n)
+    below = profile <= threshold
+    start = tf.reduce_max(tf.where(below & (idx <= peak), idx, -1)) + 1
+    stop = tf.reduce_min(tf.where(below & (idx >= peak), idx, n))
+    return start, stop, profile[peak] > threshold
 
-    heatmaps: (D, H, W, C) float32. Returns (start_zyx int32, stop_zyx int32 exclusive, found bool);
-    when nothing exceeds the threshold, the box is the whole grid and found is False.
+
+def box_from_heatmaps(heatmaps: tf.Tensor, threshold: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Union of the organs' boxes, each robust to stray detections away from the organ.
+
+    heatmaps: (D, H, W, C) float32. For each organ and axis, the heatmap's maximum projection onto
+    that axis is thresholded and only the run containing its peak is kept, so a false-positive blob
+    separated from the organ along any axis does not stretch the box. Returns (start_zyx int32,
+    stop_zyx int32 exclusive, found bool); when no organ exceeds the threshold, the box is the whole
+    grid and found is False.
     """
-    mask = tf.reduce_max(heatmaps, axis=-1) > threshold
-    idx = tf.cast(tf.where(mask), tf.int32)
-    found = tf.shape(idx)[0] > 0
-    shape = tf.shape(mask)
-    start = tf.cond(found, lambda: tf.reduce_min(idx, axis=0), lambda: tf.zeros([3], tf.int32))
-    stop = tf.cond(found, lambda: tf.reduce_max(idx, axis=0) + 1, lambda: shape)
+    shape = tf.shape(heatmaps)[:3]
+    starts, stops, founds = [], [], []
+    for axis in range(3):
+        others = [a for a in range(3) if a != axis]
+        profiles = tf.transpose(tf.reduce_max(heatmaps, axis=others))  # (C, n)
+        s, e, f = tf.map_fn(
+            lambda p: _peak_run(p, threshold),
+            profiles,
+            fn_output_signature=(tf.int32, tf.int32, tf.bool),
+        )
+        starts.append(s)
+        stops.append(e)
+        founds.append(f)
+    organ_found = founds[0] & founds[1] & founds[2]  # (C,)
+    found = tf.reduce_any(organ_found)
+    big = tf.reduce_max(shape) + 1
+    start = tf.stack([tf.reduce_min(tf.where(organ_found, s, big)) for s in starts])
+    stop = tf.stack([tf.reduce_max(tf.where(organ_found, e, -1)) for e in stops])
+    start = tf.where(found, start, tf.zeros([3], tf.int32))
+    stop = tf.where(found, stop, shape)
     return start, stop, found
 
 

@@ -186,6 +186,7 @@ def validate_localization(
     return {
         "dice": {k: float(np.mean(v)) for k, v in dices.items()},
         "max_box_corner_error_vox": float(np.max(box_err)) if box_err else None,
+        "box_corner_error_vox": box_err,
         "cases": [c.name for c in cases],
     }
 

@@ -56,6 +56,17 @@ def test_box_from_heatmaps_finds_union_box_and_reports_empty(fns):
     np.testing.assert_array_equal(stop, [3, 4, 5])
 
 
+def test_box_from_heatmaps_ignores_stray_blobs_away_from_the_organ(fns):
+    heat = np.zeros((30, 20, 20, 4), np.float32)
+    heat[5:12, 4:10, 6:14, 0] = 0.95  # liver
+    heat[8:10, 5:8, 7:9, 0] = 0.99  # its peak
+    heat[25, 17, 2, 0] = 0.7  # a stray false positive far from it
+    start, stop, found = fns.box_from_heatmaps(heat, 0.5)
+    assert bool(found)
+    np.testing.assert_array_equal(start, [5, 4, 6])
+    np.testing.assert_array_equal(stop, [12, 10, 14])
+
+
 def test_labels_from_scores_slabs_match_one_pass_and_restore_a_block(fns):
     # a block of class 2 on a 10^3 grid, upsampled to 40x30x20 (same extent)
     scores = np.zeros((10, 10, 10, 3), np.float32)
