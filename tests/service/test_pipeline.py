@@ -65,9 +65,7 @@ def test_segment_array_matches_segment_image(tiny_segmenter):
     arr = sitk.GetArrayFromImage(image)
     labels = tiny_segmenter.segment_array(arr, image.GetSpacing()[::-1])
     assert labels.shape == arr.shape and labels.dtype == np.uint8
-    np.testing.assert_array_equal(
-        labels, sitk.GetArrayFromImage(tiny_segmenter.segment_image(image).mask)
-    )
+    np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(tiny_segmenter.segment_image(image).mask))
     with pytest.raises(ValueError, match="3D"):
         tiny_segmenter.segment_array(arr[0], (1.0, 1.0, 1.0))
 
