@@ -143,6 +143,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from flare_seg.bench import run_bench
+    from flare_seg.service.settings import load_settings
+
+    settings = load_settings(models_dir=args.models_dir)
+    settings.check_paths()
+    run_bench(
+        settings.models_dir,
+        Path(args.work_dir),
+        args.slices,
+        seed=args.seed,
+        repeats=args.repeats,
+        memory_budget_mb=args.memory_budget_mb or settings.memory_budget_mb,
+        baseline_slices=args.baseline_slices,
+        batch_cases=args.batch_cases,
+        out_json=Path(args.out),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flare-seg", description="Two-stage abdominal CT organ segmentation."
@@ -197,6 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--models-dir")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "bench", help="time and memory of the pipeline on full-size CTs (512 x 512 x N at 0.8/1.5 mm)"
+    )
+    p.add_argument("--slices", type=int, nargs="+", default=[300, 600, 900], help="input sizes to measure")
+    p.add_argument("--work-dir", default="bench_inputs", help="where the generated CTs are kept")
+    p.add_argument("--out", default="bench_results.json", help="JSON report")
+    p.add_argument("--seed", type=int, default=990001, help="phantom seed of the generated CTs")
+    p.add_argument("--repeats", type=int, default=2, help="steady-state runs per size (the best counts)")
+    p.add_argument(
+        "--baseline-slices",
+        type=int,
+        nargs="*",
+        default=[300],
+        help="sizes that also run the single-stage baseline (slow)",
+    )
+    p.add_argument("--batch-cases", type=int, default=3, help="cases in the batch-throughput run (0: none)")
+    p.add_argument("--memory-budget-mb", type=int)
+    p.add_argument("--models-dir")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")
     p.add_argument("--image", default="examples/phantom_example_0000.nii.gz")

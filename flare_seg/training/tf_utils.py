@@ -127,24 +127,88 @@ def box_from_heatmaps(heatmaps: tf.Tensor, threshold: tf.Tensor) -> tuple[tf.Ten
     return start, stop, found
 
 
+def _linear_taps(n_in: tf.Tensor, n_out: tf.Tensor, start: tf.Tensor, count: tf.Tensor):
+    """Source taps (i0, i1) and weight of i1 for output samples [start, start + count) of a linear
+    resampling from n_in to n_out samples over the same extent (half-pixel centres, edges clamped;
+    the convention of ``tf.image.resize(..., "bilinear")``)."""
+    scale = tf.cast(n_in, tf.float32) / tf.cast(n_out, tf.float32)
+    k = tf.cast(tf.range(start, start + count), tf.float32)
+    src = tf.clip_by_value((k + 0.5) * scale - 0.5, 0.0, tf.cast(n_in - 1, tf.float32))
+    i0 = tf.cast(tf.floor(src), tf.int32)
+    i1 = tf.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - tf.cast(i0, tf.float32)
+
+
 def labels_from_scores_slab(
     scores: tf.Tensor, out_shape_zyx: tf.Tensor, z_start: tf.Tensor, z_count: tf.Tensor
 ) -> tf.Tensor:
-    """Resample class scores (d, h, w, C) on the box grid onto the output grid ``out_shape_zyx``
-    (same extent), for output slices [z_start, z_start + z_count) only, and take the argmax.
+    """Resample class scores (d, h, w, C) on the box grid trilinearly onto the output grid
+    ``out_shape_zyx`` (same extent), for output slices [z_start, z_start + z_count) only, and take
+    the argmax.
 
-    Returns (z_count, H, W) uint8 labels; memory is z_count * H * W * C floats, never the full grid.
+    Exact without interpolating everywhere: where all eight source corners of an output voxel have
+    the same argmax k, every interpolated difference p_k - p_j is a convex combination of positive
+    (or, for j > k, non-negative) differences, so the interpolated argmax is k too. Only output
+    voxels in cells whose corners disagree (a thin layer along organ boundaries) are interpolated.
+
+    Each output voxel's label depends only on its own cell, so slabs of any size give the same labels.
+
+    Returns (z_count, H, W) uint8 labels.
     """
-    d = tf.shape(scores)[0]
-    scale = tf.cast(d, tf.float32) / tf.cast(out_shape_zyx[0], tf.float32)
-    k = tf.cast(tf.range(z_start, z_start + z_count), tf.float32)
-    src = tf.clip_by_value((k + 0.5) * scale - 0.5, 0.0, tf.cast(d - 1, tf.float32))
-    z0 = tf.cast(tf.floor(src), tf.int32)
-    z1 = tf.minimum(z0 + 1, d - 1)
-    w = (src - tf.cast(z0, tf.float32))[:, tf.newaxis, tf.newaxis, tf.newaxis]
-    slab = tf.gather(scores, z0) * (1.0 - w) + tf.gather(scores, z1) * w
-    resized = tf.image.resize(slab, out_shape_zyx[1:], method="bilinear")
-    return tf.cast(tf.argmax(resized, axis=-1), tf.uint8)
+    z0, z1, _ = _linear_taps(tf.shape(scores)[0], out_shape_zyx[0], z_start, z_count)
+    lo = z0[0]
+    labels, mixed = _mixed_cells(scores, lo, z1[-1] + 1)
+    return _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo)
+
+
+def _next(a: tf.Tensor, axis: int) -> tf.Tensor:
+    """``a`` shifted by one sample towards lower indices along ``axis``, the last sample repeated."""
+    n = tf.shape(a)[axis]
+    return tf.gather(a, tf.minimum(tf.range(1, n + 1), n - 1), axis=axis)
+
+
+def _mixed_cells(scores: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Argmax labels (uint8) of source slices [lo, hi), and which cells (z..z+1, y..y+1, x..x+1,
+    clamped at the far edges) there have corners with different labels."""
+    labels = tf.cast(tf.argmax(scores[lo:hi], axis=-1), tf.uint8)
+    mixed = tf.zeros(tf.shape(labels), tf.bool)
+    corners = [labels]
+    for axis in range(3):
+        corners += [_next(c, axis) for c in corners]
+    for c in corners[1:]:
+        mixed |= c != labels
+    return labels, mixed
+
+
+def _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo) -> tf.Tensor:
+    """Output labels taken from the source labels, interpolated only inside mixed cells."""
+    shape = tf.shape(scores)
+    z0, z1, wz = _linear_taps(shape[0], out_shape_zyx[0], z_start, z_count)
+    y0, y1, wy = _linear_taps(shape[1], out_shape_zyx[1], 0, out_shape_zyx[1])
+    x0, x1, wx = _linear_taps(shape[2], out_shape_zyx[2], 0, out_shape_zyx[2])
+    # One flat 1-D gather per array: much faster on a CPU than three per-axis gathers of bytes.
+    ds, hs, ws = tf.shape(labels)[0], shape[1], shape[2]
+    flat_index = ((z0 - lo)[:, None, None] * hs + y0[None, :, None]) * ws + x0[None, None, :]
+
+    def at_output(a: tf.Tensor) -> tf.Tensor:
+        return tf.gather(tf.reshape(a, [ds * hs * ws]), flat_index)
+
+    out = at_output(labels)
+    where = tf.where(at_output(mixed))  # (k, 3) output voxels to interpolate
+    iz, iy, ix = where[:, 0], where[:, 1], where[:, 2]
+    acc = tf.zeros([tf.shape(where)[0], shape[3]], tf.float32)
+    for cz, cy, cx in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+        zz = tf.gather(z1 if cz else z0, iz)
+        yy = tf.gather(y1 if cy else y0, iy)
+        xx = tf.gather(x1 if cx else x0, ix)
+        weight = (
+            (tf.gather(wz, iz) if cz else 1.0 - tf.gather(wz, iz))
+            * (tf.gather(wy, iy) if cy else 1.0 - tf.gather(wy, iy))
+            * (tf.gather(wx, ix) if cx else 1.0 - tf.gather(wx, ix))
+        )
+        acc += weight[:, tf.newaxis] * tf.gather_nd(scores, tf.stack([zz, yy, xx], axis=1))
+    interpolated = tf.cast(tf.argmax(acc, axis=-1), tf.uint8)
+    return tf.tensor_scatter_nd_update(out, where, interpolated)
 
 
 class TfUtilsModule(tf.Module):

@@ -1,0 +1,435 @@
+"""``flare-seg bench``: speed and memory of the two-stage pipeline on full-size abdominal CTs.
+
+The benchmark writes (or reuses) full-size CTs of 512 x 512 x N voxels at 0.8 x 0.8 x 1.5 mm built
+from a phantom, then measures each size in a fresh worker process, so that memory figures are not
+polluted by earlier sizes and the first worker's start-up is a true cold start:
+
+- cold start: interpreter + imports, model load, warm-up;
+- steady state: per-case wall time from reading the file to the written mask, and per stage;
+- peak resident memory during a case above the idle footprint of the loaded models, per input voxel;
+- the I/O floor: reading the input and writing a uint8 mask of the same grid;
+- a single-stage baseline: the same segmentation network slid over the whole volume at the
+  segmentation spacing (what one would run without the localization stage);
+- batch throughput through ``predict_dir``, which reads the next case while the current one runs;
+- on a GPU, peak GPU memory.
+
+Figures are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_SPACING_MM_XYZ = (0.8, 0.8, 1.5)
+BENCH_INPLANE = 512
+# FLARE21 NIfTI files are mostly stored RAS: in SimpleITK's LPS terms, x and y point backwards.
+BENCH_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def bench_image_path(work_dir: Path, slices: int, seed: int) -> Path:
+    return Path(work_dir) / f"bench_{BENCH_INPLANE}x{BENCH_INPLANE}x{slices}_seed{seed}_0000.nii.gz"
+
+
+def make_bench_ct(slices: int, seed: int) -> Any:
+    """A 512 x 512 x ``slices`` int16 CT at 0.8 x 0.8 x 1.5 mm, centred on a full-size phantom.
+
+    Slices beyond the phantom's own extent are air (-1000 HU).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from flare_seg.geometry import Geometry
+    from flare_seg.training.phantom import PhantomOptions, generate_case
+
+    phantom, _ = generate_case(seed, PhantomOptions(size="full", flip_probability=0.0))
+    g = Geometry.of(phantom)
+    centre = g.index_to_physical_xyz((np.asarray(g.size_xyz, float) - 1.0) / 2.0)
+    size = np.array([BENCH_INPLANE, BENCH_INPLANE, slices], float)
+    spacing = np.asarray(BENCH_SPACING_MM_XYZ)
+    direction = np.asarray(BENCH_DIRECTION).reshape(3, 3)
+    origin = centre - direction @ ((size - 1.0) / 2.0 * spacing)
+    reference = sitk.Image([int(s) for s in size], sitk.sitkInt16)
+    reference.SetSpacing(tuple(float(s) for s in spacing))
+    reference.SetOrigin(tuple(float(v) for v in origin))
+    reference.SetDirection(BENCH_DIRECTION)
+    return sitk.Resample(phantom, reference, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16)
+
+
+def ensure_bench_inputs(work_dir: Path, slice_counts: list[int], seed: int) -> dict[int, Path]:
+    """Write the benchmark CTs that are not in ``work_dir`` yet; returns slices -> path."""
+    from flare_seg.service.io import write_mask_atomic
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for n in slice_counts:
+        path = bench_image_path(work_dir, n, seed)
+        if not path.is_file():
+            t = time.perf_counter()
+            write_mask_atomic(make_bench_ct(n, seed), path)  # atomic NIfTI writer; any pixel type
+            print(f"wrote {path.name} in {time.perf_counter() - t:.1f} s", flush=True)
+        paths[n] = path
+    return paths
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mib() -> float:
+    """Current resident set size (MiB)."""
+    kib = _proc_status_kib("VmRSS")
+    if kib is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return kib / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    kib = _proc_status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return kib / 1024.0
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _gpu_peak_mib(tf: Any) -> float | None:
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+def _gpu_reset(tf: Any) -> None:
+    if tf.config.list_logical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats("GPU:0")
+
+
+def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int) -> dict[str, Any]:
+    """The segmentation network slid over the whole volume at its spacing, in non-overlapping tiles
+    of its largest size, scores resampled back and argmaxed: the pipeline without localization."""
+    import numpy as np
+    import SimpleITK as sitk
+    import tensorflow as tf
+
+    from flare_seg.contract import SEGMENTATION_OUTPUT
+    from flare_seg.geometry import Geometry, canonical_axes
+    from flare_seg.grid import GridCrop, plan_shape, resample_crop
+    from flare_seg.service.io import read_ct
+
+    c = segmenter.contract
+    t0 = time.perf_counter()
+    image = read_ct(path, max_voxels)
+    axes, geometry = canonical_axes(Geometry.of(image))
+    vol = axes.view(sitk.GetArrayViewFromImage(image))
+    spacing = geometry.spacing_mm_zyx
+    shape = plan_shape(vol.shape, spacing, c.segmentation_spacing_mm, 10**6)
+    crop = GridCrop((0, 0, 0), vol.shape, shape, spacing)
+    box = resample_crop(segmenter.models.tf_utils, vol, crop, segmenter._slab_budget())
+    centre_mm = crop.source_edge_to_out_mm(np.asarray(vol.shape, float) / 2.0)
+    x = segmenter.models.tf_utils.normalize_segmentation(
+        tf.constant(box), tf.constant(crop.out_spacing_mm_zyx, tf.float32), tf.constant(centre_mm, tf.float32)
+    )
+    del box
+    x = x[:, : shape[0], : shape[1], : shape[2], :]  # drop the padding to valid sizes; tiles re-pad
+    tile = c.segmentation_max_size_vox
+    scores = np.zeros((*shape, 5), np.float32)
+    t_forward = time.perf_counter()
+    tiles = 0
+    for z in range(0, shape[0], tile):
+        for y in range(0, shape[1], tile):
+            for xx in range(0, shape[2], tile):
+                part = x[:, z : z + tile, y : y + tile, xx : xx + tile, :]
+                m = c.segmentation_size_multiple
+                pad = [(0, 0)] + [(0, (-int(n)) % m) for n in part.shape[1:4]] + [(0, 0)]
+                out = segmenter.models.segmentation(tf.pad(part, pad))[SEGMENTATION_OUTPUT]
+                d, h, w = part.shape[1:4]
+                scores[z : z + d, y : y + h, xx : xx + w] = out[0, :d, :h, :w].numpy()
+                tiles += 1
+    forward = time.perf_counter() - t_forward
+    labels = np.zeros(vol.shape, np.uint8)
+    segmenter._scores_to_labels(tf.constant(scores), crop, labels)
+    total = time.perf_counter() - t0
+    return {
+        "grid_at_segmentation_spacing_zyx": list(shape),
+        "tiles": tiles,
+        "forward_s": round(forward, 3),
+        "total_s": round(total, 3),
+    }
+
+
+def io_floor(path: Path, max_voxels: int, out_dir: Path) -> dict[str, float]:
+    """Reading the input and writing an all-background uint8 mask of the same grid."""
+    import SimpleITK as sitk
+
+    from flare_seg.service.io import read_ct, write_mask_atomic
+
+    t = time.perf_counter()
+    image = read_ct(path, max_voxels)
+    read_s = time.perf_counter() - t
+    mask = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    del image
+    t = time.perf_counter()
+    write_mask_atomic(mask, out_dir / "io_floor.nii.gz")
+    write_s = time.perf_counter() - t
+    return {"read_s": round(read_s, 3), "write_s": round(write_s, 3), "total_s": round(read_s + write_s, 3)}
+
+
+def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured for one input size, in this (fresh) process."""
+    t_start = time.perf_counter()
+    import tensorflow as tf
+
+    from flare_seg.service.cli import predict_dir
+    from flare_seg.service.io import read_ct, write_mask_atomic
+    from flare_seg.service.pipeline import Segmenter
+
+    t_imported = time.perf_counter()
+    segmenter = Segmenter.load(opts["models_dir"], opts["memory_budget_mb"])
+    t_loaded = time.perf_counter()
+    segmenter.warm_up()
+    t_warm = time.perf_counter()
+    path = Path(opts["path"])
+    max_voxels = 2_000_000_000
+    out: dict[str, Any] = {
+        "slices": opts["slices"],
+        "cold_start_s": {
+            "import_s": round(t_imported - t_start, 3),
+            "load_s": round(t_loaded - t_imported, 3),
+            "warm_up_s": round(t_warm - t_loaded, 3),
+            "total_s": round(t_warm - t_start, 3),
+        },
+        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+    }
+
+    with tempfile.TemporaryDirectory(prefix="flare-seg-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        out["io_floor"] = io_floor(path, max_voxels, tmp_dir)
+        idle = rss_mib()
+        exact_peak = reset_peak_rss()
+        _gpu_reset(tf)
+        runs = []
+        for _ in range(opts["repeats"]):
+            t = time.perf_counter()
+            image = read_ct(path, max_voxels)
+            read_s = time.perf_counter() - t
+            voxels = image.GetNumberOfPixels()
+            result = segmenter.segment_image(image)
+            del image
+            t_w = time.perf_counter()
+            write_mask_atomic(result.mask, tmp_dir / "mask.nii.gz")
+            write_s = time.perf_counter() - t_w
+            stages = {"read_s": round(read_s, 3), **result.timings_s, "write_s": round(write_s, 3)}
+            runs.append({"wall_s": round(time.perf_counter() - t, 3), "stages_s": stages})
+            del result
+        peak = peak_rss_mib()
+        out["voxels"] = voxels
+        out["runs"] = runs
+        best = min(runs, key=lambda r: r["wall_s"])
+        out["steady_state_wall_s"] = best["wall_s"]
+        out["stages_s"] = best["stages_s"]
+        out["memory"] = {
+            "idle_rss_mib": round(idle, 1),
+            "peak_rss_mib": round(peak, 1),
+            "peak_above_idle_mib": round(peak - idle, 1),
+            "peak_above_idle_bytes_per_voxel": round((peak - idle) * 2**20 / voxels, 2),
+            "peak_is_exact": exact_peak,  # False: the process-lifetime peak (includes load/warm-up)
+        }
+        gpu_peak = _gpu_peak_mib(tf)
+        if gpu_peak is not None:
+            out["memory"]["gpu_peak_mib"] = round(gpu_peak, 1)
+
+        if opts["baseline"]:
+            out["single_stage_baseline"] = single_stage_baseline(segmenter, path, max_voxels)
+        if opts["batch_cases"] > 0:
+            inputs = tmp_dir / "inputs"
+            inputs.mkdir()
+            for i in range(opts["batch_cases"]):
+                (inputs / f"case{i:02d}_0000.nii.gz").symlink_to(path.resolve())
+            reset_peak_rss()
+            before = rss_mib()
+            t = time.perf_counter()
+            reports = predict_dir(inputs, tmp_dir / "outputs", segmenter, max_voxels=max_voxels)
+            total = time.perf_counter() - t
+            out["batch"] = {
+                "cases": len(reports),
+                "failed": sum(r.status != "ok" for r in reports),
+                "total_s": round(total, 3),
+                "per_case_s": round(total / len(reports), 3),
+                "peak_above_start_mib": round(peak_rss_mib() - before, 1),
+                "peak_above_start_bytes_per_voxel": round((peak_rss_mib() - before) * 2**20 / voxels, 2),
+            }
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _spawn_worker(opts: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "flare_seg.bench", "--worker", json.dumps(opts)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"benchmark worker for {opts['slices']} slices failed: " + " | ".join(tail))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["worker_wall_s"] = round(wall, 3)
+    return result
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios and shares that the targets are stated in."""
+    summary: dict[str, Any] = {}
+    for r in results:
+        s = r["stages_s"]
+        network_io = sum(
+            s.get(k, 0.0) for k in ("read_s", "write_s", "localization_forward_s", "segmentation_forward_s")
+        )
+        entry: dict[str, Any] = {
+            "wall_s": r["steady_state_wall_s"],
+            "other_than_io_and_forward_share": round(1.0 - network_io / r["steady_state_wall_s"], 3),
+            "peak_above_idle_bytes_per_voxel": r["memory"]["peak_above_idle_bytes_per_voxel"],
+            "io_floor_ratio": round(r["steady_state_wall_s"] / r["io_floor"]["total_s"], 2),
+        }
+        if "single_stage_baseline" in r:
+            entry["speedup_vs_single_stage"] = round(
+                r["single_stage_baseline"]["total_s"] / r["steady_state_wall_s"], 2
+            )
+        if "batch" in r:
+            entry["batch_per_case_s"] = r["batch"]["per_case_s"]
+        summary[str(r["slices"])] = entry
+    return summary
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    first = results[0]
+    cold = first["cold_start_s"]
+    lines.append(
+        f"device {first['device']}; cold start {cold['total_s']:.1f} s "
+        f"(import {cold['import_s']:.1f}, load {cold['load_s']:.1f}, warm-up {cold['warm_up_s']:.1f})"
+    )
+    header = (
+        f"{'slices':>6} {'Mvox':>6} {'wall s':>7} {'io floor':>8} {'1-stage':>8} {'speedup':>7} "
+        f"{'batch/case':>10} {'peak MiB':>8} {'B/vox':>6} {'other %':>7}"
+    )
+    lines.append(header)
+    summary = summarize(results)
+    for r in results:
+        s = summary[str(r["slices"])]
+        base = r.get("single_stage_baseline", {}).get("total_s")
+        base_txt = f"{base:.1f}" if base else "-"
+        speedup_txt = f"{s['speedup_vs_single_stage']:.1f}x" if base else "-"
+        batch_txt = f"{s['batch_per_case_s']:.2f}" if "batch_per_case_s" in s else "-"
+        lines.append(
+            f"{r['slices']:>6} {r['voxels'] / 1e6:>6.1f} {r['steady_state_wall_s']:>7.2f} "
+            f"{r['io_floor']['total_s']:>8.2f} {base_txt:>8} {speedup_txt:>7} {batch_txt:>10} "
+            f"{r['memory']['peak_above_idle_mib']:>8.0f} {s['peak_above_idle_bytes_per_voxel']:>6.2f} "
+            f"{100 * s['other_than_io_and_forward_share']:>6.0f}%"
+        )
+    lines.append("stages (s) of the steady-state run:")
+    for r in results:
+        lines.append(f"  {r['slices']:>4}: " + "  ".join(f"{k} {v:.2f}" for k, v in r["stages_s"].items()))
+    return "\n".join(lines)
+
+
+def run_bench(
+    models_dir: Path,
+    work_dir: Path,
+    slice_counts: list[int],
+    seed: int = 990001,
+    repeats: int = 2,
+    memory_budget_mb: int = 2048,
+    baseline_slices: list[int] | None = None,
+    batch_cases: int = 3,
+    batch_slices: list[int] | None = None,
+    out_json: Path | None = None,
+) -> dict[str, Any]:
+    paths = ensure_bench_inputs(work_dir, slice_counts, seed)
+    baseline_slices = slice_counts[:1] if baseline_slices is None else baseline_slices
+    batch_slices = slice_counts[:1] if batch_slices is None else batch_slices
+    results = []
+    for n in slice_counts:
+        print(f"measuring 512 x 512 x {n} ...", flush=True)
+        results.append(
+            _spawn_worker(
+                {
+                    "models_dir": str(models_dir),
+                    "path": str(paths[n]),
+                    "slices": n,
+                    "repeats": repeats,
+                    "memory_budget_mb": memory_budget_mb,
+                    "baseline": n in baseline_slices,
+                    "batch_cases": batch_cases if n in batch_slices else 0,
+                }
+            )
+        )
+    doc = {
+        "input": {
+            "inplane": BENCH_INPLANE,
+            "spacing_mm_xyz": BENCH_SPACING_MM_XYZ,
+            "direction": BENCH_DIRECTION,
+            "phantom_seed": seed,
+        },
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "memory_budget_mb": memory_budget_mb,
+        "results": results,
+        "summary": summarize(results),
+    }
+    print(format_table(results))
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(doc, indent=2))
+        print(f"written {out_json}")
+    return doc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="flare-seg benchmark worker (run by `flare-seg bench`)")
+    parser.add_argument("--worker", required=True, help="JSON options")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    result = run_worker(json.loads(args.worker))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
