@@ -142,19 +142,18 @@ def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int) -> dict[s
     """The segmentation network slid over the whole volume at its spacing, in non-overlapping tiles
     of its largest size, scores resampled back and argmaxed: the pipeline without localization."""
     import numpy as np
-    import SimpleITK as sitk
     import tensorflow as tf
 
     from flare_seg.contract import SEGMENTATION_OUTPUT
-    from flare_seg.geometry import Geometry, canonical_axes
+    from flare_seg.geometry import canonical_axes
     from flare_seg.grid import GridCrop, plan_shape, resample_crop
-    from flare_seg.service.io import read_ct
+    from flare_seg.service.io import read_ct_volume
 
     c = segmenter.contract
     t0 = time.perf_counter()
-    image = read_ct(path, max_voxels)
-    axes, geometry = canonical_axes(Geometry.of(image))
-    vol = axes.view(sitk.GetArrayViewFromImage(image))
+    volume = read_ct_volume(path, max_voxels)
+    axes, geometry = canonical_axes(volume.geometry)
+    vol = axes.view(volume.array_zyx)
     spacing = geometry.spacing_mm_zyx
     shape = plan_shape(vol.shape, spacing, c.segmentation_spacing_mm, 10**6)
     crop = GridCrop((0, 0, 0), vol.shape, shape, spacing)
@@ -195,14 +194,14 @@ def io_floor(path: Path, max_voxels: int, out_dir: Path) -> dict[str, float]:
     """Reading the input and writing an all-background uint8 mask of the same grid."""
     import SimpleITK as sitk
 
-    from flare_seg.service.io import read_ct, write_mask_atomic
+    from flare_seg.service.io import read_ct_volume, write_mask_atomic
 
     t = time.perf_counter()
-    image = read_ct(path, max_voxels)
+    volume = read_ct_volume(path, max_voxels)
     read_s = time.perf_counter() - t
-    mask = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    mask.CopyInformation(image)
-    del image
+    mask = sitk.Image(volume.geometry.size_xyz, sitk.sitkUInt8)
+    volume.geometry.apply_to(mask)
+    del volume
     t = time.perf_counter()
     write_mask_atomic(mask, out_dir / "io_floor.nii.gz")
     write_s = time.perf_counter() - t
@@ -215,7 +214,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from flare_seg.service.cli import predict_dir
-    from flare_seg.service.io import read_ct, write_mask_atomic
+    from flare_seg.service.io import read_ct_volume, write_mask_atomic
     from flare_seg.service.pipeline import Segmenter
 
     t_imported = time.perf_counter()
@@ -245,11 +244,11 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
         runs = []
         for _ in range(opts["repeats"]):
             t = time.perf_counter()
-            image = read_ct(path, max_voxels)
+            volume = read_ct_volume(path, max_voxels)
             read_s = time.perf_counter() - t
-            voxels = image.GetNumberOfPixels()
-            result = segmenter.segment_image(image)
-            del image
+            voxels = volume.array_zyx.size
+            result = segmenter.segment_volume(volume)
+            del volume
             t_w = time.perf_counter()
             write_mask_atomic(result.mask, tmp_dir / "mask.nii.gz")
             write_s = time.perf_counter() - t_w

@@ -20,10 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
 from flare_seg.labels import ORGANS
-from flare_seg.service.io import InputError, read_ct, write_mask_atomic
+from flare_seg.service.io import CtVolume, InputError, read_ct_volume, write_mask_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +72,19 @@ def predict_dir(
 
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
-        pending: Future[sitk.Image] | None = reader.submit(read_ct, inputs[0][1], max_voxels)
+        pending: Future[CtVolume] | None = reader.submit(read_ct_volume, inputs[0][1], max_voxels)
         for i, (case, path) in enumerate(inputs):
             report = CaseReport(case=case, input=path.name)
             t = time.perf_counter()
             current, pending = pending, None
             if i + 1 < len(inputs):
-                pending = reader.submit(read_ct, inputs[i + 1][1], max_voxels)
+                pending = reader.submit(read_ct_volume, inputs[i + 1][1], max_voxels)
             try:
                 assert current is not None
-                image = current.result()
-                result = segmenter.segment_image(image)
-                del image
+                volume = current.result()
+                current = None  # the future holds the volume too: let it go with ``volume``
+                result = segmenter.segment_volume(volume)
+                del volume
                 out = output_dir / f"{case}.nii.gz"
                 write_mask_atomic(result.mask, out)
                 report.status, report.output = "ok", out.name

@@ -9,8 +9,10 @@ Reading is done in two steps so that hostile or broken files fail fast and cheap
    sure the voxel data the header promises is really there: SimpleITK/ITK silently zero-fills
    truncated files instead of failing.
 
-``read_ct`` does both, then reads the image with SimpleITK. Sizes, spacings and origins are in
-SimpleITK's (x, y, z) order; physical coordinates are LPS millimetres.
+``read_ct`` does both, then reads the image with SimpleITK. ``read_ct_volume`` (the batch and Python
+path) takes the geometry from SimpleITK's header reader and decompresses the voxels once, straight
+into a numpy array, checking the gzip CRC on the way: one pass instead of two, and no second copy.
+Sizes, spacings and origins are in SimpleITK's (x, y, z) order; physical coordinates are LPS mm.
 
 Every user-facing failure is an ``InputError`` (or a subclass) whose message names the file and says
 what is wrong; ``status_code`` is the HTTP status the server answers with.
@@ -30,7 +32,15 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
+
+from flare_seg.geometry import Geometry
+
+try:  # ISA-L's inflate is about 1.5x faster than zlib's; same stream format and checks
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallback
+    _inflate_lib = zlib  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +139,7 @@ class NiftiHeader:
     spacing_mm_xyz: tuple[float, float, float]
     data_offset: int
     compressed: bool
+    byteorder: str = "<"  # "<" little-endian, ">" big-endian
 
 
 def _name(path: Path, display_name: str | None) -> str:
@@ -281,6 +292,7 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         spacing_mm_xyz=spacing_mm_xyz,
         data_offset=data_offset,
         compressed=compressed,
+        byteorder=endian,
     )
 
 
@@ -477,3 +489,134 @@ def image_to_nifti_bytes(mask: sitk.Image) -> bytes:
         out = Path(tmp) / "mask.nii.gz"
         sitk.WriteImage(mask, str(out), useCompression=True)
         return out.read_bytes()
+
+
+# ----------------------------------------------------------------------------- single-pass volume reading
+
+_SITK_PIXEL_ID_OF: dict[str, int] = {
+    "uint8": sitk.sitkUInt8,
+    "int8": sitk.sitkInt8,
+    "int16": sitk.sitkInt16,
+    "uint16": sitk.sitkUInt16,
+    "int32": sitk.sitkInt32,
+    "float32": sitk.sitkFloat32,
+    "float64": sitk.sitkFloat64,
+}
+
+
+@dataclass
+class CtVolume:
+    """A CT as the pipeline consumes it: voxels indexed (z, y, x) in the file's own layout, and the
+    grid's geometry (SimpleITK's x, y, z order, LPS). Either field may be used without the other."""
+
+    array_zyx: np.ndarray
+    geometry: Geometry
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> CtVolume:
+        return cls(sitk.GetArrayFromImage(image), Geometry.of(image))
+
+
+def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
+    """Read a 3D CT for segmentation, with the same validation and errors as ``read_ct``.
+
+    The header is checked first (``read_nifti_header``); SimpleITK reads the geometry from the header
+    alone; the voxels are then decompressed once into their final array while the stream's CRC and
+    length are verified (a truncated or corrupt file is an ``InputError``). Files SimpleITK would
+    convert on reading (scaled intensities, wide integer types) or that need its full reader
+    (NIfTI-2, several gzip members) go through ``read_ct`` instead.
+    """
+    name = _name(path, display_name)
+    header = read_nifti_header(path, max_voxels, display_name=display_name)
+    _check_readable(header, name)
+    geometry = _header_geometry(path, header, name) if header.version == 1 else None
+    if geometry is None or header.datatype not in _SITK_PIXEL_ID_OF:
+        return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name))
+    dtype = np.dtype(header.datatype).newbyteorder(header.byteorder)
+    nx, ny, nz = header.dims_xyz
+    if header.compressed:
+        flat = _inflate_voxels(path, header, dtype, name)
+        if flat is None:
+            return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name))
+    else:
+        check_nifti_data(path, header, display_name=display_name)
+        flat = np.fromfile(path, dtype=dtype, count=header.voxel_count, offset=header.data_offset)
+    if not dtype.isnative:
+        flat = flat.astype(dtype.newbyteorder("="))
+    return CtVolume(flat.reshape(nz, ny, nx), geometry)
+
+
+def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | None:
+    """The grid as SimpleITK reads it from the header, or None when SimpleITK would not return the
+    file's voxels unchanged (then the caller uses the full reader)."""
+    suffix = ".nii.gz" if header.compressed else ".nii"
+    with contextlib.ExitStack() as stack:
+        read_path = path
+        if not path.name.endswith(suffix) or (suffix == ".nii" and path.name.endswith(".nii.gz")):
+            link_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flare-seg-read-")))
+            read_path = link_dir / f"image{suffix}"
+            read_path.symlink_to(path.resolve())
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("NiftiImageIO")
+        reader.SetFileName(str(read_path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None  # the full reader reports the problem with its own message
+    if (
+        reader.GetDimension() != 3
+        or reader.GetNumberOfComponents() != 1
+        or tuple(reader.GetSize()) != header.dims_xyz
+        or reader.GetPixelID() != _SITK_PIXEL_ID_OF.get(header.datatype)
+    ):
+        return None
+    return Geometry(
+        tuple(int(v) for v in reader.GetSize()),  # type: ignore[arg-type]
+        tuple(float(v) for v in reader.GetSpacing()),  # type: ignore[arg-type]
+        tuple(float(v) for v in reader.GetOrigin()),  # type: ignore[arg-type]
+        tuple(float(v) for v in reader.GetDirection()),
+    )
+
+
+def _inflate_voxels(path: Path, header: NiftiHeader, dtype: np.dtype, name: str) -> np.ndarray | None:
+    """Decompress a .nii.gz's voxel data into a new flat array, verifying length and CRC.
+
+    Returns None for a multi-member gzip file (rare; the full reader handles it).
+    """
+    out = np.empty(header.voxel_count, dtype=dtype)
+    target = memoryview(out.view(np.uint8))
+    need, skip, filled, total = header.nbytes, header.data_offset, 0, 0
+    inflater = _inflate_lib.decompressobj(31)  # gzip wrapper: checks CRC32 and ISIZE at the end
+    try:
+        with open(path, "rb") as f:
+            while not inflater.eof:
+                chunk = f.read(_READ_CHUNK_BYTES)
+                if not chunk:
+                    raise InputError(
+                        f"{name}: truncated gzip file (the stream ends after {total} of "
+                        f"{header.data_offset + need} bytes; was the upload or copy interrupted?)"
+                    )
+                data = inflater.decompress(chunk)
+                total += len(data)
+                if skip:
+                    cut = min(skip, len(data))
+                    data, skip = data[cut:], skip - cut
+                take = min(len(data), need - filled)
+                if take:
+                    target[filled : filled + take] = data[:take]
+                    filled += take
+                if total > header.data_offset + need + _TRAILING_SLACK_BYTES:
+                    logger.warning(
+                        "%s: more decompressed data than the header describes; ignoring the rest", name
+                    )
+                    break
+            if inflater.eof and (inflater.unused_data or f.read(1)):
+                return None  # another gzip member follows
+    except _inflate_lib.error as e:
+        raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
+    if filled < need:
+        raise InputError(
+            f"{name}: truncated data: {filled} of the {need} voxel bytes its header describes "
+            f"({header.dims_xyz} {header.datatype} voxels)"
+        )
+    return out

@@ -47,6 +47,7 @@ def load_models(models_dir: Path) -> LoadedModels:
     if not models_dir.is_dir():
         raise ManifestError(f"models directory {models_dir} does not exist")
     manifest = read_manifest(models_dir)
+    _configure_gpus()
     contract = ModelContract.from_json(manifest["contract"])
     expected = contract.signatures()
     if manifest.get("signatures") != _jsonish(expected):
@@ -72,6 +73,15 @@ def load_models(models_dir: Path) -> LoadedModels:
         contract,
         tuple(loaded.values()),
     )
+
+
+def _configure_gpus() -> None:
+    """Let GPU memory grow as needed instead of reserving the whole device up front."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialized, or not applicable to this allocator
+            log.debug("could not set memory growth on %s", gpu.name)
 
 
 def _jsonish(value: Any) -> Any:

@@ -35,6 +35,7 @@ from flare_seg.geometry import (
 )
 from flare_seg.grid import GridCrop, crop_around_box, plan_shape, resample_crop, slab_slices
 from flare_seg.labels import ORGANS
+from flare_seg.service.io import CtVolume
 from flare_seg.service.models import LoadedModels, load_models
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,10 @@ class Segmenter:
         self.segment_array(arr, (5.0, 6.0, 6.0))
 
     def segment_file(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
-        """Read a NIfTI file (validated, see ``service.io.read_ct``) and segment it."""
-        from flare_seg.service.io import read_ct
+        """Read a NIfTI file (validated, see ``service.io.read_ct_volume``) and segment it."""
+        from flare_seg.service.io import read_ct_volume
 
-        return self.segment_image(read_ct(Path(path), max_voxels))
+        return self.segment_volume(read_ct_volume(Path(path), max_voxels))
 
     def segment_array(
         self,
@@ -118,26 +119,39 @@ class Segmenter:
             tuple(float(v) for v in origin_mm_xyz),  # type: ignore[arg-type]
             tuple(float(v) for v in direction),
         )
-        image = image_from_array_zyx(np.asarray(array_zyx), geometry)
-        return sitk.GetArrayFromImage(self.segment_image(image).mask)
+        result = self._segment(np.asarray(array_zyx), geometry)
+        return sitk.GetArrayFromImage(result.mask)
 
     def segment_image(self, image: sitk.Image) -> SegmentationResult:
         """Segment a 3D CT image (HU); the mask has exactly the input's geometry."""
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
         original = Geometry.of(image)
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("expected a scalar image, got one with several components per voxel")
+        image16 = _as_int16(image)  # kept alive while its buffer is in use
+        return self._segment(sitk.GetArrayViewFromImage(image16), original)
+
+    def segment_volume(self, volume: CtVolume) -> SegmentationResult:
+        """Segment a ``CtVolume`` (voxels (z, y, x) in HU and their geometry), as read by
+        ``service.io.read_ct_volume``; the mask has exactly ``volume.geometry``."""
+        return self._segment(volume.array_zyx, volume.geometry)
+
+    def _segment(self, array_zyx: np.ndarray, original: Geometry) -> SegmentationResult:
+        """The pipeline on voxels in the input's own layout; ``array_zyx`` is only read."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if array_zyx.ndim != 3 or tuple(array_zyx.shape) != original.shape_zyx:
+            raise ValueError(f"voxel array of shape {array_zyx.shape} does not match the grid {original}")
         if min(original.size_xyz) < 1:
             raise ValueError(f"empty image of size {original.size_xyz}")
-        image16 = _as_int16(image)  # kept alive: ``vol`` may be a view of its buffer
+        source = _as_int16_array(array_zyx)
         axes: AxisMap | None = None
         if original.is_axis_aligned:
             # Lossless reorientation as a numpy view (transpose + flips): no copy of the volume.
             axes, geometry = canonical_axes(original)
-            vol = axes.view(sitk.GetArrayViewFromImage(image16))
+            vol = axes.view(source)
         else:
-            canonical, transform = to_canonical(image16)
+            canonical, transform = to_canonical(image_from_array_zyx(source, original))
+            del source
             vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
             geometry = Geometry.of(canonical)
         spacing = geometry.spacing_mm_zyx
@@ -271,6 +285,23 @@ def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray
     pts = geometry.index_to_physical_xyz(corners)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return (tuple(round(float(v), 2) for v in lo), tuple(round(float(v), 2) for v in hi))  # type: ignore[return-value]
+
+
+def _as_int16_array(array: np.ndarray, slab: int = 16) -> np.ndarray:
+    """HU as int16 (2 bytes a voxel): int16 passes through; others are clamped and rounded slab by
+    slab (NaN becomes air, -1024), never as a whole-volume float temporary."""
+    if array.dtype == np.int16:
+        return array
+    if array.dtype in (np.int8, np.uint8):
+        return array.astype(np.int16)
+    out = np.empty(array.shape, np.int16)
+    lo = 0 if array.dtype.kind == "u" else INT16_MIN
+    for a in range(0, array.shape[0], slab):
+        part = array[a : a + slab]
+        if array.dtype.kind == "f":
+            part = np.rint(np.nan_to_num(part, nan=-1024.0, posinf=INT16_MAX, neginf=INT16_MIN))
+        out[a : a + slab] = np.clip(part, lo, INT16_MAX)
+    return out
 
 
 def _as_int16(image: sitk.Image) -> sitk.Image:
