@@ -29,6 +29,10 @@ class TrainConfig:
     intensity_scale: float = 0.08  # augmentation: HU * U(1 - s, 1 + s)
     intensity_shift_hu: float = 15.0  # augmentation: HU + U(-s, s)
     noise_hu: float = 10.0  # augmentation: + N(0, U(0, s))
+    # augmentation: probability of compressing soft-tissue contrast (-100..600 HU), which turns a
+    # contrast-enhanced scan into one that looks unenhanced, so organs must be told apart by shape
+    # and position rather than by their enhancement
+    contrast_compression_prob: float = 0.0
     val_cases: int = 3  # last cases (by name) held out for validation
     seed: int = 0
     log_every: int = 25

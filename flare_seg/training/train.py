@@ -90,7 +90,21 @@ def segmentation_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------- samplers
 
 
+def compress_contrast(hu: np.ndarray, offset_hu: float, slope: float) -> np.ndarray:
+    """Monotone piecewise-linear HU map: unchanged below -100 and above 600 HU; 20 HU goes to
+    20 + ``offset_hu`` and 250 HU to 20 + ``offset_hu`` + 230 * ``slope`` (slope < 1 compresses the
+    enhanced soft-tissue range the way an unenhanced scan looks)."""
+    knots_x = [-100.0, 20.0, 250.0, 600.0]
+    knots_y = [-100.0, 20.0 + offset_hu, 20.0 + offset_hu + 230.0 * slope, 600.0]
+    inside = (hu > knots_x[0]) & (hu < knots_x[-1])
+    out = hu.copy()
+    out[inside] = np.interp(hu[inside], knots_x, knots_y)
+    return out
+
+
 def _augment_hu(rng: np.random.Generator, hu: np.ndarray, config: TrainConfig) -> np.ndarray:
+    if rng.random() < config.contrast_compression_prob:
+        hu = compress_contrast(hu, rng.uniform(0.0, 30.0), rng.uniform(0.12, 0.5))
     scale = rng.uniform(1 - config.intensity_scale, 1 + config.intensity_scale)
     shift = rng.uniform(-config.intensity_shift_hu, config.intensity_shift_hu)
     noise = rng.normal(0.0, rng.uniform(0.0, config.noise_hu), hu.shape).astype(np.float32)

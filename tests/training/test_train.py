@@ -51,3 +51,18 @@ def test_dataset_errors_name_the_case(phantom_dataset, tmp_path):
         list_cases(broken)
     with pytest.raises(DatasetError, match="TrainingImg/ is missing"):
         list_cases(tmp_path / "nowhere")
+
+
+def test_compress_contrast_is_monotone_and_leaves_air_fat_and_bone():
+    import numpy as np
+
+    from flare_seg.training.train import compress_contrast
+
+    hu = np.linspace(-1024, 1500, 5000).astype(np.float32)
+    out = compress_contrast(hu, offset_hu=20.0, slope=0.2)
+    assert np.all(np.diff(out) >= 0)
+    np.testing.assert_array_equal(out[hu <= -100], hu[hu <= -100])
+    np.testing.assert_array_equal(out[hu >= 600], hu[hu >= 600])
+    # enhanced organs (100-200 HU) end up in the unenhanced range (about 40-70 HU)
+    enhanced = compress_contrast(np.array([100.0, 200.0], np.float32), 20.0, 0.2)
+    assert 40.0 < enhanced[0] < enhanced[1] < 80.0
