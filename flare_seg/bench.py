@@ -373,7 +373,7 @@ def run_bench(
     slice_counts: list[int],
     seed: int = 990001,
     repeats: int = 2,
-    memory_budget_mb: int = 2048,
+    memory_budget_mb: int = 256,
     baseline_slices: list[int] | None = None,
     batch_cases: int = 3,
     batch_slices: list[int] | None = None,

@@ -83,7 +83,7 @@ def predict_dir(
                 assert current is not None
                 volume = current.result()
                 current = None  # the future holds the volume too: let it go with ``volume``
-                result = segmenter.segment_volume(volume)
+                result = segmenter.segment_volume(volume, release_input=True)
                 del volume
                 out = output_dir / f"{case}.nii.gz"
                 write_mask_atomic(result.mask, out)

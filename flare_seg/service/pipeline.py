@@ -69,7 +69,7 @@ class SegmentationResult:
 class Segmenter:
     """Loaded models plus the pipeline; load once, segment many. Not thread-safe: one call at a time."""
 
-    def __init__(self, models: LoadedModels, memory_budget_mb: int = 2048) -> None:
+    def __init__(self, models: LoadedModels, memory_budget_mb: int = 256) -> None:
         if memory_budget_mb < 64:
             raise ValueError(f"memory_budget_mb must be >= 64, not {memory_budget_mb}")
         self.models = models
@@ -77,7 +77,7 @@ class Segmenter:
         self.memory_budget_bytes = int(memory_budget_mb) * 2**20
 
     @classmethod
-    def load(cls, models_dir: Path | str, memory_budget_mb: int = 2048) -> Segmenter:
+    def load(cls, models_dir: Path | str, memory_budget_mb: int = 256) -> Segmenter:
         return cls(load_models(Path(models_dir)), memory_budget_mb)
 
     @property
@@ -130,13 +130,29 @@ class Segmenter:
         image16 = _as_int16(image)  # kept alive while its buffer is in use
         return self._segment(sitk.GetArrayViewFromImage(image16), original)
 
-    def segment_volume(self, volume: CtVolume) -> SegmentationResult:
+    def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResult:
         """Segment a ``CtVolume`` (voxels (z, y, x) in HU and their geometry), as read by
-        ``service.io.read_ct_volume``; the mask has exactly ``volume.geometry``."""
-        return self._segment(volume.array_zyx, volume.geometry)
+        ``service.io.read_ct_volume``; the mask has exactly ``volume.geometry``.
 
-    def _segment(self, array_zyx: np.ndarray, original: Geometry) -> SegmentationResult:
-        """The pipeline on voxels in the input's own layout; ``array_zyx`` is only read."""
+        ``release_input=True`` hands the voxels over: ``volume.array_zyx`` is dropped as soon as the
+        network has seen it, so the input and the output mask are never in memory together (the
+        batch CLI does this).
+        """
+        if not release_input:
+            return self._segment(volume.array_zyx, volume.geometry)
+        array, volume.array_zyx = volume.array_zyx, None  # type: ignore[assignment]
+        holder = [array]
+        del array
+        return self._segment(holder, volume.geometry)
+
+    def _segment(self, array_zyx: np.ndarray | list[np.ndarray], original: Geometry) -> SegmentationResult:
+        """The pipeline on voxels in the input's own layout (only read). Given as a one-element list,
+        the list is emptied once the voxels are no longer needed, freeing them if nobody else holds
+        them."""
+        holder = array_zyx if isinstance(array_zyx, list) else None
+        if holder is not None:
+            array_zyx = holder[0]
+        assert isinstance(array_zyx, np.ndarray)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         if array_zyx.ndim != 3 or tuple(array_zyx.shape) != original.shape_zyx:
@@ -145,13 +161,14 @@ class Segmenter:
             raise ValueError(f"empty image of size {original.size_xyz}")
         source = _as_int16_array(array_zyx)
         axes: AxisMap | None = None
+        canonical: sitk.Image | None = None
         if original.is_axis_aligned:
             # Lossless reorientation as a numpy view (transpose + flips): no copy of the volume.
             axes, geometry = canonical_axes(original)
             vol = axes.view(source)
         else:
             canonical, transform = to_canonical(image_from_array_zyx(source, original))
-            del source
+            source = None
             vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
             geometry = Geometry.of(canonical)
         spacing = geometry.spacing_mm_zyx
@@ -169,13 +186,16 @@ class Segmenter:
         )
         crop = GridCrop(start, size, out_shape, spacing)
         probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0, timings)
+        if holder is not None:  # the input is not needed any more: free it before the mask exists
+            holder.clear()
+            vol = source = array_zyx = canonical = None  # type: ignore[assignment]
 
         t = time.perf_counter()
         if axes is not None:
             labels_original = np.zeros(original.shape_zyx, np.uint8)
             labels = axes.view(labels_original)  # written in canonical order, stored in the input's
         else:
-            labels = np.zeros(vol.shape, np.uint8)
+            labels = np.zeros(geometry.shape_zyx, np.uint8)
         self._scores_to_labels(probabilities, crop, labels)
         del probabilities
         region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
         Path("saved_models"), description="folder holding the SavedModels and their manifest"
     )
     memory_budget_mb: int = Field(
-        2048, ge=256, description="memory budget for one inference (MiB); bounds tile and batch sizes"
+        256,
+        ge=64,
+        description="working memory for one inference beyond its input and output (MiB); bounds the slabs",
     )
     max_upload_mb: int = Field(2048, ge=1, description="largest accepted upload (MiB)")
     max_voxels: int = Field(1_500_000_000, ge=1, description="largest accepted image, in voxels (x*y*z)")

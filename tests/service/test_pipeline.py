@@ -99,3 +99,27 @@ def test_models_dir_without_manifest_is_refused(tmp_path):
 
     with pytest.raises(ManifestError, match=r"manifest\.json"):
         Segmenter.load(tmp_path)
+
+
+def test_release_input_gives_the_same_mask_and_drops_the_voxels(tiny_segmenter):
+    from flare_seg.service.io import CtVolume
+
+    image = ct_image()
+    reference = sitk.GetArrayFromImage(tiny_segmenter.segment_image(image).mask)
+    volume = CtVolume(sitk.GetArrayFromImage(image), Geometry.of(image))
+    result = tiny_segmenter.segment_volume(volume, release_input=True)
+    assert volume.array_zyx is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.mask), reference)
+    assert Geometry.of(result.mask) == Geometry.of(image)
+
+
+def test_float_input_with_nan_and_out_of_range_values(tiny_segmenter):
+    image = ct_image(pixel_type=sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(image)
+    arr[0, 0, 0] = np.nan
+    arr[0, 0, 1] = 1e9
+    arr[0, 0, 2] = -1e9
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(image)
+    result = tiny_segmenter.segment_image(bad)
+    assert Geometry.of(result.mask) == Geometry.of(image)

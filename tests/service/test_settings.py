@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 def test_defaults() -> None:
     s = load_settings()
     assert s.models_dir == Path("saved_models")
-    assert (s.memory_budget_mb, s.max_upload_mb, s.max_voxels) == (2048, 2048, 1_500_000_000)
+    assert (s.memory_budget_mb, s.max_upload_mb, s.max_voxels) == (256, 2048, 1_500_000_000)
     assert (s.queue_size, s.job_ttl_s) == (4, 3600)
     assert s.work_dir is None and s.api_token is None
     assert (s.host, s.port, s.log_level) == ("0.0.0.0", 8000, "info")
@@ -42,7 +42,7 @@ def test_empty_token_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("FLARE_SEG_MEMORY_BUDGET_MB", "100", "greater than or equal to 256"),
+        ("FLARE_SEG_MEMORY_BUDGET_MB", "10", "greater than or equal to 64"),
         ("FLARE_SEG_MAX_UPLOAD_MB", "0", "greater than or equal to 1"),
         ("FLARE_SEG_MAX_VOXELS", "-5", "greater than or equal to 1"),
         ("FLARE_SEG_QUEUE_SIZE", "zero", "valid integer"),
