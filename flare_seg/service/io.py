@@ -477,6 +477,7 @@ def write_mask_atomic(mask: sitk.Image, path: Path) -> None:
         sitk.WriteImage(mask, str(tmp), useCompression=suffix == ".nii.gz")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for other users and containers too
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

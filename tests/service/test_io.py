@@ -272,6 +272,7 @@ def test_write_mask_atomic_round_trips_geometry(tmp_path: Path, direction: tuple
     write_mask_atomic(mask, out)
 
     assert sorted(p.name for p in out.parent.iterdir()) == ["case01.nii.gz"]
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by other users (e.g. outside a container)
     with gzip.open(out) as f:
         assert f.read(4)  # really gzip-compressed
     back = sitk.ReadImage(str(out))
