@@ -247,7 +247,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
             volume = read_ct_volume(path, max_voxels)
             read_s = time.perf_counter() - t
             voxels = volume.array_zyx.size
-            result = segmenter.segment_volume(volume)
+            result = segmenter.segment_volume(volume, release_input=True)  # as the batch CLI does
             del volume
             t_w = time.perf_counter()
             write_mask_atomic(result.mask, tmp_dir / "mask.nii.gz")

@@ -199,9 +199,8 @@ class Segmenter:
         self._scores_to_labels(probabilities, crop, labels)
         del probabilities
         region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
-        organ_boxes = self._organ_boxes(region, crop, geometry)
         # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
-        counts = np.bincount(region.ravel(), minlength=max(ORGANS) + 1)
+        organ_boxes, counts = self._organ_boxes(region, crop, geometry)
         del region
         if axes is not None:
             del labels
@@ -210,7 +209,8 @@ class Segmenter:
         else:
             mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
             del labels
-            counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=max(ORGANS) + 1)
+            mask_view = sitk.GetArrayViewFromImage(mask)
+            counts = {k: int(np.count_nonzero(mask_view == k)) for k in ORGANS}
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
         timings["postprocess_s"] = time.perf_counter() - t
         roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
@@ -284,11 +284,18 @@ class Segmenter:
             labels[z0 + a : z0 + a + n, y0 : y0 + ny, x0 : x0 + nx] = slab.numpy()
 
     @staticmethod
-    def _organ_boxes(region: np.ndarray, crop: GridCrop, geometry: Geometry) -> dict[str, BoxMM | None]:
-        """Per-organ LPS boxes from the labels inside the crop (``region``)."""
+    def _organ_boxes(
+        region: np.ndarray, crop: GridCrop, geometry: Geometry
+    ) -> tuple[dict[str, BoxMM | None], dict[int, int]]:
+        """Per-organ LPS boxes and voxel counts from the labels inside the crop (``region``)."""
         boxes: dict[str, BoxMM | None] = {}
+        counts: dict[int, int] = {}
         for k, name in ORGANS.items():
             present = region == k
+            counts[k] = int(np.count_nonzero(present))
+            if counts[k] == 0:
+                boxes[name] = None
+                continue
             idx = [np.flatnonzero(present.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
             if any(len(i) == 0 for i in idx):
                 boxes[name] = None
@@ -296,7 +303,7 @@ class Segmenter:
             lo = np.array([i[0] for i in idx], float) + crop.start_zyx
             hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
             boxes[name] = _box_mm(geometry, lo, hi)
-        return boxes
+        return boxes, counts
 
 
 def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray) -> BoxMM:
