@@ -95,14 +95,19 @@ def _proc_status_kib(field: str) -> int | None:
     return None
 
 
-def rss_mib() -> float:
-    """Current resident set size (MiB)."""
-    kib = _proc_status_kib("VmRSS")
+def _status_mib(field: str) -> float:
+    """A /proc/self/status memory figure in MiB; without /proc, the process's peak RSS."""
+    kib = _proc_status_kib(field)
     if kib is None:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return kib / 1024.0
+
+
+def rss_mib() -> float:
+    """Current resident set size (MiB)."""
+    return _status_mib("VmRSS")
 
 
 def reset_peak_rss() -> bool:
@@ -115,12 +120,8 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mib() -> float:
-    kib = _proc_status_kib("VmHWM")
-    if kib is None:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return kib / 1024.0
+    """Peak resident set size since the process started or ``reset_peak_rss`` (MiB)."""
+    return _status_mib("VmHWM")
 
 
 # ----------------------------------------------------------------------------- worker

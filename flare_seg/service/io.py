@@ -29,6 +29,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,14 +419,7 @@ def read_ct(
         header = read_nifti_header(path, max_voxels, display_name=display_name)
         _check_readable(header, name)
 
-    suffix = ".nii.gz" if header.compressed else ".nii"
-    with contextlib.ExitStack() as stack:
-        read_path = path
-        if not path.name.endswith(suffix) or (suffix == ".nii" and path.name.endswith(".nii.gz")):
-            # SimpleITK picks the reader and the decompression from the file name.
-            link_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flare-seg-read-")))
-            read_path = link_dir / f"image{suffix}"
-            read_path.symlink_to(path.resolve())
+    with _readable_name(path, header) as read_path:
         try:
             image = sitk.ReadImage(str(read_path), imageIO="NiftiImageIO")
         except RuntimeError as e:
@@ -451,6 +445,20 @@ def read_ct(
         logger.info("%s: casting %s voxels to float32", name, image.GetPixelIDTypeAsString())
         return sitk.Cast(image, sitk.sitkFloat32)
     raise InputError(f"{name}: unsupported voxel type {image.GetPixelIDTypeAsString()}")
+
+
+@contextlib.contextmanager
+def _readable_name(path: Path, header: NiftiHeader) -> Iterator[Path]:
+    """``path``, or a temporary symbolic link to it whose name ends as SimpleITK expects: it picks
+    the reader and the decompression from the file name, and uploads have arbitrary names."""
+    suffix = ".nii.gz" if header.compressed else ".nii"
+    if path.name.endswith(suffix) and not (suffix == ".nii" and path.name.endswith(".nii.gz")):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="flare-seg-read-") as link_dir:
+        link = Path(link_dir) / f"image{suffix}"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def _nifti_suffix(path: Path) -> str:
@@ -550,13 +558,7 @@ def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = No
 def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | None:
     """The grid as SimpleITK reads it from the header, or None when SimpleITK would not return the
     file's voxels unchanged (then the caller uses the full reader)."""
-    suffix = ".nii.gz" if header.compressed else ".nii"
-    with contextlib.ExitStack() as stack:
-        read_path = path
-        if not path.name.endswith(suffix) or (suffix == ".nii" and path.name.endswith(".nii.gz")):
-            link_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flare-seg-read-")))
-            read_path = link_dir / f"image{suffix}"
-            read_path.symlink_to(path.resolve())
+    with _readable_name(path, header) as read_path:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("NiftiImageIO")
         reader.SetFileName(str(read_path))

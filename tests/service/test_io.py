@@ -17,6 +17,7 @@ from flare_seg.service.io import (
     check_nifti_data,
     image_to_nifti_bytes,
     read_ct,
+    read_ct_volume,
     read_nifti_header,
     sitk_reads_nifti2,
     write_mask_atomic,
@@ -95,13 +96,14 @@ def test_truncated_gzip_is_input_error(tmp_path: Path) -> None:
         read_ct(path, MAX_VOXELS)
 
 
-def test_truncated_uncompressed_is_input_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", [read_ct, read_ct_volume])
+def test_truncated_uncompressed_is_input_error(tmp_path: Path, reader) -> None:
     full = tmp_path / "full.nii"
     sitk.WriteImage(make_ct(), str(full), useCompression=False)
     data = full.read_bytes()
     path = write_bytes(tmp_path / "cut.nii", data[: len(data) - 100], compress=False)
     with pytest.raises(InputError, match="truncated"):
-        read_ct(path, MAX_VOXELS)
+        reader(path, MAX_VOXELS)
 
 
 def test_truncated_header_is_input_error(tmp_path: Path) -> None:

@@ -119,15 +119,6 @@ def test_corrupt_gzip(tmp_path: Path, where: str) -> None:
         read_ct_volume(path, MAX_VOXELS)
 
 
-def test_truncated_uncompressed(tmp_path: Path) -> None:
-    full = tmp_path / "full.nii"
-    sitk.WriteImage(make_ct(), str(full), useCompression=False)
-    data = full.read_bytes()
-    path = write_bytes(tmp_path / "cut.nii", data[: len(data) - 100], compress=False)
-    with pytest.raises(InputError, match="truncated"):
-        read_ct_volume(path, MAX_VOXELS)
-
-
 @pytest.mark.parametrize("dims", [(5, 6), (4, 5, 6, 3)])
 def test_not_3d(tmp_path: Path, dims: tuple[int, ...]) -> None:
     data = np.zeros(int(np.prod(dims)), "<i2").tobytes()
