@@ -202,9 +202,10 @@ def io_floor(path: Path, max_voxels: int, out_dir: Path) -> dict[str, float]:
     read_s = time.perf_counter() - t
     mask = sitk.Image(volume.geometry.size_xyz, sitk.sitkUInt8)
     volume.geometry.apply_to(mask)
+    header = volume.header
     del volume
     t = time.perf_counter()
-    write_mask_atomic(mask, out_dir / "io_floor.nii.gz")
+    write_mask_atomic(mask, out_dir / "io_floor.nii.gz", like=header)
     write_s = time.perf_counter() - t
     return {"read_s": round(read_s, 3), "write_s": round(write_s, 3), "total_s": round(read_s + write_s, 3)}
 
@@ -215,7 +216,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from flare_seg.service.cli import predict_dir
-    from flare_seg.service.io import read_ct_volume, write_mask_atomic
+    from flare_seg.service.io import read_ct_volume
     from flare_seg.service.pipeline import Segmenter
 
     t_imported = time.perf_counter()
@@ -251,7 +252,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
             result = segmenter.segment_volume(volume, release_input=True)  # as the batch CLI does
             del volume
             t_w = time.perf_counter()
-            write_mask_atomic(result.mask, tmp_dir / "mask.nii.gz")
+            result.write_mask(tmp_dir / "mask.nii.gz")
             write_s = time.perf_counter() - t_w
             stages = {"read_s": round(read_s, 3), **result.timings_s, "write_s": round(write_s, 3)}
             runs.append({"wall_s": round(time.perf_counter() - t, 3), "stages_s": stages})

@@ -122,7 +122,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Segment the bundled example CT with the shipped models and print organ volumes."""
-    from flare_seg.service.io import write_mask_atomic
     from flare_seg.service.pipeline import Segmenter
     from flare_seg.service.settings import load_settings
 
@@ -135,7 +134,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = segmenter.segment_file(example, settings.max_voxels)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_mask_atomic(result.mask, out)
+    result.write_mask(out)
     print(f"mask written to {out} (models {result.model_version})")
     for organ, ml in result.volumes_ml.items():
         print(f"  {organ:<9} {ml:9.1f} mL")

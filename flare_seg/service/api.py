@@ -74,6 +74,7 @@ from flare_seg.service.io import (
     InputError,
     image_to_nifti_bytes,
     read_ct,
+    read_nifti_header,
     validate_nifti,
     write_mask_atomic,
 )
@@ -773,6 +774,7 @@ class Service:
         """Read, segment and write or encode one image (runs on the worker thread only)."""
         segmenter = self.require_ready()
         start = time.perf_counter()
+        header = read_nifti_header(upload_path, self.settings.max_voxels, display_name=name)
         image = read_ct(upload_path, self.settings.max_voxels, display_name=name, verify_data=False)
         upload_path.unlink(missing_ok=True)
         geometry = Geometry.of(image)
@@ -788,9 +790,9 @@ class Service:
         start = time.perf_counter()
         mask_bytes = None
         if encode:
-            mask_bytes = image_to_nifti_bytes(mask)
+            mask_bytes = image_to_nifti_bytes(mask, like=header)
         if result_path is not None:
-            write_mask_atomic(mask, result_path)
+            write_mask_atomic(mask, result_path, like=header)
         write_s = time.perf_counter() - start
         logger.info(
             "segmented %s (%s voxels) in %.2f s", case, "x".join(map(str, geometry.size_xyz)), inference_s

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flare_seg.labels import ORGANS
-from flare_seg.service.io import CtVolume, InputError, read_ct_volume, write_mask_atomic
+from flare_seg.service.io import CtVolume, InputError, read_ct_volume
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def predict_dir(
                 result = segmenter.segment_volume(volume, release_input=True)
                 del volume
                 out = output_dir / f"{case}.nii.gz"
-                write_mask_atomic(result.mask, out)
+                result.write_mask(out)
                 report.status, report.output = "ok", out.name
                 report.volumes_ml = dict(result.volumes_ml)
                 report.organs_localized = result.organs_localized

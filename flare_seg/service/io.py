@@ -14,6 +14,9 @@ path) takes the geometry from SimpleITK's header reader and decompresses the vox
 into a numpy array, checking the gzip CRC on the way: one pass instead of two, and no second copy.
 Sizes, spacings and origins are in SimpleITK's (x, y, z) order; physical coordinates are LPS mm.
 
+Masks are written with the input file's own NIfTI geometry fields (``write_mask_atomic(..., like=)``):
+re-encoding a direction from float64 to NIfTI's float32 would move an oblique grid by ~1e-8.
+
 Every user-facing failure is an ``InputError`` (or a subclass) whose message names the file and says
 what is wrong; ``status_code`` is the HTTP status the server answers with.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import itertools
 import logging
 import math
 import os
@@ -30,7 +34,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +42,13 @@ import SimpleITK as sitk
 
 from flare_seg.geometry import Geometry
 
-try:  # ISA-L's inflate is about 1.5x faster than zlib's; same stream format and checks
+try:  # ISA-L's inflate and deflate are faster than zlib's; same stream format and checks
     from isal import isal_zlib as _inflate_lib
+
+    _deflate_lib, _DEFLATE_LEVEL = _inflate_lib, 2  # ISA-L levels are 0..3
 except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallback
-    _inflate_lib = zlib  # type: ignore[assignment]
+    _inflate_lib = _deflate_lib = zlib  # type: ignore[assignment]
+    _DEFLATE_LEVEL = 6
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +148,7 @@ class NiftiHeader:
     data_offset: int
     compressed: bool
     byteorder: str = "<"  # "<" little-endian, ">" big-endian
+    raw: bytes = field(default=b"", repr=False, compare=False)  # the header's own bytes (348 or 540)
 
 
 def _name(path: Path, display_name: str | None) -> str:
@@ -294,6 +302,7 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         data_offset=data_offset,
         compressed=compressed,
         byteorder=endian,
+        raw=bytes(raw[:sizeof_hdr]),
     )
 
 
@@ -469,8 +478,13 @@ def _nifti_suffix(path: Path) -> str:
     raise ValueError(f"{path}: output file name must end in .nii.gz or .nii")
 
 
-def write_mask_atomic(mask: sitk.Image, path: Path) -> None:
+def write_mask_atomic(mask: sitk.Image, path: Path, like: NiftiHeader | None = None) -> None:
     """Write ``mask`` to ``path`` (.nii.gz compressed, or .nii) atomically.
+
+    With ``like`` (the header of the NIfTI file the mask was computed from), the mask file carries
+    that header's geometry fields byte for byte (see ``mask_nifti_header``), so every reader sees
+    exactly the input's grid. Without it SimpleITK writes the mask from its in-memory geometry,
+    which NIfTI stores as float32 (an oblique direction may then read back ~1e-8 off).
 
     The image is written to a hidden temporary file in the same folder, flushed to disk, then
     renamed over ``path`` with ``os.replace``: readers see either the old file or the complete new
@@ -482,7 +496,12 @@ def write_mask_atomic(mask: sitk.Image, path: Path) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        sitk.WriteImage(mask, str(tmp), useCompression=suffix == ".nii.gz")
+        if like is None:
+            sitk.WriteImage(mask, str(tmp), useCompression=suffix == ".nii.gz")
+        else:
+            with open(tmp, "wb") as f:
+                for chunk in _mask_nifti_chunks(mask, like, compress=suffix == ".nii.gz"):
+                    f.write(chunk)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for other users and containers too
@@ -492,12 +511,82 @@ def write_mask_atomic(mask: sitk.Image, path: Path) -> None:
         raise
 
 
-def image_to_nifti_bytes(mask: sitk.Image) -> bytes:
-    """The gzip-compressed NIfTI (.nii.gz) encoding of ``mask``, e.g. for an HTTP response body."""
+def image_to_nifti_bytes(mask: sitk.Image, like: NiftiHeader | None = None) -> bytes:
+    """The gzip-compressed NIfTI (.nii.gz) encoding of ``mask``, e.g. for an HTTP response body;
+    ``like`` as in ``write_mask_atomic``."""
+    if like is not None:
+        return b"".join(_mask_nifti_chunks(mask, like, compress=True))
     with tempfile.TemporaryDirectory(prefix="flare-seg-encode-") as tmp:
         out = Path(tmp) / "mask.nii.gz"
         sitk.WriteImage(mask, str(out), useCompression=True)
         return out.read_bytes()
+
+
+_MASK_DESCRIP = b"flare-seg labels: 1 liver, 2 kidney, 3 spleen, 4 pancreas"
+_MASK_WRITE_CHUNK_BYTES = 16 << 20
+
+
+def mask_nifti_header(like: NiftiHeader, max_label: int = 4) -> bytes:
+    """A NIfTI header (plus the 4-byte extension flag) for a uint8 label mask on ``like``'s grid.
+
+    Everything that places the grid in space is copied from ``like`` unchanged: the dimensions,
+    ``pixdim`` (spacings and qfac), ``xyzt_units``, ``dim_info``, the qform and sform codes,
+    quaternion, offsets and affine rows, and the byte order. Only what describes the voxel values
+    changes (uint8, no scaling, display range 0..max_label, no intent, no slice timing, no
+    extensions), so a mask read back by any NIfTI reader has exactly the input's geometry.
+    """
+    if not like.raw:
+        raise ValueError("the template NiftiHeader carries no header bytes")
+    e = like.byteorder
+    h = bytearray(like.raw)
+    descrip = _MASK_DESCRIP.ljust(80, b"\0")
+    if like.version == 1:
+        dim = list(struct.unpack_from(e + "8h", h, 40))
+        struct.pack_into(e + "8h", h, 40, 3, *dim[1:4], 1, 1, 1, 1)
+        struct.pack_into(e + "3fhhhh", h, 56, 0.0, 0.0, 0.0, 0, 2, 8, 0)  # intent, uint8, 8 bits, slice_start
+        struct.pack_into(e + "fffhb", h, 108, float(_NIFTI1_HEADER_BYTES + 4), 1.0, 0.0, 0, 0)
+        struct.pack_into(e + "ffffii", h, 124, float(max_label), 0.0, 0.0, 0.0, 0, 0)  # cal, timing, gl
+        h[148:228] = descrip
+        h[228:252] = bytes(24)  # aux_file
+        h[328:344] = bytes(16)  # intent_name
+    else:
+        dim = list(struct.unpack_from(e + "8q", h, 16))
+        struct.pack_into(e + "hh", h, 12, 2, 8)  # uint8, 8 bits
+        struct.pack_into(e + "8q", h, 16, 3, *dim[1:4], 1, 1, 1, 1)
+        struct.pack_into(e + "3d", h, 80, 0.0, 0.0, 0.0)
+        struct.pack_into(e + "q", h, 168, _NIFTI2_HEADER_BYTES + 4)
+        struct.pack_into(e + "6d2q", h, 176, 1.0, 0.0, float(max_label), 0.0, 0.0, 0.0, 0, 0)
+        h[240:320] = descrip
+        h[320:344] = bytes(24)  # aux_file
+        struct.pack_into(e + "i", h, 496, 0)  # slice_code (xyzt_units at 500 is kept)
+        struct.pack_into(e + "i", h, 504, 0)  # intent_code
+        h[508:524] = bytes(16)  # intent_name
+    return bytes(h) + bytes(4)
+
+
+def _mask_nifti_chunks(mask: sitk.Image, like: NiftiHeader, *, compress: bool) -> Iterator[bytes]:
+    """The NIfTI file of a uint8 ``mask`` on ``like``'s grid, in pieces (gzip when ``compress``)."""
+    if mask.GetPixelID() != sitk.sitkUInt8 or mask.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a uint8 label mask, got {mask.GetPixelIDTypeAsString()}")
+    if tuple(mask.GetSize()) != like.dims_xyz:
+        raise ValueError(f"mask size {mask.GetSize()} does not match the template header's {like.dims_xyz}")
+    voxels = sitk.GetArrayViewFromImage(mask).reshape(-1)  # (z, y, x) C order = NIfTI's x-fastest order
+    pieces = itertools.chain(
+        [mask_nifti_header(like, max(4, int(voxels.max(initial=0))))],
+        (
+            voxels[i : i + _MASK_WRITE_CHUNK_BYTES].tobytes()
+            for i in range(0, voxels.size, _MASK_WRITE_CHUNK_BYTES)
+        ),
+    )
+    if not compress:
+        yield from pieces
+        return
+    deflater = _deflate_lib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, 31)  # gzip wrapper and CRC
+    for piece in pieces:
+        out = deflater.compress(piece)
+        if out:
+            yield out
+    yield deflater.flush()
 
 
 # ----------------------------------------------------------------------------- single-pass volume reading
@@ -520,10 +609,11 @@ class CtVolume:
 
     array_zyx: np.ndarray
     geometry: Geometry
+    header: NiftiHeader | None = None  # the file's NIfTI header: masks written ``like`` it
 
     @classmethod
-    def from_image(cls, image: sitk.Image) -> CtVolume:
-        return cls(sitk.GetArrayFromImage(image), Geometry.of(image))
+    def from_image(cls, image: sitk.Image, header: NiftiHeader | None = None) -> CtVolume:
+        return cls(sitk.GetArrayFromImage(image), Geometry.of(image), header)
 
 
 def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
@@ -540,19 +630,19 @@ def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = No
     _check_readable(header, name)
     geometry = _header_geometry(path, header, name) if header.version == 1 else None
     if geometry is None or header.datatype not in _SITK_PIXEL_ID_OF:
-        return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name))
+        return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name), header)
     dtype = np.dtype(header.datatype).newbyteorder(header.byteorder)
     nx, ny, nz = header.dims_xyz
     if header.compressed:
         flat = _inflate_voxels(path, header, dtype, name)
         if flat is None:
-            return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name))
+            return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name), header)
     else:
         check_nifti_data(path, header, display_name=display_name)
         flat = np.fromfile(path, dtype=dtype, count=header.voxel_count, offset=header.data_offset)
     if not dtype.isnative:
         flat = flat.astype(dtype.newbyteorder("="))
-    return CtVolume(flat.reshape(nz, ny, nx), geometry)
+    return CtVolume(flat.reshape(nz, ny, nx), geometry, header)
 
 
 def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from flare_seg.geometry import (
 )
 from flare_seg.grid import GridCrop, crop_around_box, plan_shape, resample_crop, slab_slices
 from flare_seg.labels import ORGANS
-from flare_seg.service.io import CtVolume
+from flare_seg.service.io import CtVolume, NiftiHeader, write_mask_atomic
 from flare_seg.service.models import LoadedModels, load_models
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,14 @@ class SegmentationResult:
     organs_localized: bool  # False when localization found nothing and the whole volume was used
     timings_s: dict[str, float]
     model_version: str
+    # The NIfTI header of the file that was segmented (None for in-memory input): masks are written
+    # with its geometry fields byte for byte.
+    source_header: NiftiHeader | None = field(default=None, repr=False)
+
+    def write_mask(self, path: Path | str) -> None:
+        """Write the mask atomically as .nii.gz (or .nii); read back by any NIfTI reader, it has
+        exactly the grid of the file that was segmented."""
+        write_mask_atomic(self.mask, Path(path), like=self.source_header)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures (everything but the mask)."""
@@ -139,11 +147,13 @@ class Segmenter:
         batch CLI does this).
         """
         if not release_input:
-            return self._segment(volume.array_zyx, volume.geometry)
-        array, volume.array_zyx = volume.array_zyx, None  # type: ignore[assignment]
-        holder = [array]
-        del array
-        return self._segment(holder, volume.geometry)
+            result = self._segment(volume.array_zyx, volume.geometry)
+        else:
+            array, volume.array_zyx = volume.array_zyx, None  # type: ignore[assignment]
+            holder = [array]
+            del array
+            result = self._segment(holder, volume.geometry)
+        return replace(result, source_header=volume.header) if volume.header is not None else result
 
     def _segment(self, array_zyx: np.ndarray | list[np.ndarray], original: Geometry) -> SegmentationResult:
         """The pipeline on voxels in the input's own layout (only read). Given as a one-element list,

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from flare_seg.cli import main
 from flare_seg.geometry import Geometry
-from tests.conftest import REPO, ct_image
+from tests.conftest import REPO, ct_image, oblique_direction
 
 
 def _workspace(tmp_path: Path) -> tuple[Path, Path]:
@@ -24,6 +24,7 @@ def _workspace(tmp_path: Path) -> tuple[Path, Path]:
     sitk.WriteImage(
         ct_image(direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)), str(inputs / "good2_0000.nii.gz")
     )
+    sitk.WriteImage(ct_image(direction=oblique_direction(9.0)), str(inputs / "oblique_0000.nii.gz"))
     (inputs / "text_0000.nii.gz").write_text("not an image")
     data = (inputs / "good1_0000.nii.gz").read_bytes()
     (inputs / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
@@ -38,14 +39,18 @@ def test_predict_writes_good_cases_reports_bad_ones_and_exits_1(tiny_models, tmp
     inputs, outputs = _workspace(tmp_path)
     code = main(["predict", str(inputs), str(outputs), "--models-dir", str(tiny_models)])
     assert code == 1
-    assert sorted(p.name for p in outputs.glob("*.nii.gz")) == ["good1.nii.gz", "good2.nii.gz"]
+    assert sorted(p.name for p in outputs.glob("*.nii.gz")) == [
+        "good1.nii.gz",
+        "good2.nii.gz",
+        "oblique.nii.gz",
+    ]
     assert not [p for p in outputs.iterdir() if p.name.startswith(".")]  # no temporary leftovers
-    for case in ("good1", "good2"):
+    for case in ("good1", "good2", "oblique"):  # exactly equal, also for the oblique direction
         mask = sitk.ReadImage(str(outputs / f"{case}.nii.gz"))
         assert Geometry.of(mask) == Geometry.of(sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz")))
     summary = json.loads((outputs / "summary.json").read_text())
     status = {c["case"]: c for c in summary["cases"]}
-    assert set(status) == {"good1", "good2", "text", "truncated", "flat", "empty"}
+    assert set(status) == {"good1", "good2", "oblique", "text", "truncated", "flat", "empty"}
     assert status["good1"]["status"] == "ok" and set(status["good1"]["volumes_ml"]) == {
         "liver",
         "kidney",
@@ -55,8 +60,8 @@ def test_predict_writes_good_cases_reports_bad_ones_and_exits_1(tiny_models, tmp
     for bad in ("text", "truncated", "flat", "empty"):
         assert status[bad]["status"] == "failed" and status[bad]["error"]
     assert "3D" in status["flat"]["error"]
-    assert summary["failed"] == 4 and summary["succeeded"] == 2
-    assert (outputs / "summary.csv").read_text().count("\n") == 7
+    assert summary["failed"] == 4 and summary["succeeded"] == 3
+    assert (outputs / "summary.csv").read_text().count("\n") == 8
     out = capsys.readouterr().out
     assert "good1: ok" in out and "text: FAILED" in out
 
