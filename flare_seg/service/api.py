@@ -71,10 +71,10 @@ from flare_seg import __version__
 from flare_seg.geometry import Geometry
 from flare_seg.service.io import (
     GZIP_MAGIC,
+    CtVolume,
     InputError,
     image_to_nifti_bytes,
-    read_ct,
-    read_nifti_header,
+    read_ct_volume,
     validate_nifti,
     write_mask_atomic,
 )
@@ -99,7 +99,7 @@ T = TypeVar("T")
 
 
 class SegmentationResultProtocol(Protocol):
-    """What ``segment_image`` returns (``flare_seg.service.pipeline.SegmentationResult``)."""
+    """What ``segment_volume`` returns (``flare_seg.service.pipeline.SegmentationResult``)."""
 
     @property
     def mask(self) -> sitk.Image:
@@ -126,7 +126,7 @@ class SegmentationResultProtocol(Protocol):
 
 
 class SegmenterProtocol(Protocol):
-    """A loaded model set. ``segment_image`` is blocking and not thread safe: one worker thread calls it."""
+    """A loaded model set. ``segment_volume`` is blocking and not thread safe: one worker thread calls it."""
 
     @property
     def manifest(self) -> Mapping[str, Any]:
@@ -138,8 +138,8 @@ class SegmenterProtocol(Protocol):
     def warm_up(self) -> None:
         """One small dummy run (compiles kernels, allocates memory)."""
 
-    def segment_image(self, image: sitk.Image) -> SegmentationResultProtocol:
-        """Segment one 3D image; blocking."""
+    def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResultProtocol:
+        """Segment one 3D CT; blocking. ``release_input=True``: the voxels may be dropped once used."""
 
 
 SegmenterFactory = Callable[[Settings], SegmenterProtocol]
@@ -774,17 +774,17 @@ class Service:
         """Read, segment and write or encode one image (runs on the worker thread only)."""
         segmenter = self.require_ready()
         start = time.perf_counter()
-        header = read_nifti_header(upload_path, self.settings.max_voxels, display_name=name)
-        image = read_ct(upload_path, self.settings.max_voxels, display_name=name, verify_data=False)
+        # One decompression straight into the voxel array (CRC checked); the upload was validated.
+        volume = read_ct_volume(upload_path, self.settings.max_voxels, display_name=name)
         upload_path.unlink(missing_ok=True)
-        geometry = Geometry.of(image)
+        geometry, header = volume.geometry, volume.header
         read_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        result = segmenter.segment_image(image)
+        result = segmenter.segment_volume(volume, release_input=True)
         inference_s = time.perf_counter() - start
         self.metrics.inference_seconds.observe(inference_s)
-        del image
+        del volume
         mask = _with_exact_geometry(result.mask, geometry)
 
         start = time.perf_counter()

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from flare_seg.service.io import CtVolume
+
 # A non-identity direction: x and y flipped (RAS-like storage), z as is.
 FLIPPED_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 ANISOTROPIC_SPACING_MM_XYZ = (0.8, 0.7, 2.5)
@@ -121,6 +123,12 @@ class FakeSegmenter:
 
     def warm_up(self) -> None:
         self.warmed_up = True
+
+    def segment_volume(self, volume: CtVolume, release_input: bool = False) -> FakeResult:
+        image = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array_zyx))
+        if release_input:
+            volume.array_zyx = None  # type: ignore[assignment]
+        return self.segment_image(image)
 
     def segment_image(self, image: sitk.Image) -> FakeResult:
         self.calls += 1
