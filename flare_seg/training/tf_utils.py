@@ -163,21 +163,23 @@ def labels_from_scores_slab(
 
 def _next(a: tf.Tensor, axis: int) -> tf.Tensor:
     """``a`` shifted by one sample towards lower indices along ``axis``, the last sample repeated."""
-    n = tf.shape(a)[axis]
-    return tf.gather(a, tf.minimum(tf.range(1, n + 1), n - 1), axis=axis)
+    if axis == 0:
+        return tf.concat([a[1:], a[-1:]], axis=0)
+    if axis == 1:
+        return tf.concat([a[:, 1:], a[:, -1:]], axis=1)
+    return tf.concat([a[:, :, 1:], a[:, :, -1:]], axis=2)
 
 
 def _mixed_cells(scores: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Argmax labels (uint8) of source slices [lo, hi), and which cells (z..z+1, y..y+1, x..x+1,
-    clamped at the far edges) there have corners with different labels."""
+    clamped at the far edges) there have corners with different labels: the cell's largest and
+    smallest label differ."""
     labels = tf.cast(tf.argmax(scores[lo:hi], axis=-1), tf.uint8)
-    mixed = tf.zeros(tf.shape(labels), tf.bool)
-    corners = [labels]
+    high, low = labels, labels
     for axis in range(3):
-        corners += [_next(c, axis) for c in corners]
-    for c in corners[1:]:
-        mixed |= c != labels
-    return labels, mixed
+        high = tf.maximum(high, _next(high, axis))
+        low = tf.minimum(low, _next(low, axis))
+    return labels, tf.not_equal(high, low)
 
 
 def _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo) -> tf.Tensor:
@@ -190,23 +192,24 @@ def _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo) -
     ds, hs, ws = tf.shape(labels)[0], shape[1], shape[2]
     flat_index = ((z0 - lo)[:, None, None] * hs + y0[None, :, None]) * ws + x0[None, None, :]
 
-    def at_output(a: tf.Tensor) -> tf.Tensor:
-        return tf.gather(tf.reshape(a, [ds * hs * ws]), flat_index)
-
-    out = at_output(labels)
-    where = tf.where(at_output(mixed))  # (k, 3) output voxels to interpolate
+    # Labels (< 128) and the mixed flag (bit 7) travel in one byte: a single gather for both.
+    packed = labels | tf.cast(mixed, tf.uint8) * tf.constant(128, tf.uint8)
+    at_output = tf.gather(tf.reshape(packed, [ds * hs * ws]), flat_index)
+    out = at_output & tf.constant(127, tf.uint8)
+    where = tf.where(at_output >= tf.constant(128, tf.uint8))  # (k, 3) output voxels to interpolate
     iz, iy, ix = where[:, 0], where[:, 1], where[:, 2]
+    # Trilinear interpolation at those voxels: eight corner rows of the flattened scores each.
+    rows = tf.reshape(scores, [-1, shape[3]])
+    taps_z = [tf.gather(z0, iz) * hs, tf.gather(z1, iz) * hs]
+    taps_y = [tf.gather(y0, iy), tf.gather(y1, iy)]
+    taps_x = [tf.gather(x0, ix), tf.gather(x1, ix)]
+    fz, fy, fx = tf.gather(wz, iz), tf.gather(wy, iy), tf.gather(wx, ix)
+    weights_z, weights_y, weights_x = [1.0 - fz, fz], [1.0 - fy, fy], [1.0 - fx, fx]
     acc = tf.zeros([tf.shape(where)[0], shape[3]], tf.float32)
     for cz, cy, cx in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
-        zz = tf.gather(z1 if cz else z0, iz)
-        yy = tf.gather(y1 if cy else y0, iy)
-        xx = tf.gather(x1 if cx else x0, ix)
-        weight = (
-            (tf.gather(wz, iz) if cz else 1.0 - tf.gather(wz, iz))
-            * (tf.gather(wy, iy) if cy else 1.0 - tf.gather(wy, iy))
-            * (tf.gather(wx, ix) if cx else 1.0 - tf.gather(wx, ix))
-        )
-        acc += weight[:, tf.newaxis] * tf.gather_nd(scores, tf.stack([zz, yy, xx], axis=1))
+        index = (taps_z[cz] + taps_y[cy]) * ws + taps_x[cx]
+        weight = weights_z[cz] * weights_y[cy] * weights_x[cx]
+        acc += weight[:, tf.newaxis] * tf.gather(rows, index)
     interpolated = tf.cast(tf.argmax(acc, axis=-1), tf.uint8)
     return tf.tensor_scatter_nd_update(out, where, interpolated)
 
