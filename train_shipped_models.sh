@@ -4,8 +4,8 @@
 # With real FLARE21 data, point DATA at it and skip the synth steps.
 #
 # The shipped weights came from this recipe run in stages on a 2-core CPU (the segmentation net
-# first without, then resumed with, contrast compression and the second phantom set); run straight
-# through, it gives models of the same kind and accuracy.
+# first without, then resumed with, contrast compression and the second phantom set, to step 6600,
+# then resumed to step 10000); run straight through, it gives models of the same kind and accuracy.
 set -euo pipefail
 WORK="${WORK:-work}"
 DATA="${DATA:-${WORK}/train}"
