@@ -5,7 +5,7 @@
 #
 # The shipped weights came from this recipe run in stages on a 2-core CPU (the segmentation net
 # first without, then resumed with, contrast compression and the second phantom set, to step 6600,
-# then resumed to step 10000); run straight through, it gives models of the same kind and accuracy.
+# then resumed to steps 10000 and 13000); run straight through, it gives models of the same kind.
 set -euo pipefail
 WORK="${WORK:-work}"
 DATA="${DATA:-${WORK}/train}"
