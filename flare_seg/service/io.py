@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from flare_seg.geometry import Geometry
+from flare_seg.labels import ORGANS
 
 try:  # ISA-L's inflate and deflate are faster than zlib's; same stream format and checks
     from isal import isal_zlib as _inflate_lib
@@ -522,11 +523,11 @@ def image_to_nifti_bytes(mask: sitk.Image, like: NiftiHeader | None = None) -> b
         return out.read_bytes()
 
 
-_MASK_DESCRIP = b"flare-seg labels: 1 liver, 2 kidney, 3 spleen, 4 pancreas"
+_MASK_DESCRIP = ("flare-seg labels: " + ", ".join(f"{k} {name}" for k, name in ORGANS.items())).encode()[:80]
 _MASK_WRITE_CHUNK_BYTES = 16 << 20
 
 
-def mask_nifti_header(like: NiftiHeader, max_label: int = 4) -> bytes:
+def mask_nifti_header(like: NiftiHeader, max_label: int = max(ORGANS)) -> bytes:
     """A NIfTI header (plus the 4-byte extension flag) for a uint8 label mask on ``like``'s grid.
 
     Everything that places the grid in space is copied from ``like`` unchanged: the dimensions,
@@ -572,7 +573,7 @@ def _mask_nifti_chunks(mask: sitk.Image, like: NiftiHeader, *, compress: bool) -
         raise ValueError(f"mask size {mask.GetSize()} does not match the template header's {like.dims_xyz}")
     voxels = sitk.GetArrayViewFromImage(mask).reshape(-1)  # (z, y, x) C order = NIfTI's x-fastest order
     pieces = itertools.chain(
-        [mask_nifti_header(like, max(4, int(voxels.max(initial=0))))],
+        [mask_nifti_header(like)],
         (
             voxels[i : i + _MASK_WRITE_CHUNK_BYTES].tobytes()
             for i in range(0, voxels.size, _MASK_WRITE_CHUNK_BYTES)

@@ -135,8 +135,8 @@ class Segmenter:
         original = Geometry.of(image)
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("expected a scalar image, got one with several components per voxel")
-        image16 = _as_int16(image)  # kept alive while its buffer is in use
-        return self._segment(sitk.GetArrayViewFromImage(image16), original)
+        # A view of the image's buffer (``image`` outlives the call); ``_segment`` converts to int16.
+        return self._segment(sitk.GetArrayViewFromImage(image), original)
 
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResult:
         """Segment a ``CtVolume`` (voxels (z, y, x) in HU and their geometry), as read by
@@ -307,9 +307,6 @@ class Segmenter:
                 boxes[name] = None
                 continue
             idx = [np.flatnonzero(present.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
-            if any(len(i) == 0 for i in idx):
-                boxes[name] = None
-                continue
             lo = np.array([i[0] for i in idx], float) + crop.start_zyx
             hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
             boxes[name] = _box_mm(geometry, lo, hi)
@@ -339,19 +336,3 @@ def _as_int16_array(array: np.ndarray, slab: int = 16) -> np.ndarray:
             part = np.rint(np.nan_to_num(part, nan=-1024.0, posinf=INT16_MAX, neginf=INT16_MIN))
         out[a : a + slab] = np.clip(part, lo, INT16_MAX)
     return out
-
-
-def _as_int16(image: sitk.Image) -> sitk.Image:
-    """HU as int16 (2 bytes a voxel): other integer and float types are clamped and rounded."""
-    if image.GetPixelID() == sitk.sitkInt16:
-        return image
-    if image.GetPixelID() in (sitk.sitkInt8, sitk.sitkUInt8):
-        return sitk.Cast(image, sitk.sitkInt16)
-    clamped = (
-        sitk.Clamp(image, image.GetPixelID(), INT16_MIN, INT16_MAX)
-        if image.GetPixelID() not in (sitk.sitkUInt16,)
-        else sitk.Clamp(image, image.GetPixelID(), 0, INT16_MAX)
-    )
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        clamped = sitk.Round(clamped)
-    return sitk.Cast(clamped, sitk.sitkInt16)
