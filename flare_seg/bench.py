@@ -216,7 +216,6 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from flare_seg.service.cli import predict_dir
-    from flare_seg.service.io import read_ct_volume
     from flare_seg.service.pipeline import Segmenter
 
     t_imported = time.perf_counter()
@@ -246,7 +245,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
         runs = []
         for _ in range(opts["repeats"]):
             t = time.perf_counter()
-            volume = read_ct_volume(path, max_voxels)
+            volume = segmenter.read_volume(path, max_voxels)  # as the batch CLI does
             read_s = time.perf_counter() - t
             voxels = volume.array_zyx.size
             result = segmenter.segment_volume(volume, release_input=True)  # as the batch CLI does

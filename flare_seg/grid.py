@@ -100,17 +100,52 @@ def resample_crop(
     Only one slab of the source is converted to float32 at a time; the full-resolution volume is
     never copied.
     """
-    z0, y0, x0 = crop.start_zyx
-    nz, ny, nx = crop.size_zyx
-    od, oh, ow = crop.out_shape_zyx
-    # float32 slab + the resize's own float copy and antialiasing intermediate
-    per_slice = volume_zyx.shape[1] * volume_zyx.shape[2] * 4 * 3
-    step = slab_slices(nz, per_slice, budget_bytes)
-    planes = np.empty((nz, oh, ow), np.float32)
-    for a in range(0, nz, step):
-        b = min(nz, a + step)
-        slab = np.asarray(volume_zyx[z0 + a : z0 + b, y0 : y0 + ny, x0 : x0 + nx], dtype=np.float32)
-        planes[a:b] = np.asarray(fns.crop_resample_inplane(slab, [0, 0], [ny, nx], [oh, ow]))
-    if od == nz:
-        return planes
-    return np.asarray(fns.resample_z(planes, od))
+    resampler = SlabResampler(fns, crop, volume_zyx.shape[1:])
+    step = resampler.slab_slices(budget_bytes)
+    for a in range(0, crop.size_zyx[0], step):
+        resampler.add(volume_zyx, a, min(crop.size_zyx[0], a + step))
+    return resampler.finish()
+
+
+class SlabResampler:
+    """``resample_crop`` in pieces: z-slabs of the crop are resampled in-plane as they become
+    available (in any order, e.g. while a file is still being decompressed), then along z at the
+    end. Every slice is resampled on its own, so the result does not depend on the slabs chosen."""
+
+    def __init__(self, fns: ResampleFunctions, crop: GridCrop, source_shape_yx: tuple[int, ...]) -> None:
+        self.fns, self.crop = fns, crop
+        self.source_shape_yx = tuple(int(v) for v in source_shape_yx)
+        _, oh, ow = crop.out_shape_zyx
+        self.planes = np.empty((crop.size_zyx[0], oh, ow), np.float32)
+        self._done = np.zeros(crop.size_zyx[0], bool)
+
+    def slab_slices(self, budget_bytes: int) -> int:
+        # float32 slab + the resize's own float copy and antialiasing intermediate
+        per_slice = self.source_shape_yx[0] * self.source_shape_yx[1] * 4 * 3
+        return slab_slices(self.crop.size_zyx[0], per_slice, budget_bytes)
+
+    def add(self, volume_zyx: np.ndarray, a: int, b: int, convert: Any = None) -> None:
+        """Resample crop slices ``a..b-1`` (relative to the crop) of ``volume_zyx`` in-plane.
+        ``convert`` maps the source slab to the values to resample (default: as they are)."""
+        z0, y0, x0 = self.crop.start_zyx
+        _, ny, nx = self.crop.size_zyx
+        _, oh, ow = self.crop.out_shape_zyx
+        part = volume_zyx[z0 + a : z0 + b, y0 : y0 + ny, x0 : x0 + nx]
+        if convert is not None:
+            part = convert(part)
+        slab = np.asarray(part, dtype=np.float32)
+        self.planes[a:b] = np.asarray(self.fns.crop_resample_inplane(slab, [0, 0], [ny, nx], [oh, ow]))
+        self._done[a:b] = True
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._done.all())
+
+    def finish(self) -> np.ndarray:
+        """The resampled crop (out_d, out_h, out_w) float32; every slice must have been added."""
+        if not self.complete:
+            raise RuntimeError(f"{int((~self._done).sum())} crop slices were never resampled")
+        od = self.crop.out_shape_zyx[0]
+        if od == self.crop.size_zyx[0]:
+            return self.planes
+        return np.asarray(self.fns.resample_z(self.planes, od))

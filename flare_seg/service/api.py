@@ -46,7 +46,6 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import anyio.to_thread
 import numpy as np
-import SimpleITK as sitk
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -68,13 +67,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flare_seg import __version__
-from flare_seg.geometry import Geometry
+from flare_seg.geometry import Geometry, image_from_array_zyx
 from flare_seg.service.io import (
     GZIP_MAGIC,
     CtVolume,
     InputError,
     image_to_nifti_bytes,
-    read_ct_volume,
     validate_nifti,
     write_mask_atomic,
 )
@@ -102,8 +100,12 @@ class SegmentationResultProtocol(Protocol):
     """What ``segment_volume`` returns (``flare_seg.service.pipeline.SegmentationResult``)."""
 
     @property
-    def mask(self) -> sitk.Image:
-        """uint8 labels on exactly the input's grid."""
+    def labels_zyx(self) -> np.ndarray:
+        """uint8 labels on the input's grid, indexed (z, y, x)."""
+
+    @property
+    def geometry(self) -> Geometry:
+        """the grid of ``labels_zyx``: the input's."""
 
     @property
     def volumes_ml(self) -> Mapping[str, float]:
@@ -137,6 +139,9 @@ class SegmenterProtocol(Protocol):
 
     def warm_up(self) -> None:
         """One small dummy run (compiles kernels, allocates memory)."""
+
+    def read_volume(self, path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
+        """``service.io.read_ct_volume``, possibly preparing work for ``segment_volume`` on the way."""
 
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResultProtocol:
         """Segment one 3D CT; blocking. ``release_input=True``: the voxels may be dropped once used."""
@@ -775,7 +780,7 @@ class Service:
         segmenter = self.require_ready()
         start = time.perf_counter()
         # One decompression straight into the voxel array (CRC checked); the upload was validated.
-        volume = read_ct_volume(upload_path, self.settings.max_voxels, display_name=name)
+        volume = segmenter.read_volume(upload_path, self.settings.max_voxels, display_name=name)
         upload_path.unlink(missing_ok=True)
         geometry, header = volume.geometry, volume.header
         read_s = time.perf_counter() - start
@@ -785,7 +790,8 @@ class Service:
         inference_s = time.perf_counter() - start
         self.metrics.inference_seconds.observe(inference_s)
         del volume
-        mask = _with_exact_geometry(result.mask, geometry)
+        labels = _checked_labels(result, geometry)
+        mask = labels if header is not None else image_from_array_zyx(labels, geometry)
 
         start = time.perf_counter()
         mask_bytes = None
@@ -863,12 +869,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _with_exact_geometry(mask: sitk.Image, geometry: Geometry) -> sitk.Image:
-    """The mask on exactly the input's grid: same size required, spacing/origin/direction copied
-    bit for bit when equal up to rounding; anything else is a pipeline bug (RuntimeError)."""
-    if tuple(mask.GetSize()) != geometry.size_xyz:
-        raise RuntimeError(f"mask size {mask.GetSize()} differs from the input size {geometry.size_xyz}")
-    mask_geometry = Geometry.of(mask)
+def _checked_labels(result: SegmentationResultProtocol, geometry: Geometry) -> np.ndarray:
+    """The result's uint8 labels, after checking that they lie on the input's grid (same size;
+    spacing, origin and direction equal up to rounding): anything else is a pipeline bug
+    (RuntimeError). Written with the input's header, they then carry its geometry exactly."""
+    labels, mask_geometry = result.labels_zyx, result.geometry
+    if labels.shape != geometry.shape_zyx or mask_geometry.size_xyz != geometry.size_xyz:
+        raise RuntimeError(
+            f"mask of shape {labels.shape} (z, y, x) differs from the input size {geometry.size_xyz}"
+        )
     scale = max(1.0, *map(abs, geometry.origin_mm_xyz))
     if not (
         np.allclose(mask_geometry.spacing_mm_xyz, geometry.spacing_mm_xyz, rtol=_GEOMETRY_RTOL, atol=0)
@@ -878,9 +887,7 @@ def _with_exact_geometry(mask: sitk.Image, geometry: Geometry) -> sitk.Image:
         and np.allclose(mask_geometry.direction, geometry.direction, rtol=0, atol=_GEOMETRY_RTOL)
     ):
         raise RuntimeError(f"mask geometry {mask_geometry} differs from the input geometry {geometry}")
-    if mask.GetPixelID() != sitk.sitkUInt8:
-        mask = sitk.Cast(mask, sitk.sitkUInt8)
-    return geometry.apply_to(mask)
+    return labels if labels.dtype == np.uint8 else labels.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flare_seg.labels import ORGANS
-from flare_seg.service.io import CtVolume, InputError, read_ct_volume
+from flare_seg.service.io import CtVolume, InputError
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,13 @@ def predict_dir(
 
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
-        pending: Future[CtVolume] | None = reader.submit(read_ct_volume, inputs[0][1], max_voxels)
+        pending: Future[CtVolume] | None = reader.submit(segmenter.read_volume, inputs[0][1], max_voxels)
         for i, (case, path) in enumerate(inputs):
             report = CaseReport(case=case, input=path.name)
             t = time.perf_counter()
             current, pending = pending, None
             if i + 1 < len(inputs):
-                pending = reader.submit(read_ct_volume, inputs[i + 1][1], max_voxels)
+                pending = reader.submit(segmenter.read_volume, inputs[i + 1][1], max_voxels)
             try:
                 assert current is not None
                 volume = current.result()

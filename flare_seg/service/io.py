@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -479,8 +480,11 @@ def _nifti_suffix(path: Path) -> str:
     raise ValueError(f"{path}: output file name must end in .nii.gz or .nii")
 
 
-def write_mask_atomic(mask: sitk.Image, path: Path, like: NiftiHeader | None = None) -> None:
+def write_mask_atomic(mask: sitk.Image | np.ndarray, path: Path, like: NiftiHeader | None = None) -> None:
     """Write ``mask`` to ``path`` (.nii.gz compressed, or .nii) atomically.
+
+    ``mask`` is a uint8 ``sitk.Image``, or a uint8 array indexed (z, y, x) on ``like``'s grid (then
+    ``like`` is required: an array carries no geometry of its own).
 
     With ``like`` (the header of the NIfTI file the mask was computed from), the mask file carries
     that header's geometry fields byte for byte (see ``mask_nifti_header``), so every reader sees
@@ -492,12 +496,15 @@ def write_mask_atomic(mask: sitk.Image, path: Path, like: NiftiHeader | None = N
     one, never a partial file. The temporary file is removed on any failure.
     """
     suffix = _nifti_suffix(path)
+    if like is None and not isinstance(mask, sitk.Image):
+        raise ValueError("a mask given as an array needs the header of its grid (like=)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         if like is None:
+            assert isinstance(mask, sitk.Image)
             sitk.WriteImage(mask, str(tmp), useCompression=suffix == ".nii.gz")
         else:
             with open(tmp, "wb") as f:
@@ -512,11 +519,13 @@ def write_mask_atomic(mask: sitk.Image, path: Path, like: NiftiHeader | None = N
         raise
 
 
-def image_to_nifti_bytes(mask: sitk.Image, like: NiftiHeader | None = None) -> bytes:
+def image_to_nifti_bytes(mask: sitk.Image | np.ndarray, like: NiftiHeader | None = None) -> bytes:
     """The gzip-compressed NIfTI (.nii.gz) encoding of ``mask``, e.g. for an HTTP response body;
-    ``like`` as in ``write_mask_atomic``."""
+    ``mask`` and ``like`` as in ``write_mask_atomic``."""
     if like is not None:
         return b"".join(_mask_nifti_chunks(mask, like, compress=True))
+    if not isinstance(mask, sitk.Image):
+        raise ValueError("a mask given as an array needs the header of its grid (like=)")
     with tempfile.TemporaryDirectory(prefix="flare-seg-encode-") as tmp:
         out = Path(tmp) / "mask.nii.gz"
         sitk.WriteImage(mask, str(out), useCompression=True)
@@ -565,13 +574,22 @@ def mask_nifti_header(like: NiftiHeader, max_label: int = max(ORGANS)) -> bytes:
     return bytes(h) + bytes(4)
 
 
-def _mask_nifti_chunks(mask: sitk.Image, like: NiftiHeader, *, compress: bool) -> Iterator[bytes]:
+def _mask_nifti_chunks(
+    mask: sitk.Image | np.ndarray, like: NiftiHeader, *, compress: bool
+) -> Iterator[bytes]:
     """The NIfTI file of a uint8 ``mask`` on ``like``'s grid, in pieces (gzip when ``compress``)."""
-    if mask.GetPixelID() != sitk.sitkUInt8 or mask.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"expected a uint8 label mask, got {mask.GetPixelIDTypeAsString()}")
-    if tuple(mask.GetSize()) != like.dims_xyz:
-        raise ValueError(f"mask size {mask.GetSize()} does not match the template header's {like.dims_xyz}")
-    voxels = sitk.GetArrayViewFromImage(mask).reshape(-1)  # (z, y, x) C order = NIfTI's x-fastest order
+    if isinstance(mask, sitk.Image):
+        if mask.GetPixelID() != sitk.sitkUInt8 or mask.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(f"expected a uint8 label mask, got {mask.GetPixelIDTypeAsString()}")
+        size_xyz = tuple(mask.GetSize())
+        array = sitk.GetArrayViewFromImage(mask)
+    else:
+        if mask.dtype != np.uint8 or mask.ndim != 3:
+            raise ValueError(f"expected a 3D uint8 label array, got {mask.ndim}D {mask.dtype}")
+        size_xyz, array = tuple(mask.shape[::-1]), mask
+    if size_xyz != like.dims_xyz:
+        raise ValueError(f"mask size {size_xyz} does not match the template header's {like.dims_xyz}")
+    voxels = np.ascontiguousarray(array).reshape(-1)  # (z, y, x) C order = NIfTI's x-fastest order
     pieces = itertools.chain(
         [mask_nifti_header(like)],
         (
@@ -611,13 +629,28 @@ class CtVolume:
     array_zyx: np.ndarray
     geometry: Geometry
     header: NiftiHeader | None = None  # the file's NIfTI header: masks written ``like`` it
+    # Work done on the voxels while they were being read (see ``VoxelSink``), by name.
+    prepared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_image(cls, image: sitk.Image, header: NiftiHeader | None = None) -> CtVolume:
         return cls(sitk.GetArrayFromImage(image), Geometry.of(image), header)
 
 
-def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
+class VoxelSink(Protocol):
+    """Sees a .nii.gz's voxels while ``read_ct_volume`` decompresses them, e.g. to start work on
+    the first slices before the last are read. Called on the reading thread: return quickly."""
+
+    def begin(self, geometry: Geometry, array_zyx: np.ndarray) -> None:
+        """The array (file layout, native byte order) the voxels are being decompressed into."""
+
+    def filled(self, slices: int) -> None:
+        """``array_zyx[:slices]`` now holds its final values."""
+
+
+def read_ct_volume(
+    path: Path, max_voxels: int, *, display_name: str | None = None, sink: VoxelSink | None = None
+) -> CtVolume:
     """Read a 3D CT for segmentation, with the same validation and errors as ``read_ct``.
 
     The header is checked first (``read_nifti_header``); SimpleITK reads the geometry from the header
@@ -625,6 +658,9 @@ def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = No
     length are verified (a truncated or corrupt file is an ``InputError``). Files SimpleITK would
     convert on reading (scaled intensities, wide integer types) or that need its full reader
     (NIfTI-2, several gzip members) go through ``read_ct`` instead.
+
+    ``sink`` is told about the slices as they are decompressed (gzip files in native byte order
+    only; otherwise it is never called). Whatever it computes is only valid if this call returns.
     """
     name = _name(path, display_name)
     header = read_nifti_header(path, max_voxels, display_name=display_name)
@@ -635,7 +671,9 @@ def read_ct_volume(path: Path, max_voxels: int, *, display_name: str | None = No
     dtype = np.dtype(header.datatype).newbyteorder(header.byteorder)
     nx, ny, nz = header.dims_xyz
     if header.compressed:
-        flat = _inflate_voxels(path, header, dtype, name)
+        flat = _inflate_voxels(
+            path, header, dtype, name, sink=sink if dtype.isnative else None, geometry=geometry
+        )
         if flat is None:
             return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name), header)
     else:
@@ -672,7 +710,15 @@ def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | N
     )
 
 
-def _inflate_voxels(path: Path, header: NiftiHeader, dtype: np.dtype, name: str) -> np.ndarray | None:
+def _inflate_voxels(
+    path: Path,
+    header: NiftiHeader,
+    dtype: np.dtype,
+    name: str,
+    *,
+    sink: VoxelSink | None = None,
+    geometry: Geometry | None = None,
+) -> np.ndarray | None:
     """Decompress a .nii.gz's voxel data into a new flat array, verifying length and CRC.
 
     Returns None for a multi-member gzip file (rare; the full reader handles it).
@@ -680,6 +726,12 @@ def _inflate_voxels(path: Path, header: NiftiHeader, dtype: np.dtype, name: str)
     out = np.empty(header.voxel_count, dtype=dtype)
     target = memoryview(out.view(np.uint8))
     need, skip, filled, total = header.nbytes, header.data_offset, 0, 0
+    nx, ny, nz = header.dims_xyz
+    slice_bytes, slices_told = max(1, nx * ny * dtype.itemsize), 0
+    if sink is not None and geometry is not None:
+        sink.begin(geometry, out.reshape(nz, ny, nx))
+    else:
+        sink = None
     inflater = _inflate_lib.decompressobj(31)  # gzip wrapper: checks CRC32 and ISIZE at the end
     try:
         with open(path, "rb") as f:
@@ -699,6 +751,9 @@ def _inflate_voxels(path: Path, header: NiftiHeader, dtype: np.dtype, name: str)
                 if take:
                     target[filled : filled + take] = data[:take]
                     filled += take
+                    if sink is not None and filled // slice_bytes > slices_told:
+                        slices_told = filled // slice_bytes
+                        sink.filled(slices_told)
                 if total > header.data_offset + need + _TRAILING_SLACK_BYTES:
                     logger.warning(
                         "%s: more decompressed data than the header describes; ignoring the rest", name

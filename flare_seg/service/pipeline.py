@@ -14,7 +14,9 @@ the memory budget; class scores exist only on the ~2 mm box grid.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,9 +35,9 @@ from flare_seg.geometry import (
     to_canonical,
     undo_canonical,
 )
-from flare_seg.grid import GridCrop, crop_around_box, plan_shape, resample_crop, slab_slices
+from flare_seg.grid import GridCrop, SlabResampler, crop_around_box, plan_shape, resample_crop, slab_slices
 from flare_seg.labels import ORGANS
-from flare_seg.service.io import CtVolume, NiftiHeader, write_mask_atomic
+from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.models import LoadedModels, load_models
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ INT16_MIN, INT16_MAX = -32768, 32767
 
 @dataclass(frozen=True)
 class SegmentationResult:
-    mask: sitk.Image  # uint8 labels with exactly the input's size, spacing, origin and direction
+    labels_zyx: np.ndarray = field(repr=False)  # uint8 labels on the input's grid, indexed (z, y, x)
+    geometry: Geometry  # the input's grid: size, spacing, origin and direction
     volumes_ml: dict[str, float]  # organ name -> mL
     organ_boxes_mm: dict[str, BoxMM | None]  # LPS (x, y, z) min and max corners per organ; None if absent
     roi_box_mm: BoxMM  # LPS box that was segmented (localized organs + margin)
@@ -57,10 +60,19 @@ class SegmentationResult:
     # with its geometry fields byte for byte.
     source_header: NiftiHeader | None = field(default=None, repr=False)
 
+    @functools.cached_property
+    def mask(self) -> sitk.Image:
+        """The labels as a uint8 image with exactly the input's size, spacing, origin and direction
+        (made on first use: a copy of ``labels_zyx``)."""
+        return image_from_array_zyx(self.labels_zyx, self.geometry)
+
     def write_mask(self, path: Path | str) -> None:
         """Write the mask atomically as .nii.gz (or .nii); read back by any NIfTI reader, it has
         exactly the grid of the file that was segmented."""
-        write_mask_atomic(self.mask, Path(path), like=self.source_header)
+        if self.source_header is not None:  # straight from the labels, no image copy
+            write_mask_atomic(self.labels_zyx, Path(path), like=self.source_header)
+        else:
+            write_mask_atomic(self.mask, Path(path))
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures (everything but the mask)."""
@@ -106,9 +118,26 @@ class Segmenter:
 
     def segment_file(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
         """Read a NIfTI file (validated, see ``service.io.read_ct_volume``) and segment it."""
-        from flare_seg.service.io import read_ct_volume
+        return self.segment_volume(self.read_volume(Path(path), max_voxels), release_input=True)
 
-        return self.segment_volume(read_ct_volume(Path(path), max_voxels))
+    def read_volume(
+        self, path: Path | str, max_voxels: int = 1_500_000_000, *, display_name: str | None = None
+    ) -> CtVolume:
+        """``service.io.read_ct_volume``, with the localization input resampled from the slices
+        already decompressed while the rest of the file is still being read (on a second thread);
+        ``segment_volume`` then starts from it. Same result as reading, then segmenting."""
+        stream = _LocalizationStream(self)
+        worker = threading.Thread(target=stream.run, name="flare-seg-localization-stream", daemon=True)
+        worker.start()
+        try:
+            volume = read_ct_volume(Path(path), max_voxels, display_name=display_name, sink=stream)
+        finally:
+            stream.close()
+            worker.join()
+        prepared = stream.result_for(volume.array_zyx)
+        if prepared is not None:
+            volume.prepared["localization"] = prepared
+        return volume
 
     def segment_array(
         self,
@@ -127,8 +156,7 @@ class Segmenter:
             tuple(float(v) for v in origin_mm_xyz),  # type: ignore[arg-type]
             tuple(float(v) for v in direction),
         )
-        result = self._segment(np.asarray(array_zyx), geometry)
-        return sitk.GetArrayFromImage(result.mask)
+        return self._segment(np.asarray(array_zyx), geometry).labels_zyx
 
     def segment_image(self, image: sitk.Image) -> SegmentationResult:
         """Segment a 3D CT image (HU); the mask has exactly the input's geometry."""
@@ -146,19 +174,26 @@ class Segmenter:
         network has seen it, so the input and the output mask are never in memory together (the
         batch CLI does this).
         """
+        prepared = volume.prepared.get("localization")
         if not release_input:
-            result = self._segment(volume.array_zyx, volume.geometry)
+            result = self._segment(volume.array_zyx, volume.geometry, prepared)
         else:
             array, volume.array_zyx = volume.array_zyx, None  # type: ignore[assignment]
+            volume.prepared.pop("localization", None)
             holder = [array]
             del array
-            result = self._segment(holder, volume.geometry)
+            result = self._segment(holder, volume.geometry, prepared)
         return replace(result, source_header=volume.header) if volume.header is not None else result
 
-    def _segment(self, array_zyx: np.ndarray | list[np.ndarray], original: Geometry) -> SegmentationResult:
+    def _segment(
+        self,
+        array_zyx: np.ndarray | list[np.ndarray],
+        original: Geometry,
+        prepared: _PreparedLocalization | None = None,
+    ) -> SegmentationResult:
         """The pipeline on voxels in the input's own layout (only read). Given as a one-element list,
         the list is emptied once the voxels are no longer needed, freeing them if nobody else holds
-        them."""
+        them. ``prepared``: the localization input already resampled while reading."""
         holder = array_zyx if isinstance(array_zyx, list) else None
         if holder is not None:
             array_zyx = holder[0]
@@ -184,7 +219,9 @@ class Segmenter:
         spacing = geometry.spacing_mm_zyx
         timings["reorient_s"] = time.perf_counter() - t
 
-        lo, hi, found = self._localize(vol, spacing, timings)
+        if prepared is not None:
+            timings["localization_during_read_s"] = round(prepared.seconds, 4)
+        lo, hi, found = self._localize(vol, spacing, timings, prepared)
         if not found:
             log.warning("localization found no organ: segmenting the whole volume")
 
@@ -214,18 +251,18 @@ class Segmenter:
         del region
         if axes is not None:
             del labels
-            mask = image_from_array_zyx(labels_original, original)
-            del labels_original
         else:
             mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
             del labels
-            mask_view = sitk.GetArrayViewFromImage(mask)
-            counts = {k: int(np.count_nonzero(mask_view == k)) for k in ORGANS}
+            labels_original = sitk.GetArrayFromImage(mask)
+            del mask
+            counts = {k: int(np.count_nonzero(labels_original == k)) for k in ORGANS}
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
         timings["postprocess_s"] = time.perf_counter() - t
         roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
         return SegmentationResult(
-            mask=mask,
+            labels_zyx=labels_original,
+            geometry=original,
             volumes_ml=volumes,
             organ_boxes_mm=organ_boxes,
             roi_box_mm=roi,
@@ -239,15 +276,28 @@ class Segmenter:
     def _slab_budget(self) -> int:
         return max(8 * 2**20, self.memory_budget_bytes // 4)
 
+    def _localization_crop(self, shape_zyx: tuple[int, ...], spacing: tuple[float, float, float]) -> GridCrop:
+        """The whole canonical grid, resampled to the localization spacing."""
+        c = self.contract
+        shape = plan_shape(shape_zyx, spacing, c.localization_spacing_mm, c.localization_max_size_vox)  # type: ignore[arg-type]
+        return GridCrop((0, 0, 0), tuple(shape_zyx), shape, spacing)  # type: ignore[arg-type]
+
     def _localize(
-        self, vol: np.ndarray, spacing: tuple[float, float, float], timings: dict[str, float]
+        self,
+        vol: np.ndarray,
+        spacing: tuple[float, float, float],
+        timings: dict[str, float],
+        prepared: _PreparedLocalization | None = None,
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found."""
         t = time.perf_counter()
         c = self.contract
-        shape = plan_shape(vol.shape, spacing, c.localization_spacing_mm, c.localization_max_size_vox)
-        crop = GridCrop((0, 0, 0), vol.shape, shape, spacing)
-        small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
+        crop = self._localization_crop(vol.shape, spacing)
+        shape = crop.out_shape_zyx
+        if prepared is not None and prepared.resampler.crop == crop:
+            small = prepared.resampler.finish()
+        else:
+            small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
         x = self.models.tf_utils.normalize_localization(tf.constant(small))
         timings["localization_preprocess_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -311,6 +361,95 @@ class Segmenter:
             hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
             boxes[name] = _box_mm(geometry, lo, hi)
         return boxes, counts
+
+
+@dataclass(frozen=True)
+class _PreparedLocalization:
+    resampler: SlabResampler  # every slice added: ``finish()`` gives the localization input
+    seconds: float  # spent on it while the file was being read
+
+
+class _LocalizationStream:
+    """A ``VoxelSink`` that resamples the localization input in-plane from z-slabs of a file as
+    soon as they are decompressed (``run`` on a worker thread), so that this work overlaps the
+    decompression. Only for files whose slowest axis is the canonical z axis (the usual axial
+    stack, flipped or not); other files are left to the pipeline. The slabs are converted and
+    resampled exactly as ``_segment`` would, so the result is the same."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.cond = threading.Condition()
+        self.array: np.ndarray | None = None
+        self.ready = 0
+        self.closed = False
+        self.failed = False
+        self.seconds = 0.0
+
+    # --- VoxelSink, called on the reading thread
+    def begin(self, geometry: Geometry, array_zyx: np.ndarray) -> None:
+        try:
+            if not geometry.is_axis_aligned:
+                return
+            axes, canonical = canonical_axes(geometry)
+            if axes.transpose_zyx[0] != 0:  # slices of the file are not canonical z-slices
+                return
+            crop = self.segmenter._localization_crop(canonical.shape_zyx, canonical.spacing_mm_zyx)
+            resampler = SlabResampler(self.segmenter.models.tf_utils, crop, canonical.shape_zyx[1:])
+        except Exception:  # never disturb reading: the pipeline will do this work itself
+            log.debug("localization stream disabled", exc_info=True)
+            return
+        with self.cond:
+            self.axes, self.resampler, self.array = axes, resampler, array_zyx
+            self.cond.notify()
+
+    def filled(self, slices: int) -> None:
+        with self.cond:
+            self.ready = slices
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    # --- worker thread
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            self.failed = True
+            log.debug("localization stream failed; the pipeline will resample itself", exc_info=True)
+
+    def _run(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.array is not None or self.closed)
+            if self.array is None:
+                return
+            array, axes, resampler = self.array, self.axes, self.resampler
+        nz = array.shape[0]
+        view = axes.view(array)
+        flip = axes.flip_zyx[0]
+        step = resampler.slab_slices(self.segmenter._slab_budget())
+        a = 0
+        while a < nz:
+            b = min(nz, a + step)
+            with self.cond:
+                self.cond.wait_for(lambda: self.ready >= b or self.closed)  # noqa: B023
+                if self.ready < b:
+                    return  # reading stopped early (an error): nothing to finish
+            t = time.perf_counter()
+            ca, cb = (nz - b, nz - a) if flip else (a, b)
+            resampler.add(view, ca, cb, convert=_as_int16_array)
+            self.seconds += time.perf_counter() - t
+            a = b
+
+    def result_for(self, array_zyx: np.ndarray | None) -> _PreparedLocalization | None:
+        """The prepared input, if complete and computed from exactly ``array_zyx``'s buffer."""
+        if self.array is None or self.failed or array_zyx is None or not self.resampler.complete:
+            return None
+        if not (array_zyx.shape == self.array.shape and np.shares_memory(array_zyx, self.array)):
+            return None  # another reader produced the volume (e.g. a multi-member gzip file)
+        return _PreparedLocalization(self.resampler, self.seconds)
 
 
 def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray) -> BoxMM:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from flare_seg.service.io import CtVolume
+from flare_seg.geometry import Geometry
+from flare_seg.service.io import CtVolume, read_ct_volume
 
 # A non-identity direction: x and y flipped (RAS-like storage), z as is.
 FLIPPED_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -99,7 +100,8 @@ def write_bytes(path: Path, data: bytes, compress: bool) -> Path:
 
 @dataclass(frozen=True)
 class FakeResult:
-    mask: sitk.Image
+    labels_zyx: np.ndarray
+    geometry: Geometry
     volumes_ml: dict[str, float]
     organ_boxes_mm: dict[str, Any]
     roi_box_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -124,6 +126,9 @@ class FakeSegmenter:
     def warm_up(self) -> None:
         self.warmed_up = True
 
+    def read_volume(self, path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
+        return read_ct_volume(path, max_voxels, display_name=display_name)
+
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> FakeResult:
         image = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array_zyx))
         if release_input:
@@ -144,7 +149,8 @@ class FakeSegmenter:
         corner = tuple(float(v) for v in image.GetOrigin())
         box = (corner, tuple(c + 10.0 for c in corner))
         return FakeResult(
-            mask=mask,
+            labels_zyx=sitk.GetArrayFromImage(mask),
+            geometry=Geometry.of(image),
             volumes_ml={"liver": voxels * voxel_ml, "kidney": 0.0},
             organ_boxes_mm={"liver": box, "kidney": None},
             roi_box_mm=box,

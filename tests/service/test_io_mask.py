@@ -98,9 +98,10 @@ def _labels(size_xyz: tuple[int, int, int]) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 5, size_xyz[::-1], dtype=np.uint8)
 
 
+@pytest.mark.parametrize("form", ["image", "array"])
 @pytest.mark.parametrize("out_name", ["mask.nii.gz", "mask.nii"])
 @pytest.mark.parametrize("case", sorted(INPUTS))
-def test_mask_has_exactly_the_inputs_geometry(tmp_path: Path, case: str, out_name: str) -> None:
+def test_mask_has_exactly_the_inputs_geometry(tmp_path: Path, case: str, out_name: str, form: str) -> None:
     path = INPUTS[case](tmp_path)
     header = read_nifti_header(path, MAX_VOXELS)
     if header.version == 2 and not sitk_reads_nifti2():
@@ -111,7 +112,7 @@ def test_mask_has_exactly_the_inputs_geometry(tmp_path: Path, case: str, out_nam
     mask = volume.geometry.apply_to(sitk.GetImageFromArray(labels))
 
     out = tmp_path / "out" / out_name
-    write_mask_atomic(mask, out, like=volume.header)
+    write_mask_atomic(mask if form == "image" else labels, out, like=volume.header)
 
     ct, back = sitk.ReadImage(str(path)), sitk.ReadImage(str(out))
     assert back.GetPixelID() == sitk.sitkUInt8
@@ -171,4 +172,13 @@ def test_mask_must_fit_the_template(tmp_path: Path) -> None:
     not_labels = sitk.Image(like.dims_xyz, sitk.sitkFloat32)
     with pytest.raises(ValueError, match="uint8"):
         write_mask_atomic(not_labels, out, like=like)
+    labels = _labels(like.dims_xyz)
+    with pytest.raises(ValueError, match="does not match"):
+        write_mask_atomic(labels.transpose(2, 1, 0).copy(), out, like=like)  # (x, y, z): wrong order
+    with pytest.raises(ValueError, match="uint8"):
+        write_mask_atomic(labels.astype(np.int16), out, like=like)
+    with pytest.raises(ValueError, match="like="):
+        write_mask_atomic(labels, out)  # an array has no geometry of its own
+    with pytest.raises(ValueError, match="like="):
+        image_to_nifti_bytes(labels)
     assert not list(tmp_path.glob("*mask*")) and not out.exists()  # nothing partial left behind

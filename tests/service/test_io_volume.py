@@ -125,3 +125,41 @@ def test_not_3d(tmp_path: Path, dims: tuple[int, ...]) -> None:
     path = write_bytes(tmp_path / "nd.nii.gz", nifti1_header(dims) + data, compress=True)
     with pytest.raises(InputError, match=r"nd\.nii\.gz"):
         read_ct_volume(path, MAX_VOXELS)
+
+
+class _RecordingSink:
+    """Checks, at every call, that the slices announced as filled already hold their final values."""
+
+    def __init__(self, expected: np.ndarray) -> None:
+        self.expected, self.calls, self.array = expected, [], None
+
+    def begin(self, geometry: Geometry, array_zyx: np.ndarray) -> None:
+        self.geometry, self.array = geometry, array_zyx
+
+    def filled(self, slices: int) -> None:
+        assert self.array is not None
+        np.testing.assert_array_equal(self.array[:slices], self.expected[:slices])
+        self.calls.append(slices)
+
+
+def test_sink_sees_slices_as_they_are_decompressed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flare_seg.service.io as io
+
+    monkeypatch.setattr(io, "_READ_CHUNK_BYTES", 512)  # many small reads: many progress calls
+    rng = np.random.default_rng(1)
+    expected = rng.integers(-1000, 1000, (30, 16, 20), dtype=np.int16)
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(expected), str(path), useCompression=True)
+    sink = _RecordingSink(expected)
+    volume = read_ct_volume(path, MAX_VOXELS, sink=sink)
+    assert sink.geometry == volume.geometry
+    assert np.shares_memory(sink.array, volume.array_zyx)
+    assert len(sink.calls) > 3 and sink.calls == sorted(set(sink.calls)) and sink.calls[-1] == 30
+
+
+@pytest.mark.parametrize("case", ["uncompressed", "big-endian gzip", "scaled intensities"])
+def test_sink_is_not_told_about_other_layouts(tmp_path: Path, case: str) -> None:
+    """Only native-order gzip voxels are streamed; for the rest the sink is never called."""
+    sink = _RecordingSink(np.zeros(0))
+    read_ct_volume(CASES[case](tmp_path), MAX_VOXELS, sink=sink)
+    assert sink.array is None and sink.calls == []

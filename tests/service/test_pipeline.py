@@ -123,3 +123,58 @@ def test_float_input_with_nan_and_out_of_range_values(tiny_segmenter):
     bad.CopyInformation(image)
     result = tiny_segmenter.segment_image(bad)
     assert Geometry.of(result.mask) == Geometry.of(image)
+
+
+STREAM_DIRECTIONS = {
+    "identity": DIRECTIONS["identity"],
+    "z_flipped": DIRECTIONS["z_flipped"],
+    "ras": DIRECTIONS["ras"],
+    "yx_swapped": (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0),  # file slices are still axial
+    "permuted": DIRECTIONS["permuted"],  # file slices are not axial: nothing to stream
+    "oblique": DIRECTIONS["oblique"],  # resampled by the pipeline: nothing to stream
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_DIRECTIONS))
+def test_localization_input_prepared_while_reading_is_the_same(tiny_segmenter, tmp_path, name):
+    """``read_volume`` resamples the localization input from slabs as they are decompressed; it
+    must equal what the pipeline computes from the whole volume, and give the same labels."""
+    from flare_seg.geometry import canonical_axes
+    from flare_seg.grid import resample_crop
+    from flare_seg.service.io import read_ct_volume
+
+    tiny_segmenter_small_slabs = type(tiny_segmenter)(tiny_segmenter.models, memory_budget_mb=64)
+    tiny_segmenter_small_slabs._slab_budget = lambda: 36 * 40 * 12 * 5  # 5 slices a slab
+    image = ct_image(shape_zyx=(33, 40, 36), direction=STREAM_DIRECTIONS[name])
+    path = tmp_path / "ct_0000.nii.gz"
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+    volume = tiny_segmenter_small_slabs.read_volume(path)
+    prepared = volume.prepared.get("localization")
+    assert (prepared is not None) == (name not in ("permuted", "oblique"))
+    if prepared is not None:
+        axes, canonical = canonical_axes(volume.geometry)
+        vol = axes.view(volume.array_zyx)
+        crop = tiny_segmenter._localization_crop(vol.shape, canonical.spacing_mm_zyx)
+        whole = resample_crop(tiny_segmenter.models.tf_utils, vol, crop)
+        np.testing.assert_array_equal(prepared.resampler.finish(), whole)
+    streamed = tiny_segmenter_small_slabs.segment_volume(volume, release_input=True)
+    plain = tiny_segmenter.segment_volume(read_ct_volume(path, 10**8))
+    assert ("localization_during_read_s" in streamed.timings_s) == (prepared is not None)
+    np.testing.assert_array_equal(streamed.labels_zyx, plain.labels_zyx)
+    assert streamed.geometry == plain.geometry == Geometry.of(sitk.ReadImage(str(path)))
+    assert streamed.roi_box_mm == plain.roi_box_mm
+
+
+def test_reading_a_broken_file_leaves_no_stream_behind(tiny_segmenter, tmp_path):
+    import threading
+
+    from flare_seg.service.io import InputError
+
+    path = tmp_path / "ct_0000.nii.gz"
+    sitk.WriteImage(ct_image(shape_zyx=(40, 64, 64)), str(path), useCompression=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match="truncated"):
+        tiny_segmenter.read_volume(path)
+    assert not [t for t in threading.enumerate() if t.name == "flare-seg-localization-stream"]
