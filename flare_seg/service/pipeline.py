@@ -43,6 +43,8 @@ from flare_seg.service.models import LoadedModels, load_models
 log = logging.getLogger(__name__)
 
 BoxMM = tuple[tuple[float, float, float], tuple[float, float, float]]
+if max(ORGANS) > 7:  # ``_organ_boxes`` keeps one bit per label in a uint8
+    raise RuntimeError("labels above 7 need a wider bit set in Segmenter._organ_boxes")
 INT16_MIN, INT16_MAX = -32768, 32767
 
 
@@ -347,16 +349,25 @@ class Segmenter:
     def _organ_boxes(
         region: np.ndarray, crop: GridCrop, geometry: Geometry
     ) -> tuple[dict[str, BoxMM | None], dict[int, int]]:
-        """Per-organ LPS boxes and voxel counts from the labels inside the crop (``region``)."""
+        """Per-organ LPS boxes and voxel counts from the labels inside the crop (``region``).
+
+        One pass turns each label into a bit (1 << label); OR-reducing those along the axes gives,
+        per slice, row and column, the set of labels present, hence every organ's box at once.
+        Each organ's voxels are then counted inside its own box only."""
+        bits = np.left_shift(np.uint8(1), region)
+        per_z = np.bitwise_or.reduce(bits.reshape(bits.shape[0], -1), axis=1)
+        per_yx = np.bitwise_or.reduce(bits, axis=0)
+        del bits
+        projections = (per_z, np.bitwise_or.reduce(per_yx, axis=1), np.bitwise_or.reduce(per_yx, axis=0))
         boxes: dict[str, BoxMM | None] = {}
         counts: dict[int, int] = {}
         for k, name in ORGANS.items():
-            present = region == k
-            counts[k] = int(np.count_nonzero(present))
-            if counts[k] == 0:
-                boxes[name] = None
+            idx = [np.flatnonzero(p & np.uint8(1 << k)) for p in projections]
+            if idx[0].size == 0:
+                boxes[name], counts[k] = None, 0
                 continue
-            idx = [np.flatnonzero(present.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+            inside = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+            counts[k] = int(np.count_nonzero(region[inside] == k))
             lo = np.array([i[0] for i in idx], float) + crop.start_zyx
             hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
             boxes[name] = _box_mm(geometry, lo, hi)

@@ -178,3 +178,29 @@ def test_reading_a_broken_file_leaves_no_stream_behind(tiny_segmenter, tmp_path)
     with pytest.raises(InputError, match="truncated"):
         tiny_segmenter.read_volume(path)
     assert not [t for t in threading.enumerate() if t.name == "flare-seg-localization-stream"]
+
+
+def test_organ_boxes_and_counts_match_a_direct_count():
+    from flare_seg.grid import GridCrop
+    from flare_seg.service.pipeline import Segmenter, _box_mm
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 50, 60), np.uint8)
+    labels[5:30, 10:40, 3:20] = 1
+    labels[12:14, 45:47, 50:58] = 2
+    labels[rng.random(labels.shape) < 0.001] = 4  # scattered voxels: boxes span them all
+    labels[0, 0, 0], labels[-1, -1, -1] = 4, 1  # organs touching the region's corners
+    region = labels[:, 2:, 1:]  # a view, as the pipeline passes it
+    crop = GridCrop((7, 2, 1), region.shape, region.shape, (2.0, 1.0, 1.5))
+    geometry = Geometry((70, 60, 50), (1.5, 1.0, 2.0), (-3.0, 4.0, 5.0), DIRECTIONS["identity"])
+    boxes, counts = Segmenter._organ_boxes(region, crop, geometry)
+    for k, name in ORGANS.items():
+        present = region == k
+        assert counts[k] == np.count_nonzero(present)
+        if not present.any():
+            assert boxes[name] is None  # spleen (3) is absent
+            continue
+        where = np.argwhere(present)
+        lo, hi = where.min(axis=0) + crop.start_zyx, where.max(axis=0) + 1 + crop.start_zyx
+        assert boxes[name] == _box_mm(geometry, lo.astype(float), hi.astype(float))
+    assert boxes["spleen"] is None and counts[3] == 0
