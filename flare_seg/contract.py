@@ -35,7 +35,9 @@ TF_UTILS_FUNCTIONS = (
     "normalize_localization",
     "normalize_segmentation",
     "box_from_heatmaps",
-    "labels_from_scores_slab",
+    "resample_taps",
+    "label_cells",
+    "labels_at",
 )
 
 

@@ -80,11 +80,21 @@ def crop_around_box(
 
 
 class ResampleFunctions(Protocol):
-    """The two tf_utils functions used here (a loaded SavedModel or the in-memory module)."""
+    """The tf_utils functions used here (a loaded SavedModel or the in-memory module)."""
 
     def crop_resample_inplane(self, slab: Any, start_yx: Any, size_yx: Any, out_hw: Any) -> Any: ...
 
     def resample_z(self, volume: Any, out_d: Any) -> Any: ...
+
+
+class ScoresFunctions(Protocol):
+    """The tf_utils functions that bring class scores back to a finer grid."""
+
+    def resample_taps(self, n_in: Any, n_out: Any) -> Any: ...
+
+    def label_cells(self, scores: Any) -> Any: ...
+
+    def labels_at(self, scores: Any, out_shape_zyx: Any, points_zyx: Any) -> Any: ...
 
 
 def slab_slices(total: int, bytes_per_slice: int, budget_bytes: int) -> int:
@@ -149,3 +159,40 @@ class SlabResampler:
         if od == self.crop.size_zyx[0]:
             return self.planes
         return np.asarray(self.fns.resample_z(self.planes, od))
+
+
+def labels_from_scores(
+    fns: ScoresFunctions, scores: Any, out: np.ndarray, budget_bytes: int = 256 * 2**20
+) -> None:
+    """Write into ``out`` (z, y, x) uint8 the argmax of the class scores (d, h, w, C) resampled
+    trilinearly onto ``out``'s shape (same extent), slab by slab in z.
+
+    Exact, without interpolating everywhere (see ``tf_utils.label_cells``): each output voxel
+    takes its cell's label, found by repeating source voxels along each axis (the lower taps are
+    non-decreasing, so a tap array is its own run-length code), and only voxels in cells whose
+    corners disagree are interpolated (``labels_at``). Memory: a few bytes per output voxel of a
+    slab, and the source-grid labels.
+    """
+    out_shape = tuple(int(n) for n in out.shape)
+    cells = np.asarray(fns.label_cells(scores))
+    taps = [
+        np.asarray(fns.resample_taps(int(n_in), n_out))
+        for n_in, n_out in zip(cells.shape, out_shape, strict=True)
+    ]
+    repeats_y = np.bincount(taps[1], minlength=cells.shape[1])
+    taps_x = taps[2]
+    # per output slice: the slab, its cells repeated along y, the mixed flags and their indices
+    step = slab_slices(out_shape[0], out_shape[1] * (out_shape[2] * 3 + cells.shape[2]), budget_bytes)
+    for a in range(0, out_shape[0], step):
+        b = min(out_shape[0], a + step)
+        z_taps = taps[0][a:b]
+        first = int(z_taps[0])
+        rows = np.repeat(cells[first : int(z_taps[-1]) + 1], np.bincount(z_taps - first), axis=0)
+        slab = np.take(np.repeat(rows, repeats_y, axis=1), taps_x, axis=2)
+        flat = slab.reshape(-1)  # a fresh contiguous array: a view
+        mixed = np.flatnonzero(flat >= 128)  # faster than a 3-D nonzero, then unravelled
+        if mixed.size:
+            points = np.stack(np.unravel_index(mixed, slab.shape), axis=1).astype(np.int32)
+            points[:, 0] += a
+            flat[mixed] = np.asarray(fns.labels_at(scores, np.asarray(out_shape, np.int32), points))
+        out[a:b] = slab

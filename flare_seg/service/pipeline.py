@@ -35,7 +35,14 @@ from flare_seg.geometry import (
     to_canonical,
     undo_canonical,
 )
-from flare_seg.grid import GridCrop, SlabResampler, crop_around_box, plan_shape, resample_crop, slab_slices
+from flare_seg.grid import (
+    GridCrop,
+    SlabResampler,
+    crop_around_box,
+    labels_from_scores,
+    plan_shape,
+    resample_crop,
+)
 from flare_seg.labels import ORGANS
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.models import LoadedModels, load_models
@@ -332,18 +339,8 @@ class Segmenter:
 
     def _scores_to_labels(self, probabilities: tf.Tensor, crop: GridCrop, labels: np.ndarray) -> None:
         """Resample scores onto the crop of the canonical grid slab by slab; argmax into ``labels``."""
-        nz, ny, nx = crop.size_zyx
-        z0, y0, x0 = crop.start_zyx
-        classes = int(probabilities.shape[-1])
-        per_slice = ny * nx * classes * 4 * 3  # interpolated slab, resized slab, argmax temporaries
-        step = slab_slices(nz, per_slice, self._slab_budget())
-        size = tf.constant(crop.size_zyx, tf.int32)
-        for a in range(0, nz, step):
-            n = min(step, nz - a)
-            slab = self.models.tf_utils.labels_from_scores_slab(
-                probabilities, size, tf.constant(a), tf.constant(n)
-            )
-            labels[z0 + a : z0 + a + n, y0 : y0 + ny, x0 : x0 + nx] = slab.numpy()
+        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+        labels_from_scores(self.models.tf_utils, probabilities, region, self._slab_budget())
 
     @staticmethod
     def _organ_boxes(

@@ -139,26 +139,30 @@ def _linear_taps(n_in: tf.Tensor, n_out: tf.Tensor, start: tf.Tensor, count: tf.
     return i0, i1, src - tf.cast(i0, tf.float32)
 
 
-def labels_from_scores_slab(
-    scores: tf.Tensor, out_shape_zyx: tf.Tensor, z_start: tf.Tensor, z_count: tf.Tensor
-) -> tf.Tensor:
-    """Resample class scores (d, h, w, C) on the box grid trilinearly onto the output grid
-    ``out_shape_zyx`` (same extent), for output slices [z_start, z_start + z_count) only, and take
-    the argmax.
+def resample_taps(n_in: tf.Tensor, n_out: tf.Tensor) -> tf.Tensor:
+    """Lower source tap (int32, non-decreasing) of each of ``n_out`` samples resampled linearly from
+    ``n_in`` samples over the same extent."""
+    return _linear_taps(n_in, n_out, 0, n_out)[0]
 
-    Exact without interpolating everywhere: where all eight source corners of an output voxel have
-    the same argmax k, every interpolated difference p_k - p_j is a convex combination of positive
-    (or, for j > k, non-negative) differences, so the interpolated argmax is k too. Only output
-    voxels in cells whose corners disagree (a thin layer along organ boundaries) are interpolated.
 
-    Each output voxel's label depends only on its own cell, so slabs of any size give the same labels.
+def label_cells(scores: tf.Tensor) -> tf.Tensor:
+    """Per source voxel of class scores (d, h, w, C): the argmax label (bits 0-6), plus bit 7 when
+    the cell spanned by the voxel and its next neighbours (z..z+1, y..y+1, x..x+1, clamped at the
+    far edges) has corners with different labels. (d, h, w) uint8.
 
-    Returns (z_count, H, W) uint8 labels.
+    Resampling the scores trilinearly and taking the argmax is then exact without interpolating
+    everywhere: where all eight corners of an output voxel's cell have the same argmax k, every
+    interpolated difference p_k - p_j is a convex combination of positive (or, for j > k,
+    non-negative) differences, so the interpolated argmax is k too. Only output voxels whose cell
+    has bit 7 (a thin layer along organ boundaries) need ``labels_at``.
     """
-    z0, z1, _ = _linear_taps(tf.shape(scores)[0], out_shape_zyx[0], z_start, z_count)
-    lo = z0[0]
-    labels, mixed = _mixed_cells(scores, lo, z1[-1] + 1)
-    return _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo)
+    labels = tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
+    high, low = labels, labels
+    for axis in range(3):
+        high = tf.maximum(high, _next(high, axis))
+        low = tf.minimum(low, _next(low, axis))
+    mixed = tf.cast(tf.not_equal(high, low), tf.uint8) * tf.constant(128, tf.uint8)
+    return labels | mixed
 
 
 def _next(a: tf.Tensor, axis: int) -> tf.Tensor:
@@ -170,48 +174,25 @@ def _next(a: tf.Tensor, axis: int) -> tf.Tensor:
     return tf.concat([a[:, :, 1:], a[:, :, -1:]], axis=2)
 
 
-def _mixed_cells(scores: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Argmax labels (uint8) of source slices [lo, hi), and which cells (z..z+1, y..y+1, x..x+1,
-    clamped at the far edges) there have corners with different labels: the cell's largest and
-    smallest label differ."""
-    labels = tf.cast(tf.argmax(scores[lo:hi], axis=-1), tf.uint8)
-    high, low = labels, labels
-    for axis in range(3):
-        high = tf.maximum(high, _next(high, axis))
-        low = tf.minimum(low, _next(low, axis))
-    return labels, tf.not_equal(high, low)
-
-
-def _labels_sparse(scores, out_shape_zyx, z_start, z_count, labels, mixed, lo) -> tf.Tensor:
-    """Output labels taken from the source labels, interpolated only inside mixed cells."""
+def labels_at(scores: tf.Tensor, out_shape_zyx: tf.Tensor, points_zyx: tf.Tensor) -> tf.Tensor:
+    """Argmax of the class scores (d, h, w, C) resampled trilinearly onto ``out_shape_zyx`` (same
+    extent), at the output voxels ``points_zyx`` (k, 3) only. (k,) uint8."""
     shape = tf.shape(scores)
-    z0, z1, wz = _linear_taps(shape[0], out_shape_zyx[0], z_start, z_count)
-    y0, y1, wy = _linear_taps(shape[1], out_shape_zyx[1], 0, out_shape_zyx[1])
-    x0, x1, wx = _linear_taps(shape[2], out_shape_zyx[2], 0, out_shape_zyx[2])
-    # One flat 1-D gather per array: much faster on a CPU than three per-axis gathers of bytes.
-    ds, hs, ws = tf.shape(labels)[0], shape[1], shape[2]
-    flat_index = ((z0 - lo)[:, None, None] * hs + y0[None, :, None]) * ws + x0[None, None, :]
-
-    # Labels (< 128) and the mixed flag (bit 7) travel in one byte: a single gather for both.
-    packed = labels | tf.cast(mixed, tf.uint8) * tf.constant(128, tf.uint8)
-    at_output = tf.gather(tf.reshape(packed, [ds * hs * ws]), flat_index)
-    out = at_output & tf.constant(127, tf.uint8)
-    where = tf.where(at_output >= tf.constant(128, tf.uint8))  # (k, 3) output voxels to interpolate
-    iz, iy, ix = where[:, 0], where[:, 1], where[:, 2]
-    # Trilinear interpolation at those voxels: eight corner rows of the flattened scores each.
+    taps = [_linear_taps(shape[axis], out_shape_zyx[axis], 0, out_shape_zyx[axis]) for axis in range(3)]
+    hs, ws = shape[1], shape[2]
+    (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = (
+        [tf.gather(t, points_zyx[:, axis]) for t in taps[axis]] for axis in range(3)
+    )
+    # Eight corner rows of the flattened scores per point, weighted.
     rows = tf.reshape(scores, [-1, shape[3]])
-    taps_z = [tf.gather(z0, iz) * hs, tf.gather(z1, iz) * hs]
-    taps_y = [tf.gather(y0, iy), tf.gather(y1, iy)]
-    taps_x = [tf.gather(x0, ix), tf.gather(x1, ix)]
-    fz, fy, fx = tf.gather(wz, iz), tf.gather(wy, iy), tf.gather(wx, ix)
-    weights_z, weights_y, weights_x = [1.0 - fz, fz], [1.0 - fy, fy], [1.0 - fx, fx]
-    acc = tf.zeros([tf.shape(where)[0], shape[3]], tf.float32)
+    taps_z, taps_y, taps_x = [z0 * hs, z1 * hs], [y0, y1], [x0, x1]
+    weights_z, weights_y, weights_x = [1.0 - wz, wz], [1.0 - wy, wy], [1.0 - wx, wx]
+    acc = tf.zeros([tf.shape(points_zyx)[0], shape[3]], tf.float32)
     for cz, cy, cx in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
         index = (taps_z[cz] + taps_y[cy]) * ws + taps_x[cx]
         weight = weights_z[cz] * weights_y[cy] * weights_x[cx]
         acc += weight[:, tf.newaxis] * tf.gather(rows, index)
-    interpolated = tf.cast(tf.argmax(acc, axis=-1), tf.uint8)
-    return tf.tensor_scatter_nd_update(out, where, interpolated)
+    return tf.cast(tf.argmax(acc, axis=-1), tf.uint8)
 
 
 class TfUtilsModule(tf.Module):
@@ -265,12 +246,21 @@ class TfUtilsModule(tf.Module):
         return box_from_heatmaps(heatmaps, threshold)
 
     @tf.function(
+        input_signature=[tf.TensorSpec([], tf.int32, name="n_in"), tf.TensorSpec([], tf.int32, name="n_out")]
+    )
+    def resample_taps(self, n_in, n_out):
+        return resample_taps(n_in, n_out)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="scores")])
+    def label_cells(self, scores):
+        return label_cells(scores)
+
+    @tf.function(
         input_signature=[
             tf.TensorSpec([None, None, None, None], tf.float32, name="scores"),
             tf.TensorSpec([3], tf.int32, name="out_shape_zyx"),
-            tf.TensorSpec([], tf.int32, name="z_start"),
-            tf.TensorSpec([], tf.int32, name="z_count"),
+            tf.TensorSpec([None, 3], tf.int32, name="points_zyx"),
         ]
     )
-    def labels_from_scores_slab(self, scores, out_shape_zyx, z_start, z_count):
-        return labels_from_scores_slab(scores, out_shape_zyx, z_start, z_count)
+    def labels_at(self, scores, out_shape_zyx, points_zyx):
+        return labels_at(scores, out_shape_zyx, points_zyx)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from flare_seg.contract import TF_UTILS_FUNCTIONS, ModelContract
+from flare_seg.grid import labels_from_scores
 from flare_seg.training.tf_utils import TfUtilsModule
 
 
@@ -67,24 +68,43 @@ def test_box_from_heatmaps_ignores_stray_blobs_away_from_the_organ(fns):
     np.testing.assert_array_equal(stop, [12, 10, 14])
 
 
+def _labels(fns, scores, out_shape, budget_bytes=2**30) -> np.ndarray:
+    out = np.full(out_shape, 255, np.uint8)
+    labels_from_scores(fns, scores, out, budget_bytes)
+    return out
+
+
 def test_labels_from_scores_slabs_match_one_pass_and_restore_a_block(fns):
     # a block of class 2 on a 10^3 grid, upsampled to 40x30x20 (same extent)
     scores = np.zeros((10, 10, 10, 3), np.float32)
     scores[..., 0] = 1.0
     scores[2:6, 3:8, 4:9] = [0.0, 0.0, 1.0]
-    out_shape = [40, 30, 20]
-    whole = fns.labels_from_scores_slab(scores, out_shape, 0, 40).numpy()
+    out_shape = (40, 30, 20)
+    whole = _labels(fns, scores, out_shape)
     assert whole.dtype == np.uint8 and whole.shape == (40, 30, 20)
-    slabs = np.concatenate(
-        [fns.labels_from_scores_slab(scores, out_shape, a, 7).numpy() for a in range(0, 35, 7)]
-        + [fns.labels_from_scores_slab(scores, out_shape, 35, 5).numpy()]
-    )
-    np.testing.assert_array_equal(slabs, whole)
+    np.testing.assert_array_equal(_labels(fns, scores, out_shape, budget_bytes=1), whole)  # one slice a slab
+    # written through a strided view, as into the box of a larger mask
+    big = np.zeros((44, 35, 26), np.uint8)
+    labels_from_scores(fns, scores, big[2:42, 5:35, 3:23], 7 * 30 * 80)
+    np.testing.assert_array_equal(big[2:42, 5:35, 3:23], whole)
+    assert not big[:2].any() and not big[:, :5].any() and not big[:, :, 23:].any()
     # the block [2, 6) x [3, 8) x [4, 9) in source voxels covers [8, 24) x [9, 24) x [8, 18) at the output
     expected = np.zeros((40, 30, 20), np.uint8)
     expected[8:24, 9:24, 8:18] = 2
     assert np.mean(whole == expected) > 0.99
     assert whole[16, 16, 13] == 2 and whole[2, 2, 2] == 0
+
+
+def test_label_cells_flags_cells_whose_corners_disagree(fns):
+    scores = np.zeros((4, 5, 6, 3), np.float32)
+    scores[..., 0] = 1.0
+    scores[1, 2, 3] = [0.0, 1.0, 0.0]
+    cells = fns.label_cells(scores).numpy()
+    labels, mixed = cells & 127, cells >= 128
+    expected_mixed = np.zeros((4, 5, 6), bool)
+    expected_mixed[0:2, 1:3, 2:4] = True  # the eight cells that have voxel (1, 2, 3) as a corner
+    np.testing.assert_array_equal(mixed, expected_mixed)
+    assert labels[1, 2, 3] == 1 and labels.sum() == 1
 
 
 def _dense_trilinear_argmax(scores: np.ndarray, out_shape) -> np.ndarray:
@@ -112,12 +132,9 @@ def test_labels_from_scores_slab_equals_dense_interpolation(fns, out_shape):
         scores[..., k] = np.exp(-((zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2) / 20.0)
     scores[..., 0] += 0.2
     expected = _dense_trilinear_argmax(scores.astype(np.float64), out_shape)
-    got = np.concatenate(
-        [
-            fns.labels_from_scores_slab(scores, list(out_shape), a, min(4, out_shape[0] - a)).numpy()
-            for a in range(0, out_shape[0], 4)
-        ]
-    )
+    got = _labels(
+        fns, scores, out_shape, budget_bytes=4 * out_shape[1] * (out_shape[2] * 3 + w)
+    )  # 4 slices a slab
     assert got.shape == tuple(out_shape)
     assert len(np.unique(expected)) >= 3
     assert np.mean(got == expected) > 0.9995  # float32 rounding at exact ties only
