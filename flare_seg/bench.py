@@ -197,9 +197,11 @@ def io_floor(path: Path, max_voxels: int, out_dir: Path) -> dict[str, float]:
 
     from flare_seg.service.io import read_ct_volume, write_mask_atomic
 
-    t = time.perf_counter()
-    volume = read_ct_volume(path, max_voxels)
-    read_s = time.perf_counter() - t
+    read_s = float("inf")
+    for _ in range(2):  # the better of two reads, as the pipeline's figure is the best run
+        t = time.perf_counter()
+        volume = read_ct_volume(path, max_voxels)
+        read_s = min(read_s, time.perf_counter() - t)
     mask = sitk.Image(volume.geometry.size_xyz, sitk.sitkUInt8)
     volume.geometry.apply_to(mask)
     header = volume.header
@@ -317,8 +319,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for r in results:
         s = r["stages_s"]
-        network_io = sum(
-            s.get(k, 0.0) for k in ("read_s", "write_s", "localization_forward_s", "segmentation_forward_s")
+        # Reading overlaps the localization resampling (``localization_during_read_s``): only as
+        # much of it as the plain read (the I/O floor's) counts as I/O; any slowdown is "other".
+        read = min(s.get("read_s", 0.0), r["io_floor"]["read_s"])
+        network_io = read + sum(
+            s.get(k, 0.0) for k in ("write_s", "localization_forward_s", "segmentation_forward_s")
         )
         entry: dict[str, Any] = {
             "wall_s": r["steady_state_wall_s"],

@@ -41,6 +41,9 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     stages = result["stages_s"]
     for key in ("read_s", "localization_forward_s", "segmentation_forward_s", "postprocess_s", "write_s"):
         assert stages[key] >= 0.0
+    # the localization input is resampled on a second thread while the file is read: inside read_s
+    overlapped = stages.pop("localization_during_read_s")
+    assert 0.0 < overlapped <= stages["read_s"]
     assert sum(stages.values()) <= result["steady_state_wall_s"] + 1e-3
     memory = result["memory"]
     assert memory["peak_rss_mib"] >= memory["idle_rss_mib"] > 0
