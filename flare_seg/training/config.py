@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import yaml
 
+from flare_seg.labels import ORGANS
+
 Task = Literal["localization", "segmentation"]
 
 
@@ -26,6 +28,9 @@ class TrainConfig:
     batch_per_device: int = 1
     foreground_fraction: float = 0.8  # segmentation: patches centred on an organ voxel
     centre_jitter_mm: float = 8.0  # segmentation: simulated localization error of the box centre
+    # segmentation: relative frequency of each organ as the centre of foreground patches, by name
+    # (unnamed organs weigh 1), e.g. {pancreas: 2.0} for a hard, small organ
+    organ_sampling_weights: dict[str, float] = field(default_factory=dict)
     intensity_scale: float = 0.08  # augmentation: HU * U(1 - s, 1 + s)
     intensity_shift_hu: float = 15.0  # augmentation: HU + U(-s, s)
     noise_hu: float = 10.0  # augmentation: + N(0, U(0, s))
@@ -49,6 +54,12 @@ class TrainConfig:
             raise ValueError(f"patch_size_vox must be a multiple of 8 and >= 16, not {self.patch_size_vox}")
         if not self.filters or any(f < 1 for f in self.filters):
             raise ValueError(f"filters must be positive, not {self.filters}")
+        organs = set(ORGANS.values())
+        unknown = set(self.organ_sampling_weights) - organs
+        if unknown:
+            raise ValueError(f"organ_sampling_weights: unknown {sorted(unknown)}, not in {sorted(organs)}")
+        if any(not (float(w) >= 0.0) for w in self.organ_sampling_weights.values()):
+            raise ValueError(f"organ_sampling_weights must be >= 0, not {self.organ_sampling_weights}")
 
     def to_yaml(self) -> str:
         d = asdict(self)

@@ -135,7 +135,10 @@ def segmentation_patch(
     shape = np.asarray(case.seg_image.shape)
     if rng.random() < config.foreground_fraction:
         present = [k for k in ORGANS if np.any(case.seg_labels == k)]
-        k = present[rng.integers(len(present))]
+        weights = np.array([config.organ_sampling_weights.get(ORGANS[k], 1.0) for k in present], float)
+        if weights.sum() <= 0.0:
+            weights = np.ones(len(present))
+        k = present[rng.choice(len(present), p=weights / weights.sum())]
         vox = np.argwhere(case.seg_labels == k)
         centre = vox[rng.integers(len(vox))] + rng.integers(-p // 4, p // 4 + 1, 3)
     else:

@@ -66,3 +66,46 @@ def test_compress_contrast_is_monotone_and_leaves_air_fat_and_bone():
     # enhanced organs (100-200 HU) end up in the unenhanced range (about 40-70 HU)
     enhanced = compress_contrast(np.array([100.0, 200.0], np.float32), 20.0, 0.2)
     assert 40.0 < enhanced[0] < enhanced[1] < 80.0
+
+
+def test_organ_sampling_weights_choose_the_patch_centres():
+    """Foreground patches are centred on organs in proportion to the weights (absent organs skipped)."""
+    import numpy as np
+
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.data import PreparedCase
+    from flare_seg.training.train import segmentation_patch
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1  # liver in one corner
+    labels[30:36, 30:36, 30:36] = 4  # pancreas in the opposite one; kidney and spleen absent
+    case = PreparedCase(
+        name="blocks",
+        loc_image=np.zeros((4, 4, 4), np.float32),
+        loc_target=np.zeros((4, 4, 4, 4), np.float32),
+        seg_image=np.where(labels > 0, 50.0, -100.0).astype(np.float32),
+        seg_labels=labels,
+        seg_spacing_mm_zyx=np.array([2.0, 2.0, 2.0]),
+        organ_box_mm=np.array([[4.0, 4.0, 4.0], [72.0, 72.0, 72.0]]),
+    )
+
+    def pancreas_share(weights: dict[str, float]) -> float:
+        config = load_config(
+            "segmentation", patch_size_vox=16, foreground_fraction=1.0, organ_sampling_weights=weights
+        )
+        rng = np.random.default_rng(0)
+        # the organs lie 22 voxels apart: a 16-voxel patch holds one of them at most
+        patches = [segmentation_patch(rng, case, config, ModelContract())[1] for _ in range(60)]
+        assert all((p == 1).any() != (p == 4).any() for p in patches)
+        return float(np.mean([(p == 4).any() for p in patches]))
+
+    assert pancreas_share({"liver": 0.0}) == 1.0
+    assert pancreas_share({"pancreas": 0.0}) == 0.0
+    assert 0.3 < pancreas_share({}) < 0.7
+
+
+def test_organ_sampling_weights_are_checked():
+    with pytest.raises(ValueError, match="unknown"):
+        load_config("segmentation", organ_sampling_weights={"pancraes": 2.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        load_config("segmentation", organ_sampling_weights={"pancreas": -1.0})
