@@ -6,8 +6,8 @@
 # The shipped weights came from this recipe run in stages on a 2-core CPU (the localization net
 # 500 steps on the first phantom set, then resumed on both sets to step 2500; the segmentation net
 # first without, then resumed with, contrast compression and the second phantom set, to step 6600,
-# then resumed to steps 10000, 13000 and 18000); run straight through, it gives models of the same
-# kind.
+# then resumed to steps 10000, 13000 and 18000, and to 20500 with the pancreas weighted 3:1 as a
+# patch centre); run straight through, it gives models of the same kind.
 set -euo pipefail
 WORK="${WORK:-work}"
 DATA="${DATA:-${WORK}/train}"
