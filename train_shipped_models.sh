@@ -27,7 +27,7 @@ flare-seg train-localization "${DATA}" --run-dir "${WORK}/runs/localization" --c
 flare-seg train-segmentation "${DATA}" --run-dir "${WORK}/runs/segmentation" --config configs/segmentation.yaml
 flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" --out saved_models
 if [ ! -d "${TEST}/TrainingImg" ]; then
-  flare-seg synth "${TEST}" --cases 10 --seed 2000 --workers 2
+  flare-seg synth "${TEST}" --cases 20 --seed 3000 --workers 2
 fi
 mkdir -p "${WORK}/test_inputs"
 cp -f "${TEST}"/TrainingImg/*_0000.nii.gz "${WORK}/test_inputs/"
@@ -35,4 +35,4 @@ flare-seg predict "${WORK}/test_inputs" "${WORK}/test_predictions"
 flare-seg evaluate "${WORK}/test_predictions" "${TEST}/TrainingMask"
 flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" \
   --out saved_models --evaluation "${WORK}/test_predictions/evaluation.json" \
-  --notes "Trained on synthetic phantoms (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases), not on FLARE21 data; evaluated through the full pipeline on 10 unseen phantoms (seed 2000)."
+  --notes "Trained on synthetic phantoms (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases), not on FLARE21 data; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
