@@ -228,8 +228,6 @@ class Segmenter:
         spacing = geometry.spacing_mm_zyx
         timings["reorient_s"] = time.perf_counter() - t
 
-        if prepared is not None:
-            timings["localization_during_read_s"] = round(prepared.seconds, 4)
         lo, hi, found = self._localize(vol, spacing, timings, prepared)
         if not found:
             log.warning("localization found no organ: segmenting the whole volume")
@@ -304,6 +302,7 @@ class Segmenter:
         crop = self._localization_crop(vol.shape, spacing)
         shape = crop.out_shape_zyx
         if prepared is not None and prepared.resampler.crop == crop:
+            timings["localization_during_read_s"] = round(prepared.seconds, 4)
             small = prepared.resampler.finish()
         else:
             small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
