@@ -79,6 +79,63 @@ def crop_around_box(
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)  # type: ignore[return-value]
 
 
+def fit_crop_to_valid_size(
+    start_zyx: Zyx,
+    size_zyx: Zyx,
+    box_lo_edge_zyx: np.ndarray,
+    box_hi_edge_zyx: np.ndarray,
+    shape_zyx: Zyx,
+    spacing_mm_zyx: ZyxF,
+    target_spacing_mm: float,
+    max_size_vox: int,
+    multiple: int,
+    min_margin_mm: float,
+) -> GridCrop:
+    """The crop ``start/size`` (a box plus its margin), trimmed or grown along each axis so that it
+    resamples to a valid network size (a multiple of ``multiple``) at about the planned spacing:
+    no voxel of padding is then computed, and the spacing stays within half a source voxel of
+    ``plan_shape``'s.
+
+    Per axis, the crop is trimmed to the lower multiple when the box keeps at least
+    ``min_margin_mm`` on both sides (trimming the side with more room first), else grown to the
+    upper multiple with image context (centred, shifted inside the image). When the image is too
+    small for that, the crop and ``plan_shape``'s count are kept and the network input is padded.
+    """
+    if max_size_vox % multiple:
+        raise ValueError(f"max_size_vox {max_size_vox} is not a multiple of {multiple}")
+    spacing = np.asarray(spacing_mm_zyx, float)
+    extent = np.asarray(size_zyx, float) * spacing
+    target = max(target_spacing_mm, float(extent.max()) / max_size_vox)
+    starts, sizes, counts = [], [], []
+    for axis in range(3):
+        start, size, n_shape = int(start_zyx[axis]), int(size_zyx[axis]), int(shape_zyx[axis])
+        sp = spacing[axis]
+        planned = extent[axis] / target
+        lower = multiple * int(np.floor(planned / multiple + 1e-9))
+        upper = multiple * int(np.ceil(planned / multiple - 1e-9))
+        fitted = None
+        if lower >= multiple:
+            keep = max(1, min(size, round(lower * target / sp)))
+            cut = size - keep
+            margin_vox = min_margin_mm / sp
+            room_lo = max(0, int(np.floor(box_lo_edge_zyx[axis] - start - margin_vox + 1e-6)))
+            room_hi = max(0, int(np.floor(start + size - box_hi_edge_zyx[axis] - margin_vox + 1e-6)))
+            if cut <= room_lo + room_hi:
+                take_lo = min(room_lo, max(cut - room_hi, cut // 2))
+                fitted = (start + take_lo, keep, lower)
+        if fitted is None:
+            want = max(1, round(upper * target / sp))
+            if size <= want <= n_shape:
+                grown = min(max(0, start - (want - size) // 2), n_shape - want)
+                fitted = (grown, want, upper)
+            else:
+                fitted = (start, size, min(max_size_vox, max(1, int(np.ceil(planned - 1e-6)))))
+        starts.append(fitted[0])
+        sizes.append(fitted[1])
+        counts.append(fitted[2])
+    return GridCrop(tuple(starts), tuple(sizes), tuple(counts), tuple(float(s) for s in spacing))  # type: ignore[arg-type]
+
+
 class ResampleFunctions(Protocol):
     """The tf_utils functions used here (a loaded SavedModel or the in-memory module)."""
 

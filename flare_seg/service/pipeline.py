@@ -39,6 +39,7 @@ from flare_seg.grid import (
     GridCrop,
     SlabResampler,
     crop_around_box,
+    fit_crop_to_valid_size,
     labels_from_scores,
     plan_shape,
     resample_crop,
@@ -232,13 +233,23 @@ class Segmenter:
         if not found:
             log.warning("localization found no organ: segmenting the whole volume")
 
-        start, size = crop_around_box(
-            lo, hi, vol.shape, spacing, self.contract.box_margin_mm if found else 0.0
+        c = self.contract
+        margin = c.box_margin_mm if found else 0.0
+        start, size = crop_around_box(lo, hi, vol.shape, spacing, margin)
+        # No padding to valid sizes: the crop is trimmed (keeping at least half the margin) or
+        # grown with image context to a multiple of the valid size.
+        crop = fit_crop_to_valid_size(
+            start,
+            size,
+            lo,
+            hi,
+            vol.shape,
+            spacing,
+            c.segmentation_spacing_mm,
+            c.segmentation_max_size_vox,
+            c.segmentation_size_multiple,
+            margin / 2.0,
         )
-        out_shape = plan_shape(
-            size, spacing, self.contract.segmentation_spacing_mm, self.contract.segmentation_max_size_vox
-        )
-        crop = GridCrop(start, size, out_shape, spacing)
         probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0, timings)
         if holder is not None:  # the input is not needed any more: free it before the mask exists
             holder.clear()
