@@ -139,16 +139,17 @@ def _gpu_reset(tf: Any) -> None:
         tf.config.experimental.reset_memory_stats("GPU:0")
 
 
-def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int) -> dict[str, Any]:
+def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int, out_dir: Path) -> dict[str, Any]:
     """The segmentation network slid over the whole volume at its spacing, in non-overlapping tiles
-    of its largest size, scores resampled back and argmaxed: the pipeline without localization."""
+    of its largest size, scores resampled back, argmaxed and written: the pipeline without
+    localization, timed from reading to the written mask like the two-stage wall time."""
     import numpy as np
     import tensorflow as tf
 
     from flare_seg.contract import SEGMENTATION_OUTPUT
-    from flare_seg.geometry import canonical_axes
+    from flare_seg.geometry import canonical_axes, image_from_array_zyx
     from flare_seg.grid import GridCrop, plan_shape, resample_crop
-    from flare_seg.service.io import read_ct_volume
+    from flare_seg.service.io import read_ct_volume, write_mask_atomic
 
     c = segmenter.contract
     t0 = time.perf_counter()
@@ -180,8 +181,10 @@ def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int) -> dict[s
                 scores[z : z + d, y : y + h, xx : xx + w] = out[0, :d, :h, :w].numpy()
                 tiles += 1
     forward = time.perf_counter() - t_forward
-    labels = np.zeros(vol.shape, np.uint8)
-    segmenter._scores_to_labels(tf.constant(scores), crop, labels)
+    mask = np.zeros(volume.array_zyx.shape, np.uint8)
+    segmenter._scores_to_labels(tf.constant(scores), crop, axes.view(mask))  # in the input's layout
+    written = mask if volume.header is not None else image_from_array_zyx(mask, volume.geometry)
+    write_mask_atomic(written, out_dir / "single_stage.nii.gz", like=volume.header)
     total = time.perf_counter() - t0
     return {
         "grid_at_segmentation_spacing_zyx": list(shape),
@@ -276,7 +279,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
             out["memory"]["gpu_peak_mib"] = round(gpu_peak, 1)
 
         if opts["baseline"]:
-            out["single_stage_baseline"] = single_stage_baseline(segmenter, path, max_voxels)
+            out["single_stage_baseline"] = single_stage_baseline(segmenter, path, max_voxels, tmp_dir)
         if opts["batch_cases"] > 0:
             inputs = tmp_dir / "inputs"
             inputs.mkdir()

@@ -10,6 +10,7 @@ Used by the service and by training data preparation alike, so both cut identica
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -239,8 +240,12 @@ def labels_from_scores(
     repeats_y = np.bincount(taps[1], minlength=cells.shape[1])
     taps_x = taps[2]
     # per output slice: the slab, its cells repeated along y, the mixed flags and their indices
-    step = slab_slices(out_shape[0], out_shape[1] * (out_shape[2] * 3 + cells.shape[2]), budget_bytes)
-    for a in range(0, out_shape[0], step):
+    per_slice = out_shape[1] * (out_shape[2] * 3 + cells.shape[2])
+    # two slabs in flight (numpy and TensorFlow release the GIL), each within half the budget
+    step = slab_slices(out_shape[0], per_slice, budget_bytes // 2)
+    step = min(step, max(1, -(-out_shape[0] // 2)))
+
+    def fill(a: int) -> None:
         b = min(out_shape[0], a + step)
         z_taps = taps[0][a:b]
         first = int(z_taps[0])
@@ -253,3 +258,10 @@ def labels_from_scores(
             points[:, 0] += a
             flat[mixed] = np.asarray(fns.labels_at(scores, np.asarray(out_shape, np.int32), points))
         out[a:b] = slab
+
+    starts = range(0, out_shape[0], step)
+    if len(starts) == 1:
+        fill(0)
+        return
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(fill, starts))  # re-raises a slab's error
