@@ -250,10 +250,12 @@ class Segmenter:
             c.segmentation_size_multiple,
             margin / 2.0,
         )
-        probabilities = self._segment_box(vol, crop, (lo + hi) / 2.0, timings)
-        if holder is not None:  # the input is not needed any more: free it before the mask exists
+        x = self._segmentation_input(vol, crop, (lo + hi) / 2.0, timings)
+        if holder is not None:  # the input is not needed any more: free it before the forward pass
             holder.clear()
             vol = source = array_zyx = canonical = None  # type: ignore[assignment]
+        probabilities = self._segmentation_forward(x, crop, timings)
+        del x
 
         t = time.perf_counter()
         if axes is not None:
@@ -327,10 +329,10 @@ class Segmenter:
         timings["localization_forward_s"] = time.perf_counter() - t
         return lo, hi, bool(found.numpy())
 
-    def _segment_box(
+    def _segmentation_input(
         self, vol: np.ndarray, crop: GridCrop, centre_edge_zyx: np.ndarray, timings: dict[str, float]
     ) -> tf.Tensor:
-        """Class probabilities (d, h, w, classes) on the box grid."""
+        """The segmentation network's input (1, D, H, W, channels) for the box ``crop``."""
         t = time.perf_counter()
         box = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
         centre_mm = crop.source_edge_to_out_mm(centre_edge_zyx)
@@ -340,6 +342,10 @@ class Segmenter:
             tf.constant(centre_mm, tf.float32),
         )
         timings["crop_resample_s"] = time.perf_counter() - t
+        return x
+
+    def _segmentation_forward(self, x: tf.Tensor, crop: GridCrop, timings: dict[str, float]) -> tf.Tensor:
+        """Class probabilities (d, h, w, classes) on the box grid."""
         t = time.perf_counter()
         d, h, w = crop.out_shape_zyx
         probabilities = self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]

@@ -113,6 +113,33 @@ def test_release_input_gives_the_same_mask_and_drops_the_voxels(tiny_segmenter):
     assert Geometry.of(result.mask) == Geometry.of(image)
 
 
+def test_release_input_frees_the_voxels_before_the_segmentation_forward(tiny_segmenter):
+    """The full-resolution input is dropped once the box is cropped: the forward pass (the largest
+    working set) never runs beside it."""
+    import dataclasses
+    import weakref
+
+    from flare_seg.service.io import CtVolume
+    from flare_seg.service.pipeline import Segmenter
+
+    image = ct_image()
+    array = sitk.GetArrayFromImage(image)
+    alive = weakref.ref(array)
+    seen: list[bool] = []
+
+    def segmentation(x):
+        seen.append(alive() is not None)
+        return tiny_segmenter.models.segmentation(x)
+
+    watched = Segmenter(dataclasses.replace(tiny_segmenter.models, segmentation=segmentation))
+    volume = CtVolume(array, Geometry.of(image))
+    del array
+    result = watched.segment_volume(volume, release_input=True)
+    assert seen == [False]
+    reference = tiny_segmenter.segment_image(image)
+    np.testing.assert_array_equal(result.labels_zyx, reference.labels_zyx)
+
+
 def test_float_input_with_nan_and_out_of_range_values(tiny_segmenter):
     image = ct_image(pixel_type=sitk.sitkFloat32)
     arr = sitk.GetArrayFromImage(image)
