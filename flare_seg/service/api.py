@@ -755,17 +755,23 @@ class Service:
             raise _http_error(503, detail, headers={"Retry-After": "10"})
         return self.segmenter
 
-    async def receive_and_check(self, request: Request) -> Upload:
+    async def receive_and_check(self, request: Request, *, scan_data: bool = True) -> Upload:
         """Stream the upload to disk, then check it with ``validate_nifti`` off the event loop.
 
         The header is checked before anything is decompressed (absurd sizes never allocate); the
-        completeness check decompresses as a stream with bounded memory.
+        completeness check decompresses as a stream with bounded memory. ``scan_data=False`` (a
+        synchronous request, whose read follows at once and checks the CRC itself) checks
+        completeness from the gzip trailer instead of a decompression pass of its own.
         """
         upload = await receive_upload(request, self.uploads_dir, self.max_upload_bytes)
         try:
             await anyio.to_thread.run_sync(
                 functools.partial(
-                    validate_nifti, upload.path, self.settings.max_voxels, display_name=upload.display_name
+                    validate_nifti,
+                    upload.path,
+                    self.settings.max_voxels,
+                    display_name=upload.display_name,
+                    scan_data=scan_data,
                 )
             )
         except BaseException:
@@ -1084,7 +1090,7 @@ async def segment(
     ticket = service.admit()
     upload: Upload | None = None
     try:
-        upload = await service.receive_and_check(request)
+        upload = await service.receive_and_check(request, scan_data=False)
         work = functools.partial(
             service.segment_file,
             upload.path,

@@ -45,10 +45,12 @@ from flare_seg.geometry import Geometry
 from flare_seg.labels import ORGANS
 
 try:  # ISA-L's inflate and deflate are faster than zlib's; same stream format and checks
+    from isal import igzip as _gzip_lib
     from isal import isal_zlib as _inflate_lib
 
     _deflate_lib, _DEFLATE_LEVEL = _inflate_lib, 2  # ISA-L levels are 0..3
 except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallback
+    _gzip_lib = gzip  # type: ignore[assignment]
     _inflate_lib = _deflate_lib = zlib  # type: ignore[assignment]
     _DEFLATE_LEVEL = 6
 
@@ -61,6 +63,7 @@ _NIFTI2_HEADER_BYTES = 540
 _READ_CHUNK_BYTES = 1 << 20
 # Decompressed bytes tolerated after the voxel data before we stop checking (bounds a gzip bomb).
 _TRAILING_SLACK_BYTES = 1 << 20
+_GZIP_MIN_BYTES = 18  # a 10-byte header and an 8-byte trailer
 
 # NIfTI datatype code -> numpy dtype name, for the scalar types we read.
 _SUPPORTED_DATATYPES: dict[int, str] = {
@@ -313,8 +316,8 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
 
     ITK silently zero-fills a truncated NIfTI, so this check is what turns a cut-off upload into an
     error. Uncompressed files are checked by size; gzip files are decompressed as a stream, 1 MiB at
-    a time (memory stays bounded; costs one decompression pass). Reading stops 1 MiB past the end of
-    the voxel data so that a gzip bomb cannot keep it busy.
+    a time with ISA-L (memory stays bounded; costs one decompression pass). Reading stops 1 MiB
+    past the end of the voxel data so that a gzip bomb cannot keep it busy.
 
     Raises:
         InputError: truncated or corrupt data.
@@ -331,7 +334,7 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
         return
     total = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with _gzip_lib.open(path, "rb") as f:
             while True:
                 chunk = f.read(_READ_CHUNK_BYTES)
                 if not chunk:
@@ -347,7 +350,7 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
             f"{name}: truncated gzip file (the stream ends after {total} of {needed} bytes; "
             f"was the upload or copy interrupted?)"
         ) from None
-    except (gzip.BadGzipFile, zlib.error) as e:
+    except (gzip.BadGzipFile, zlib.error, _inflate_lib.error) as e:
         raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
     except OSError as e:
         raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
@@ -358,11 +361,18 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
         )
 
 
-def validate_nifti(path: Path, max_voxels: int, *, display_name: str | None = None) -> NiftiHeader:
+def validate_nifti(
+    path: Path, max_voxels: int, *, display_name: str | None = None, scan_data: bool = True
+) -> NiftiHeader:
     """All the checks ``read_ct`` makes before reading voxels: header, readability, complete data.
 
     Costs one streaming decompression pass for .nii.gz (bounded memory); the server runs it before
     queueing an upload so that broken files are answered at once.
+
+    ``scan_data=False`` skips that pass for a .nii.gz whose gzip trailer records exactly the
+    length the header promises: a file cut short ends in compressed bytes, not in its trailer, so
+    it still fails here (with the full check's message). Corruption inside the stream is then
+    found by the read that follows (``read_ct_volume`` checks the CRC), not here.
 
     Raises:
         InputError (or a subclass): see ``read_nifti_header`` and ``check_nifti_data``;
@@ -370,8 +380,21 @@ def validate_nifti(path: Path, max_voxels: int, *, display_name: str | None = No
     """
     header = read_nifti_header(path, max_voxels, display_name=display_name)
     _check_readable(header, _name(path, display_name))
-    check_nifti_data(path, header, display_name=display_name)
+    if scan_data or not header.compressed or not _gzip_trailer_matches(path, header):
+        check_nifti_data(path, header, display_name=display_name)
     return header
+
+
+def _gzip_trailer_matches(path: Path, header: NiftiHeader) -> bool:
+    """Whether the file ends in a gzip trailer whose ISIZE (the uncompressed length modulo 2**32)
+    is the header's offset plus voxel bytes. Reads the last four bytes only."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < _GZIP_MIN_BYTES:
+            return False
+        f.seek(size - 4)
+        isize = int.from_bytes(f.read(4), "little")
+    return isize == (header.data_offset + header.nbytes) % 2**32
 
 
 def _check_readable(header: NiftiHeader, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -361,6 +362,24 @@ def test_bad_uploads_are_4xx_with_detail(tmp_path: Path, endpoint: str) -> None:
             detail = response.json()["detail"]
             assert isinstance(detail, str) and message in detail, (name, detail)
         assert segmenter.calls == 0  # nothing bad ever reached the model
+        service = service_of(client)
+        assert not list(service.uploads_dir.iterdir()) and not service.jobs.jobs
+
+
+def test_corrupt_data_is_422_for_both_endpoints(tmp_path: Path) -> None:
+    """/segment leaves the CRC to its read (no second decompression), /jobs checks before the 202:
+    either way the client gets a 422 naming the problem, and nothing reaches the model."""
+    from tests.service.test_io import corrupt_inside, noisy_ct_bytes
+
+    broken = corrupt_inside(noisy_ct_bytes(tmp_path))
+
+    segmenter = FakeSegmenter()
+    with running(make_settings(tmp_path), segmenter) as client:
+        for endpoint in ("/segment", "/jobs"):
+            response = client.post(endpoint, **upload(broken, "broken.nii.gz"))
+            assert response.status_code == 422, (endpoint, response.text)
+            assert re.search("corrupt gzip|truncated", response.json()["detail"]), response.text
+        assert segmenter.calls == 0
         service = service_of(client)
         assert not list(service.uploads_dir.iterdir()) and not service.jobs.jobs
 

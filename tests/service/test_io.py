@@ -20,6 +20,7 @@ from flare_seg.service.io import (
     read_ct_volume,
     read_nifti_header,
     sitk_reads_nifti2,
+    validate_nifti,
     write_mask_atomic,
 )
 from tests.service.conftest import make_ct, nifti1_header, nifti2_header, write_bytes
@@ -121,6 +122,53 @@ def test_corrupt_gzip_data_is_input_error(tmp_path: Path) -> None:
     header = read_nifti_header(path, MAX_VOXELS)
     with pytest.raises(InputError, match="corrupt gzip"):
         check_nifti_data(path, header)
+
+
+def noisy_ct_bytes(tmp_path: Path) -> bytes:
+    """A .nii.gz whose deflate stream is long (noise compresses poorly): its middle is voxel data."""
+    rng = np.random.default_rng(5)
+    image = sitk.GetImageFromArray(rng.integers(-1000, 1000, (24, 64, 64), dtype=np.int16))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    path = tmp_path / "noisy.nii.gz"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path.read_bytes()
+
+
+def corrupt_inside(data: bytes) -> bytes:
+    """The same .nii.gz with 16 bytes in the middle of the deflate stream flipped; trailer intact."""
+    broken = bytearray(data)
+    for i in range(len(broken) // 2, len(broken) // 2 + 16):
+        broken[i] ^= 0x5A
+    return bytes(broken)
+
+
+def test_validate_without_scan_reads_the_trailer_instead_of_decompressing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from flare_seg.service import io
+
+    data = noisy_ct_bytes(tmp_path)
+    full = write_bytes(tmp_path / "full.nii.gz", data, compress=False)
+    cut = write_bytes(tmp_path / "cut.nii.gz", data[: len(data) // 2], compress=False)
+    broken = write_bytes(tmp_path / "broken.nii.gz", corrupt_inside(data), compress=False)
+
+    scans: list[Path] = []
+    real_check = io.check_nifti_data
+    monkeypatch.setattr(
+        io, "check_nifti_data", lambda path, *a, **k: (scans.append(path), real_check(path, *a, **k))
+    )
+    assert validate_nifti(full, MAX_VOXELS, scan_data=False).dims_xyz == (64, 64, 24)
+    assert scans == []  # the trailer's length matched: nothing was decompressed
+    # a file cut short does not end in its trailer: the full check runs and says why
+    with pytest.raises(InputError, match="truncated"):
+        validate_nifti(cut, MAX_VOXELS, scan_data=False)
+    assert scans == [cut]
+    # corruption inside the stream passes the trailer check; the full check and the read find it
+    validate_nifti(broken, MAX_VOXELS, scan_data=False)
+    with pytest.raises(InputError, match=r"corrupt gzip|truncated"):
+        validate_nifti(broken, MAX_VOXELS)
+    with pytest.raises(InputError, match=r"corrupt gzip|truncated"):
+        read_ct_volume(broken, MAX_VOXELS)
 
 
 def test_random_bytes_unsupported(tmp_path: Path) -> None:
