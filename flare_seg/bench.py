@@ -440,4 +440,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from flare_seg.cli import exit_now
+
+    exit_now(main())

@@ -82,6 +82,8 @@ def test_predict_sh_runs_on_a_workspace_laid_out_like_the_container(tiny_models,
     inputs.mkdir(parents=True)
     image = ct_image(direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
     sitk.WriteImage(image, str(inputs / "case7_0000.nii.gz"))
+    data = (inputs / "case7_0000.nii.gz").read_bytes()
+    (inputs / "cut_0000.nii.gz").write_bytes(data[: len(data) // 2])
     env = {
         **os.environ,
         "FLARE_SEG_MODELS_DIR": str(tiny_models),
@@ -94,7 +96,13 @@ def test_predict_sh_runs_on_a_workspace_laid_out_like_the_container(tiny_models,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
+    # the quick exit after the work (no interpreter teardown) keeps the status and every output
+    assert proc.returncode == 1, proc.stderr  # one case failed
+    assert proc.stdout.rstrip().endswith("summary in " + str(outputs / "summary.json"))
+    assert "1 succeeded, 1 failed" in proc.stdout
+    summary = json.loads((outputs / "summary.json").read_text())
+    assert [c["status"] for c in summary["cases"]] == ["ok", "failed"]
+    assert not (outputs / "cut.nii.gz").exists()
     mask = sitk.ReadImage(str(outputs / "case7.nii.gz"))
     assert Geometry.of(mask) == Geometry.of(sitk.ReadImage(str(inputs / "case7_0000.nii.gz")))
     assert np.asarray(sitk.GetArrayViewFromImage(mask)).dtype == np.uint8
