@@ -58,6 +58,9 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     assert 0.0 <= summary["other_than_io_and_forward_share"] <= 1.0
     table = bench.format_table([result])
     assert str(result["slices"]) in table and "cold start" in table
+    cold = result["cold_start_s"]
+    assert cold["first_case_s"] == result["runs"][0]["wall_s"] >= result["steady_state_wall_s"]
+    assert cold["time_to_first_mask_s"] == pytest.approx(cold["total_s"] + cold["first_case_s"], abs=2e-3)
 
 
 def test_peak_rss_reset_tracks_a_new_allocation():

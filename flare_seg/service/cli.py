@@ -52,6 +52,18 @@ def find_inputs(input_dir: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
+def _warm_up(segmenter: Any) -> None:
+    """The segmenter's one-off first-call work, if it has any; a failure here is only logged (the
+    cases then report their own errors)."""
+    warm_up = getattr(segmenter, "warm_up", None)
+    if warm_up is None:
+        return
+    try:
+        warm_up()
+    except Exception:
+        log.warning("warm-up failed; the first case pays for the first calls", exc_info=True)
+
+
 def predict_dir(
     input_dir: Path,
     output_dir: Path,
@@ -73,6 +85,7 @@ def predict_dir(
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
         pending: Future[CtVolume] | None = reader.submit(segmenter.read_volume, inputs[0][1], max_voxels)
+        _warm_up(segmenter)  # while the first case is being read
         for i, (case, path) in enumerate(inputs):
             report = CaseReport(case=case, input=path.name)
             t = time.perf_counter()

@@ -116,3 +116,28 @@ def test_service_code_never_imports_training_code():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_predict_dir_warms_up_and_survives_a_failed_warm_up(tiny_models, tmp_path, monkeypatch):
+    from flare_seg.service.cli import predict_dir
+    from flare_seg.service.pipeline import Segmenter
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    sitk.WriteImage(ct_image(), str(inputs / "a_0000.nii.gz"))
+    segmenter = Segmenter.load(tiny_models)
+    calls: list[str] = []
+    real_segment_array = segmenter.segment_array
+    monkeypatch.setattr(
+        segmenter, "segment_array", lambda *a, **k: (calls.append("warm"), real_segment_array(*a, **k))[1]
+    )
+    for run in ("first", "second"):
+        reports = predict_dir(inputs, tmp_path / run, segmenter)
+        assert [r.status for r in reports] == ["ok"]
+    assert calls == ["warm"]  # the warm-up volume went through the pipeline once, not per run
+
+    broken = Segmenter.load(tiny_models)
+    monkeypatch.setattr(broken, "warm_up", lambda: 1 / 0)
+    reports = predict_dir(inputs, tmp_path / "third", broken)
+    assert [r.status for r in reports] == ["ok"]
+    assert (tmp_path / "third" / "a.nii.gz").is_file()
