@@ -14,7 +14,8 @@ polluted by earlier sizes and the first worker's start-up is a true cold start:
 - a single-stage baseline: the same segmentation network slid over the whole volume at the
   segmentation spacing (what one would run without the localization stage);
 - batch throughput through ``predict_dir``, which reads the next case while the current one runs;
-- on a GPU, peak GPU memory.
+- the peak memory of TensorFlow's tensors on the device the networks run on (on a GPU: peak GPU
+  memory; on a CPU the same figure for the same float32 graphs).
 
 Figures are printed and written as JSON.
 """
@@ -22,6 +23,7 @@ Figures are printed and written as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -130,16 +132,23 @@ def peak_rss_mib() -> float:
 # ----------------------------------------------------------------------------- worker
 
 
-def _gpu_peak_mib(tf: Any) -> float | None:
-    gpus = tf.config.list_logical_devices("GPU")
-    if not gpus:
+def _tf_device(tf: Any) -> str:
+    """The device the networks run on: the first GPU if any, else the CPU."""
+    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+
+
+def _tf_peak_mib(tf: Any) -> float | None:
+    """Peak bytes in use in TensorFlow's allocator for that device since the last reset (tensors
+    only: not the CUDA context, nor memory the allocator holds unused)."""
+    try:
+        return float(tf.config.experimental.get_memory_info(_tf_device(tf))["peak"]) / 2**20
+    except (ValueError, RuntimeError):  # an allocator that keeps no statistics
         return None
-    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
-def _gpu_reset(tf: Any) -> None:
-    if tf.config.list_logical_devices("GPU"):
-        tf.config.experimental.reset_memory_stats("GPU:0")
+def _tf_reset(tf: Any) -> None:
+    with contextlib.suppress(ValueError, RuntimeError):
+        tf.config.experimental.reset_memory_stats(_tf_device(tf))
 
 
 def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int, out_dir: Path) -> dict[str, Any]:
@@ -249,7 +258,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
         out["io_floor"] = io_floor(path, max_voxels, tmp_dir)
         idle = rss_mib()
         exact_peak = reset_peak_rss()
-        _gpu_reset(tf)
+        _tf_reset(tf)
         runs = []
         steady_idle = steady_peak = None
         for i in range(opts["repeats"]):
@@ -300,9 +309,14 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
                     ),
                 }
             )
-        gpu_peak = _gpu_peak_mib(tf)
-        if gpu_peak is not None:
-            out["memory"]["gpu_peak_mib"] = round(gpu_peak, 1)
+        tf_peak = _tf_peak_mib(tf)
+        if tf_peak is not None:
+            # On a GPU: peak GPU memory of the tensors. On a CPU: the same figure for the same float32
+            # graphs, what a GPU would need besides its CUDA context and cuDNN workspaces.
+            out["memory"]["tensorflow_device"] = _tf_device(tf)
+            out["memory"]["tensorflow_peak_mib"] = round(tf_peak, 1)
+            if out["memory"]["tensorflow_device"].startswith("GPU"):
+                out["memory"]["gpu_peak_mib"] = round(tf_peak, 1)
 
         if opts["baseline"]:
             out["single_stage_baseline"] = single_stage_baseline(segmenter, path, max_voxels, tmp_dir)
@@ -380,6 +394,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
         f"(import {cold['import_s']:.1f}, load {cold['load_s']:.1f}, warm-up {cold['warm_up_s']:.1f}); "
         f"first case {cold['first_case_s']:.1f} s, first mask at {cold['time_to_first_mask_s']:.1f} s"
     )
+    for r in results:
+        memory = r["memory"]
+        if "tensorflow_peak_mib" in memory:
+            lines.append(
+                f"{r['slices']:>6} slices: TensorFlow's peak tensor memory on {memory['tensorflow_device']}"
+                f" {memory['tensorflow_peak_mib']:.0f} MiB"
+            )
     header = (
         f"{'slices':>6} {'Mvox':>6} {'wall s':>7} {'io floor':>8} {'1-stage':>8} {'speedup':>7} "
         f"{'batch/case':>10} {'peak MiB':>8} {'B/vox':>6} {'1st B/vox':>9} {'other %':>7}"

@@ -53,7 +53,9 @@ class ModelContract:
     segmentation_size_multiple: int = 8
     localization_max_size_vox: int = 128  # per axis; larger volumes are resampled more coarsely
     segmentation_max_size_vox: int = 160
-    box_margin_mm: float = 20.0  # added around the localized organ box before cropping
+    # added around the localized organ box; the crop is then fitted to a valid network size,
+    # keeping at least half of it
+    box_margin_mm: float = 20.0
     heatmap_threshold: float = 0.5
     coordinate_scale_mm: float = 100.0  # position channels are (mm from box centre) / this
     labels: dict[int, str] = field(default_factory=lambda: dict(LABELS))

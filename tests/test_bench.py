@@ -47,6 +47,9 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     assert sum(stages.values()) <= result["steady_state_wall_s"] + 1e-3
     memory = result["memory"]
     assert memory["peak_rss_mib"] >= memory["idle_rss_mib"] > 0
+    # the networks' tensors, as TensorFlow's allocator counts them, live inside the process
+    assert memory["tensorflow_device"] == "CPU:0"
+    assert 0 < memory["tensorflow_peak_mib"] < memory["peak_rss_mib"]
     # two runs: the second is measured above the idle process the first one left
     assert memory["peak_rss_mib"] >= memory["steady_peak_rss_mib"] >= memory["steady_idle_rss_mib"] > 0
     assert memory["steady_peak_above_idle_mib"] == pytest.approx(
