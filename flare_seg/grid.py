@@ -59,9 +59,15 @@ def plan_shape(size_zyx: Zyx, spacing_mm_zyx: ZyxF, target_spacing_mm: float, ma
     the longest axis fits: memory stays bounded whatever the field of view.
     """
     extent = np.asarray(size_zyx, float) * np.asarray(spacing_mm_zyx, float)
-    target = max(target_spacing_mm, float(extent.max()) / max_size_vox)
+    target = _capped_spacing(extent, target_spacing_mm, max_size_vox)
     shape = np.maximum(1, np.minimum(max_size_vox, np.ceil(extent / target - 1e-6))).astype(int)
     return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
+def _capped_spacing(extent_mm: np.ndarray, target_spacing_mm: float, max_size_vox: int) -> float:
+    """``target_spacing_mm``, coarsened isotropically when the longest extent would need more than
+    ``max_size_vox`` voxels."""
+    return max(target_spacing_mm, float(extent_mm.max()) / max_size_vox)
 
 
 def crop_around_box(
@@ -106,7 +112,8 @@ def fit_crop_to_valid_size(
         raise ValueError(f"max_size_vox {max_size_vox} is not a multiple of {multiple}")
     spacing = np.asarray(spacing_mm_zyx, float)
     extent = np.asarray(size_zyx, float) * spacing
-    target = max(target_spacing_mm, float(extent.max()) / max_size_vox)
+    target = _capped_spacing(extent, target_spacing_mm, max_size_vox)
+    planned_counts = plan_shape(size_zyx, spacing_mm_zyx, target_spacing_mm, max_size_vox)
     starts, sizes, counts = [], [], []
     for axis in range(3):
         start, size, n_shape = int(start_zyx[axis]), int(size_zyx[axis]), int(shape_zyx[axis])
@@ -130,7 +137,7 @@ def fit_crop_to_valid_size(
                 grown = min(max(0, start - (want - size) // 2), n_shape - want)
                 fitted = (grown, want, upper)
             else:
-                fitted = (start, size, min(max_size_vox, max(1, int(np.ceil(planned - 1e-6)))))
+                fitted = (start, size, planned_counts[axis])
         starts.append(fitted[0])
         sizes.append(fitted[1])
         counts.append(fitted[2])

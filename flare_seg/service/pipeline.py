@@ -190,8 +190,8 @@ class Segmenter:
         ``service.io.read_ct_volume``; the mask has exactly ``volume.geometry``.
 
         ``release_input=True`` hands the voxels over: ``volume.array_zyx`` is dropped as soon as the
-        network has seen it, so the input and the output mask are never in memory together (the
-        batch CLI does this).
+        box is cropped from it, so the input is never in memory beside the segmentation forward pass
+        or the output mask (the batch CLI does this).
         """
         prepared = volume.prepared.get("localization")
         if not release_input:
