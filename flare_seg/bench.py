@@ -159,7 +159,7 @@ def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int, out_dir: 
     import tensorflow as tf
 
     from flare_seg.contract import SEGMENTATION_OUTPUT
-    from flare_seg.geometry import canonical_axes, image_from_array_zyx
+    from flare_seg.geometry import canonical_axes
     from flare_seg.grid import GridCrop, plan_shape, resample_crop
     from flare_seg.service.io import read_ct_volume, write_mask_atomic
 
@@ -195,8 +195,7 @@ def single_stage_baseline(segmenter: Any, path: Path, max_voxels: int, out_dir: 
     forward = time.perf_counter() - t_forward
     mask = np.zeros(volume.array_zyx.shape, np.uint8)
     segmenter._scores_to_labels(tf.constant(scores), crop, axes.view(mask))  # in the input's layout
-    written = mask if volume.header is not None else image_from_array_zyx(mask, volume.geometry)
-    write_mask_atomic(written, out_dir / "single_stage.nii.gz", like=volume.header)
+    write_mask_atomic(mask, out_dir / "single_stage.nii.gz", like=volume.header, geometry=volume.geometry)
     total = time.perf_counter() - t0
     return {
         "grid_at_segmentation_spacing_zyx": list(shape),

@@ -67,7 +67,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flare_seg import __version__
-from flare_seg.geometry import Geometry, image_from_array_zyx
+from flare_seg.geometry import Geometry
 from flare_seg.service.io import (
     GZIP_MAGIC,
     CtVolume,
@@ -797,14 +797,13 @@ class Service:
         self.metrics.inference_seconds.observe(inference_s)
         del volume
         labels = _checked_labels(result, geometry)
-        mask = labels if header is not None else image_from_array_zyx(labels, geometry)
 
         start = time.perf_counter()
         mask_bytes = None
         if encode:
-            mask_bytes = image_to_nifti_bytes(mask, like=header)
+            mask_bytes = image_to_nifti_bytes(labels, like=header, geometry=geometry)
         if result_path is not None:
-            write_mask_atomic(mask, result_path, like=header)
+            write_mask_atomic(labels, result_path, like=header, geometry=geometry)
         write_s = time.perf_counter() - start
         logger.info(
             "segmented %s (%s voxels) in %.2f s", case, "x".join(map(str, geometry.size_xyz)), inference_s

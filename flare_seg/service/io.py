@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from flare_seg.geometry import Geometry
+from flare_seg.geometry import Geometry, image_from_array_zyx
 from flare_seg.labels import ORGANS
 
 try:  # ISA-L's inflate and deflate are faster than zlib's; same stream format and checks
@@ -503,11 +503,18 @@ def _nifti_suffix(path: Path) -> str:
     raise ValueError(f"{path}: output file name must end in .nii.gz or .nii")
 
 
-def write_mask_atomic(mask: sitk.Image | np.ndarray, path: Path, like: NiftiHeader | None = None) -> None:
+def write_mask_atomic(
+    mask: sitk.Image | np.ndarray,
+    path: Path,
+    like: NiftiHeader | None = None,
+    *,
+    geometry: Geometry | None = None,
+) -> None:
     """Write ``mask`` to ``path`` (.nii.gz compressed, or .nii) atomically.
 
-    ``mask`` is a uint8 ``sitk.Image``, or a uint8 array indexed (z, y, x) on ``like``'s grid (then
-    ``like`` is required: an array carries no geometry of its own).
+    ``mask`` is a uint8 ``sitk.Image``, or a uint8 array indexed (z, y, x) on ``like``'s grid, or
+    without ``like`` on ``geometry`` (an array carries no geometry of its own: one of the two is
+    required; ``like`` wins when both are given).
 
     With ``like`` (the header of the NIfTI file the mask was computed from), the mask file carries
     that header's geometry fields byte for byte (see ``mask_nifti_header``), so every reader sees
@@ -519,8 +526,8 @@ def write_mask_atomic(mask: sitk.Image | np.ndarray, path: Path, like: NiftiHead
     one, never a partial file. The temporary file is removed on any failure.
     """
     suffix = _nifti_suffix(path)
-    if like is None and not isinstance(mask, sitk.Image):
-        raise ValueError("a mask given as an array needs the header of its grid (like=)")
+    if like is None:
+        mask = _as_mask_image(mask, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
@@ -542,17 +549,28 @@ def write_mask_atomic(mask: sitk.Image | np.ndarray, path: Path, like: NiftiHead
         raise
 
 
-def image_to_nifti_bytes(mask: sitk.Image | np.ndarray, like: NiftiHeader | None = None) -> bytes:
+def image_to_nifti_bytes(
+    mask: sitk.Image | np.ndarray, like: NiftiHeader | None = None, *, geometry: Geometry | None = None
+) -> bytes:
     """The gzip-compressed NIfTI (.nii.gz) encoding of ``mask``, e.g. for an HTTP response body;
-    ``mask`` and ``like`` as in ``write_mask_atomic``."""
+    ``mask``, ``like`` and ``geometry`` as in ``write_mask_atomic``."""
     if like is not None:
         return b"".join(_mask_nifti_chunks(mask, like, compress=True))
-    if not isinstance(mask, sitk.Image):
-        raise ValueError("a mask given as an array needs the header of its grid (like=)")
+    mask = _as_mask_image(mask, geometry)
     with tempfile.TemporaryDirectory(prefix="flare-seg-encode-") as tmp:
         out = Path(tmp) / "mask.nii.gz"
         sitk.WriteImage(mask, str(out), useCompression=True)
         return out.read_bytes()
+
+
+def _as_mask_image(mask: sitk.Image | np.ndarray, geometry: Geometry | None) -> sitk.Image:
+    """The image SimpleITK writes when there is no source header: ``mask`` itself, or the (z, y, x)
+    array on ``geometry``."""
+    if isinstance(mask, sitk.Image):
+        return mask
+    if geometry is None:
+        raise ValueError("a mask given as an array needs its grid: the source header (like=) or geometry=")
+    return image_from_array_zyx(mask, geometry)
 
 
 _MASK_DESCRIP = ("flare-seg labels: " + ", ".join(f"{k} {name}" for k, name in ORGANS.items())).encode()[:80]

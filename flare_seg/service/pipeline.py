@@ -79,10 +79,7 @@ class SegmentationResult:
     def write_mask(self, path: Path | str) -> None:
         """Write the mask atomically as .nii.gz (or .nii); read back by any NIfTI reader, it has
         exactly the grid of the file that was segmented."""
-        if self.source_header is not None:  # straight from the labels, no image copy
-            write_mask_atomic(self.labels_zyx, Path(path), like=self.source_header)
-        else:
-            write_mask_atomic(self.mask, Path(path))
+        write_mask_atomic(self.labels_zyx, Path(path), like=self.source_header, geometry=self.geometry)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures (everything but the mask)."""

@@ -367,3 +367,37 @@ def test_image_to_nifti_bytes_round_trip(tmp_path: Path) -> None:
     assert back.GetOrigin() == ct.GetOrigin()
     np.testing.assert_allclose(back.GetSpacing(), ct.GetSpacing(), rtol=1e-6)  # NIfTI stores float32
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(ct))
+
+
+def test_array_mask_is_written_on_its_geometry(tmp_path: Path) -> None:
+    """A (z, y, x) label array with no source header is written (and encoded) on the given grid,
+    flipped and permuted axes included; without a grid it is refused before anything is written."""
+    from flare_seg.geometry import Geometry
+
+    ct = read_ct(
+        write_bytes(
+            tmp_path / "ct.nii.gz",
+            image_to_nifti_bytes(make_ct(direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))),
+            compress=False,
+        ),
+        MAX_VOXELS,
+    )
+    geometry = Geometry.of(ct)
+    labels = (sitk.GetArrayFromImage(ct) > 100).astype(np.uint8) * 3
+    out = tmp_path / "mask.nii.gz"
+    write_mask_atomic(labels, out, geometry=geometry)
+    encoded = read_ct(
+        write_bytes(tmp_path / "enc.nii.gz", image_to_nifti_bytes(labels, geometry=geometry), compress=False),
+        MAX_VOXELS,
+    )
+    for back in (sitk.ReadImage(str(out)), encoded):
+        assert Geometry.of(back) == geometry
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
+    assert labels.any() and not labels.all()
+
+    with pytest.raises(ValueError, match="needs its grid"):
+        write_mask_atomic(labels, tmp_path / "none.nii.gz")
+    with pytest.raises(ValueError, match="needs its grid"):
+        image_to_nifti_bytes(labels)
+    assert not (tmp_path / "none.nii.gz").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
