@@ -320,7 +320,11 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
                 out["memory"]["gpu_peak_mib"] = round(tf_peak, 1)
 
         if opts["baseline"]:
-            out["single_stage_baseline"] = single_stage_baseline(segmenter, path, max_voxels, tmp_dir)
+            # The better of two runs, as for the two-stage figure: the first run of each new tile
+            # shape also pays for building its oneDNN kernels.
+            base_runs = [single_stage_baseline(segmenter, path, max_voxels, tmp_dir) for _ in range(2)]
+            best_base = min(base_runs, key=lambda b: b["total_s"])
+            out["single_stage_baseline"] = {**best_base, "runs_total_s": [b["total_s"] for b in base_runs]}
         if opts["batch_cases"] > 0:
             inputs = tmp_dir / "inputs"
             inputs.mkdir()
