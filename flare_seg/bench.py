@@ -236,7 +236,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
     from flare_seg.service.pipeline import Segmenter
 
     t_imported = time.perf_counter()
-    segmenter = Segmenter.load(opts["models_dir"], opts["memory_budget_mb"])
+    segmenter = Segmenter.load(opts["models_dir"], opts["memory_budget_mb"], opts.get("precision", "auto"))
     t_loaded = time.perf_counter()
     segmenter.warm_up()
     t_warm = time.perf_counter()
@@ -252,6 +252,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
         },
         "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
         "onednn": onednn_enabled(),  # TensorFlow's oneDNN CPU kernels (3-4x faster 3D convolutions)
+        "precision": segmenter.models.precision,  # the networks' arithmetic (mixed float16 on a GPU)
     }
 
     with tempfile.TemporaryDirectory(prefix="flare-seg-bench-") as tmp:
@@ -395,8 +396,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
     first = results[0]
     cold = first["cold_start_s"]
     onednn_off = " (oneDNN off)" if first.get("onednn") is False else ""
+    device = f"{first['device']}{onednn_off}, {first.get('precision', 'float32')}"
     lines.append(
-        f"device {first['device']}{onednn_off}; cold start {cold['total_s']:.1f} s "
+        f"device {device}; cold start {cold['total_s']:.1f} s "
         f"(import {cold['import_s']:.1f}, load {cold['load_s']:.1f}, warm-up {cold['warm_up_s']:.1f}); "
         f"first case {cold['first_case_s']:.1f} s, first mask at {cold['time_to_first_mask_s']:.1f} s"
     )
@@ -446,6 +448,7 @@ def run_bench(
     seed: int = 990001,
     repeats: int = 2,
     memory_budget_mb: int = 256,
+    precision: str = "auto",
     baseline_slices: list[int] | None = None,
     batch_cases: int = 3,
     batch_slices: list[int] | None = None,
@@ -465,6 +468,7 @@ def run_bench(
                     "slices": n,
                     "repeats": repeats,
                     "memory_budget_mb": memory_budget_mb,
+                    "precision": precision,
                     "baseline": n in baseline_slices,
                     "batch_cases": batch_cases if n in batch_slices else 0,
                 }

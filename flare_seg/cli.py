@@ -77,9 +77,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from flare_seg.service.pipeline import Segmenter
     from flare_seg.service.settings import load_settings
 
-    settings = load_settings(models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb)
+    settings = load_settings(
+        models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb, precision=args.precision
+    )
     settings.check_paths()
-    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb)
+    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
     reports = predict_dir(
         Path(args.input_dir),
         Path(args.output_dir),
@@ -112,7 +114,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flare_seg.service.api import ModelLoadError, serve
     from flare_seg.service.settings import load_settings
 
-    settings = load_settings(host=args.host, port=args.port, models_dir=args.models_dir)
+    settings = load_settings(
+        host=args.host, port=args.port, models_dir=args.models_dir, precision=args.precision
+    )
     settings.check_paths()
     try:
         serve(settings)
@@ -132,7 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     example = Path(args.image)
     if not example.is_file():
         raise FileNotFoundError(f"example image {example} not found")
-    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb)
+    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
     result = segmenter.segment_file(example, settings.max_voxels)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +152,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from flare_seg.bench import run_bench
     from flare_seg.service.settings import load_settings
 
-    settings = load_settings(models_dir=args.models_dir)
+    settings = load_settings(models_dir=args.models_dir, precision=args.precision)
     settings.check_paths()
     run_bench(
         settings.models_dir,
@@ -157,11 +161,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         repeats=args.repeats,
         memory_budget_mb=args.memory_budget_mb or settings.memory_budget_mb,
+        precision=settings.precision,
         baseline_slices=args.baseline_slices,
         batch_cases=args.batch_cases,
         out_json=Path(args.out),
     )
     return 0
+
+
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32"],
+        help="network arithmetic: auto (default) = mixed float16 on GPUs with float16 tensor cores, "
+        "float32 elsewhere; float32 = always (also $FLARE_SEG_PRECISION)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_dir")
     p.add_argument("output_dir")
     p.add_argument("--models-dir", help="default: $FLARE_SEG_MODELS_DIR or ./saved_models")
-    p.add_argument("--memory-budget-mb", type=int, help="bounds slabs and tiles (default 2048)")
+    p.add_argument("--memory-budget-mb", type=int, help="bounds slabs and tiles (default 256)")
+    _add_precision_flag(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="per-case, per-organ Dice and normalized surface distance")
@@ -217,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--models-dir")
+    _add_precision_flag(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -237,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-cases", type=int, default=3, help="cases in the batch-throughput run (0: none)")
     p.add_argument("--memory-budget-mb", type=int)
     p.add_argument("--models-dir")
+    _add_precision_flag(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")

@@ -154,7 +154,9 @@ def load_pipeline_segmenter(settings: Settings) -> SegmenterProtocol:
     """The default factory: ``flare_seg.service.pipeline.Segmenter.load`` (imported lazily: TensorFlow)."""
     settings.check_paths()
     pipeline = importlib.import_module("flare_seg.service.pipeline")
-    segmenter: SegmenterProtocol = pipeline.Segmenter.load(settings.models_dir, settings.memory_budget_mb)
+    segmenter: SegmenterProtocol = pipeline.Segmenter.load(
+        settings.models_dir, settings.memory_budget_mb, settings.precision
+    )
     return segmenter
 
 

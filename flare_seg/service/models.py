@@ -36,19 +36,60 @@ class LoadedModels:
     manifest: dict[str, Any]
     contract: ModelContract
     saved_models: tuple[Any, ...] = ()  # the loaded objects; their functions need them alive
+    precision: str = "float32"  # the networks' arithmetic: "float32" or "mixed_float16" (see PRECISIONS)
 
     @property
     def model_version(self) -> str:
         return str(self.manifest.get("model_version", "unknown"))
 
 
-def load_models(models_dir: Path) -> LoadedModels:
-    """Load and check ``models_dir``; raises ManifestError naming what does not match."""
+# The ``precision`` setting: "auto" runs the networks in mixed float16 on GPUs with float16 tensor
+# cores (compute capability 7.0 and up) and in float32 elsewhere; "float32" never converts.
+PRECISIONS = ("auto", "float32")
+MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
+
+
+def choose_precision(setting: str, gpu_capabilities: list[tuple[int, int] | None]) -> str:
+    """The arithmetic the networks will use: "mixed_float16" when ``setting`` is "auto" and every
+    visible GPU has float16 tensor cores, else "float32". ``gpu_capabilities``: one CUDA compute
+    capability per GPU (None when unknown)."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {setting!r}")
+    if setting == "float32" or not gpu_capabilities:
+        return "float32"
+    if all(c is not None and tuple(c) >= MIXED_PRECISION_MIN_CAPABILITY for c in gpu_capabilities):
+        return "mixed_float16"
+    return "float32"
+
+
+def _configure_precision(setting: str) -> str:
+    """Turn on TensorFlow's automatic mixed precision (a graph rewrite: convolutions and their
+    neighbours in float16, softmax, reductions and the outputs in float32) when
+    ``choose_precision`` says so; it applies to every function TensorFlow optimizes afterwards, so
+    this runs before the first forward pass. Returns the precision in use."""
+    capabilities: list[tuple[int, int] | None] = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        except (RuntimeError, ValueError):
+            capability = None
+        capabilities.append(tuple(capability) if capability else None)  # type: ignore[arg-type]
+    precision = choose_precision(setting, capabilities)
+    if precision == "mixed_float16":
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+    log.info("network precision: %s (setting %s, GPUs %s)", precision, setting, capabilities or "none")
+    return precision
+
+
+def load_models(models_dir: Path, precision: str = "auto") -> LoadedModels:
+    """Load and check ``models_dir``; raises ManifestError naming what does not match.
+    ``precision``: one of PRECISIONS (see ``choose_precision``)."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise ManifestError(f"models directory {models_dir} does not exist")
     manifest = read_manifest(models_dir)
     _configure_gpus()
+    chosen = _configure_precision(precision)
     warning = onednn_warning()
     if warning:
         log.warning("%s", warning)
@@ -76,6 +117,7 @@ def load_models(models_dir: Path) -> LoadedModels:
         manifest,
         contract,
         tuple(loaded.values()),
+        chosen,
     )
 
 

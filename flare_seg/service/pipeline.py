@@ -105,8 +105,10 @@ class Segmenter:
         self._warmed_up = False
 
     @classmethod
-    def load(cls, models_dir: Path | str, memory_budget_mb: int = 256) -> Segmenter:
-        return cls(load_models(Path(models_dir)), memory_budget_mb)
+    def load(cls, models_dir: Path | str, memory_budget_mb: int = 256, precision: str = "auto") -> Segmenter:
+        """Load the models of ``models_dir``; ``precision``: "auto" (mixed float16 on GPUs with
+        float16 tensor cores, float32 elsewhere) or "float32"."""
+        return cls(load_models(Path(models_dir), precision), memory_budget_mb)
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ with a ``SettingsError`` that names the environment variable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         256,
         ge=64,
         description="working memory for one inference beyond its input and output (MiB); bounds the slabs",
+    )
+    precision: Literal["auto", "float32"] = Field(
+        "auto",
+        description="network arithmetic: auto = mixed float16 on GPUs with float16 tensor cores "
+        "(compute capability >= 7.0), float32 elsewhere; float32 = always float32",
     )
     max_upload_mb: int = Field(2048, ge=1, description="largest accepted upload (MiB)")
     max_voxels: int = Field(1_500_000_000, ge=1, description="largest accepted image, in voxels (x*y*z)")

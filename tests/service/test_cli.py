@@ -141,3 +141,38 @@ def test_predict_dir_warms_up_and_survives_a_failed_warm_up(tiny_models, tmp_pat
     reports = predict_dir(inputs, tmp_path / "third", broken)
     assert [r.status for r in reports] == ["ok"]
     assert (tmp_path / "third" / "a.nii.gz").is_file()
+
+
+def test_precision_flag_reaches_the_model_loader(monkeypatch, tmp_path: Path, capsys) -> None:
+    """``--precision`` is handed to ``Segmenter.load``; an unknown value is a usage error."""
+    import pytest
+
+    from flare_seg.service import pipeline
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(models_dir, memory_budget_mb=256, precision="auto"):
+        seen.append(precision)
+        raise Stop
+
+    monkeypatch.setattr(pipeline.Segmenter, "load", staticmethod(fake_load))
+    (tmp_path / "models").mkdir()
+    for flag, expected in ((["--precision", "float32"], "float32"), ([], "auto")):
+        with pytest.raises(Stop):
+            main(
+                [
+                    "predict",
+                    str(tmp_path),
+                    str(tmp_path / "out"),
+                    "--models-dir",
+                    str(tmp_path / "models"),
+                    *flag,
+                ]
+            )
+        assert seen[-1] == expected
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tmp_path), str(tmp_path / "out"), "--precision", "float16"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

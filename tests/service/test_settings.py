@@ -19,6 +19,7 @@ def test_defaults() -> None:
     assert (s.queue_size, s.job_ttl_s) == (4, 3600)
     assert s.work_dir is None and s.api_token is None
     assert (s.host, s.port, s.log_level) == ("0.0.0.0", 8000, "info")
+    assert s.precision == "auto"
 
 
 def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -27,7 +28,9 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("FLARE_SEG_API_TOKEN", "s3cret")
     monkeypatch.setenv("FLARE_SEG_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("FLARE_SEG_PORT", "9000")
+    monkeypatch.setenv("FLARE_SEG_PRECISION", "float32")
     s = load_settings(port=8123, host=None)  # None: an unset CLI flag, ignored
+    assert s.precision == "float32"
     assert s.models_dir == tmp_path and s.queue_size == 7 and s.log_level == "debug"
     assert s.api_token is not None and s.api_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(s)
@@ -49,6 +52,7 @@ def test_empty_token_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FLARE_SEG_JOB_TTL_S", "5", "greater than or equal to 10"),
         ("FLARE_SEG_PORT", "70000", "less than or equal to 65535"),
         ("FLARE_SEG_LOG_LEVEL", "verbose", "debug, info, warning, error"),
+        ("FLARE_SEG_PRECISION", "float16", "'auto' or 'float32'"),
     ],
 )
 def test_bad_environment_names_the_variable(
