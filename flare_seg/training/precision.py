@@ -1,0 +1,76 @@
+"""Float16 twins of trained networks: what float16 inference costs in accuracy, measurable on a CPU.
+
+On a GPU with float16 tensor cores the service runs the networks under TensorFlow's automatic mixed
+precision (``--precision auto``): weights and activations in float16, convolutions in float16,
+softmax and the outputs in float32. A twin built here under Keras's ``mixed_float16`` policy, with
+the trained weights, rounds the same tensors to float16, so running it through the pipeline in
+place of the float32 networks (``float16_models``) and comparing the masks shows the accuracy cost
+without a GPU. Average pooling stays float32 in the twin because CPUs have no float16 ``AvgPool3D``
+kernel; the next convolution rounds its output to float16 anyway. On a CPU the twin is slow
+(float16 convolutions are not vectorized there): it is a check, not a way to run inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
+
+
+class _Float32AveragePooling3D(layers.AveragePooling3D):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"
+        super().__init__(*args, **kwargs)
+
+
+def float16_twin(model: keras.Model, config: Any) -> keras.Model:
+    """The network of ``config`` (a ``TrainConfig``) built under ``mixed_float16`` with ``model``'s
+    weights; its outputs are float32 like the original's."""
+    from flare_seg.training import networks
+    from flare_seg.training.train import build_model
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    pooling, networks.layers.AveragePooling3D = networks.layers.AveragePooling3D, _Float32AveragePooling3D
+    try:
+        twin = build_model(config)
+    finally:
+        networks.layers.AveragePooling3D = pooling
+        keras.mixed_precision.set_global_policy(previous)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def serving_function(model: keras.Model, output_name: str) -> Any:
+    """``model`` called like an exported network's ``serve`` endpoint."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, None, None], tf.float32)])
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {output_name: tf.cast(model(image, training=False), tf.float32)}
+
+    return serve
+
+
+def float16_models(models: Any, localization_run: Path, segmentation_run: Path) -> Any:
+    """``models`` (service ``LoadedModels`` exported from these runs) with both networks replaced by
+    their float16 twins; give it to ``Segmenter`` to segment in emulated float16."""
+    from flare_seg.training.export import _run_config
+    from flare_seg.training.train import restore_model
+
+    twins = {}
+    for name, run in (("localization", localization_run), ("segmentation", segmentation_run)):
+        config = _run_config(Path(run))
+        model, _ = restore_model(Path(run), config)
+        twins[name] = float16_twin(model, config)
+    return dataclasses.replace(
+        models,
+        localization=serving_function(twins["localization"], LOCALIZATION_OUTPUT),
+        segmentation=serving_function(twins["segmentation"], SEGMENTATION_OUTPUT),
+        precision="emulated_float16",
+    )
