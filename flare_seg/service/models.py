@@ -36,7 +36,7 @@ class LoadedModels:
     manifest: dict[str, Any]
     contract: ModelContract
     saved_models: tuple[Any, ...] = ()  # the loaded objects; their functions need them alive
-    precision: str = "float32"  # the networks' arithmetic: "float32" or "mixed_float16" (see PRECISIONS)
+    precision: str = "float32"  # the networks' arithmetic: "float32" or "mixed_float16" (choose_precision)
 
     @property
     def model_version(self) -> str:
@@ -65,8 +65,9 @@ def choose_precision(setting: str, gpu_capabilities: list[tuple[int, int] | None
 def _configure_precision(setting: str) -> str:
     """Turn on TensorFlow's automatic mixed precision (a graph rewrite: convolutions and their
     neighbours in float16, softmax, reductions and the outputs in float32) when
-    ``choose_precision`` says so; it applies to every function TensorFlow optimizes afterwards, so
-    this runs before the first forward pass. Returns the precision in use."""
+    ``choose_precision`` says so, and off otherwise. It is a process-wide option that applies to
+    every function TensorFlow optimizes afterwards, so this runs before the first forward pass.
+    Returns the precision in use."""
     capabilities: list[tuple[int, int] | None] = []
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
@@ -75,8 +76,9 @@ def _configure_precision(setting: str) -> str:
             capability = None
         capabilities.append(tuple(capability) if capability else None)  # type: ignore[arg-type]
     precision = choose_precision(setting, capabilities)
-    if precision == "mixed_float16":
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+    # Process-wide: set either way, so that a later load with another setting is not left with
+    # the previous one's rewrite.
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision": precision == "mixed_float16"})
     log.info("network precision: %s (setting %s, GPUs %s)", precision, setting, capabilities or "none")
     return precision
 

@@ -94,5 +94,7 @@ def test_mixed_precision_is_turned_on_only_for_capable_gpus(monkeypatch: pytest.
         details["compute_capability"] = (8, 0)
         assert models._configure_precision("auto") == "mixed_float16"
         assert amp_on()
+        assert models._configure_precision("float32") == "float32"  # a later load turns it off again
+        assert not amp_on()
     finally:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision": False})
