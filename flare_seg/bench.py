@@ -250,7 +250,7 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
             "warm_up_s": round(t_warm - t_loaded, 3),
             "total_s": round(t_warm - t_start, 3),
         },
-        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+        "device": _tf_device(tf).split(":")[0],  # GPU or CPU
         "onednn": onednn_enabled(),  # TensorFlow's oneDNN CPU kernels (3-4x faster 3D convolutions)
         "precision": segmenter.models.precision,  # the networks' arithmetic (mixed float16 on a GPU)
     }
