@@ -57,6 +57,8 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     )
     baseline = result["single_stage_baseline"]
     assert baseline["tiles"] >= 1 and baseline["total_s"] > 0
+    assert len(baseline["runs_total_s"]) == 2 and baseline["total_s"] == min(baseline["runs_total_s"])
+    assert result["device"] == "CPU" and result["precision"] == "float32" and result["onednn"] is not False
     assert result["batch"]["cases"] == 2 and result["batch"]["failed"] == 0
 
     summary = bench.summarize([result])[str(result["slices"])]
