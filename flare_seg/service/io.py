@@ -783,7 +783,7 @@ def _inflate_voxels(
                         f"{name}: truncated gzip file (the stream ends after {total} of "
                         f"{header.data_offset + need} bytes; was the upload or copy interrupted?)"
                     )
-                data = inflater.decompress(chunk)
+                data = memoryview(inflater.decompress(chunk))  # sliced below without copying
                 total += len(data)
                 if skip:
                     cut = min(skip, len(data))

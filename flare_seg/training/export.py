@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,22 @@ from flare_seg.training.train import restore_model
 log = logging.getLogger(__name__)
 
 
-def _export_network(model: keras.Model, channels: int, output_name: str, path: Path) -> None:
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+def serving_call(model: keras.Model, output_name: str) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """What an exported network's serving endpoint computes: ``model`` in inference mode, its
+    output named ``output_name`` and in float32 whatever the dtype policy."""
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return {output_name: tf.cast(model(image, training=False), tf.float32)}
 
+    return serve
+
+
+def _export_network(model: keras.Model, channels: int, output_name: str, path: Path) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
     archive.add_endpoint(
         SERVING_ENDPOINT,
-        serve,
+        serving_call(model, output_name),
         input_signature=[tf.TensorSpec([1, None, None, None, channels], tf.float32, name="image")],
     )
     archive.write_out(str(path), verbose=False)

@@ -24,13 +24,15 @@ def _conv_block(x: keras.KerasTensor, filters: int, name: str, kernel: int = 3) 
     return x
 
 
-def _unet(x: keras.KerasTensor, filters: tuple[int, ...], name: str) -> keras.KerasTensor:
+def _unet(
+    x: keras.KerasTensor, filters: tuple[int, ...], name: str, pool_dtype: str | None = None
+) -> keras.KerasTensor:
     """U-Net body with len(filters)-1 poolings; input sizes must be multiples of 2**(len-1)."""
     skips = []
     for level, f in enumerate(filters[:-1]):
         x = _conv_block(x, f, f"{name}_down{level}")
         skips.append(x)
-        x = layers.AveragePooling3D(2, name=f"{name}_pool{level}")(x)
+        x = layers.AveragePooling3D(2, name=f"{name}_pool{level}", dtype=pool_dtype)(x)
     x = _conv_block(x, filters[-1], f"{name}_bottom")
     for level in reversed(range(len(filters) - 1)):
         x = layers.UpSampling3D(2, name=f"{name}_up{level}")(x)
@@ -77,10 +79,14 @@ class LinearUpsampling3D(layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
-def localization_net(num_organs: int, filters: tuple[int, ...] = (8, 16, 32, 32)) -> keras.Model:
-    """Whole-volume organ heatmaps: (1, D, H, W, 1) -> (1, D, H, W, num_organs) in [0, 1]."""
+def localization_net(
+    num_organs: int, filters: tuple[int, ...] = (8, 16, 32, 32), pool_dtype: str | None = None
+) -> keras.Model:
+    """Whole-volume organ heatmaps: (1, D, H, W, 1) -> (1, D, H, W, num_organs) in [0, 1].
+
+    ``pool_dtype``: the average-pooling layers' dtype policy (default: the global policy)."""
     image = keras.Input((None, None, None, 1), name="image")
-    x = _unet(image, filters, "loc")
+    x = _unet(image, filters, "loc", pool_dtype)
     heatmaps = layers.Conv3D(num_organs, 1, activation="sigmoid", dtype="float32", name="heatmaps")(x)
     return keras.Model(image, heatmaps, name="localization")
 
@@ -92,15 +98,17 @@ def spatial_configuration_net(
     sc_filters: int = 32,
     sc_downsample: int = 4,
     sc_kernel: int = 5,
+    pool_dtype: str | None = None,
 ) -> keras.Model:
     """SpatialConfiguration-Net: (1, D, H, W, input_channels) -> (1, D, H, W, num_classes) softmax.
 
-    Sizes must be multiples of ``max(2**(len(filters)-1), sc_downsample)``.
+    Sizes must be multiples of ``max(2**(len(filters)-1), sc_downsample)``. ``pool_dtype``: the
+    average-pooling layers' dtype policy (default: the global policy).
     """
     image = keras.Input((None, None, None, input_channels), name="image")
-    features = _unet(image, filters, "la")
+    features = _unet(image, filters, "la", pool_dtype)
     local = layers.Conv3D(num_classes, 1, name="local_appearance", kernel_initializer="he_normal")(features)
-    x = layers.AveragePooling3D(sc_downsample, name="sc_down")(local)
+    x = layers.AveragePooling3D(sc_downsample, name="sc_down", dtype=pool_dtype)(local)
     for i in range(3):
         x = layers.Conv3D(
             sc_filters, sc_kernel, padding="same", kernel_initializer="he_normal", name=f"sc_conv{i}"

@@ -18,30 +18,20 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras import layers
 
 from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
 
 
-class _Float32AveragePooling3D(layers.AveragePooling3D):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["dtype"] = "float32"
-        super().__init__(*args, **kwargs)
-
-
 def float16_twin(model: keras.Model, config: Any) -> keras.Model:
     """The network of ``config`` (a ``TrainConfig``) built under ``mixed_float16`` with ``model``'s
-    weights; its outputs are float32 like the original's."""
-    from flare_seg.training import networks
+    weights (pooling in float32); its outputs are float32 like the original's."""
     from flare_seg.training.train import build_model
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
-    pooling, networks.layers.AveragePooling3D = networks.layers.AveragePooling3D, _Float32AveragePooling3D
     try:
-        twin = build_model(config)
+        twin = build_model(config, pool_dtype="float32")
     finally:
-        networks.layers.AveragePooling3D = pooling
         keras.mixed_precision.set_global_policy(previous)
     twin.set_weights(model.get_weights())
     return twin
@@ -49,12 +39,10 @@ def float16_twin(model: keras.Model, config: Any) -> keras.Model:
 
 def serving_function(model: keras.Model, output_name: str) -> Any:
     """``model`` called like an exported network's ``serve`` endpoint."""
+    from flare_seg.training.export import serving_call
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, None, None], tf.float32)])
-    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {output_name: tf.cast(model(image, training=False), tf.float32)}
-
-    return serve
+    signature = [tf.TensorSpec([1, None, None, None, None], tf.float32)]
+    return tf.function(serving_call(model, output_name), input_signature=signature)
 
 
 def float16_models(models: Any, localization_run: Path, segmentation_run: Path) -> Any:

@@ -32,15 +32,17 @@ log = logging.getLogger(__name__)
 AIR_HU = -1024.0
 
 
-def build_model(config: TrainConfig) -> keras.Model:
+def build_model(config: TrainConfig, pool_dtype: str | None = None) -> keras.Model:
+    """The network of ``config``; ``pool_dtype`` overrides the global dtype policy of its pooling."""
     if config.task == "localization":
-        return localization_net(NUM_ORGANS, config.filters)
+        return localization_net(NUM_ORGANS, config.filters, pool_dtype=pool_dtype)
     return spatial_configuration_net(
         NUM_CLASSES,
         SEGMENTATION_INPUT_CHANNELS,
         filters=config.filters,
         sc_filters=config.sc_filters,
         sc_downsample=config.sc_downsample,
+        pool_dtype=pool_dtype,
     )
 
 

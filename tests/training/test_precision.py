@@ -24,6 +24,8 @@ def test_float16_twins_round_to_float16_and_stay_close(tiny_runs, tiny_models):
         assert keras.mixed_precision.global_policy().name == "float32"  # the global policy is restored
         convs = [layer for layer in twin.layers if isinstance(layer, keras.layers.Conv3D)]
         assert convs and all(layer.compute_dtype == "float16" for layer in convs[:-1])
+        pools = [layer for layer in twin.layers if isinstance(layer, keras.layers.AveragePooling3D)]
+        assert pools and all(layer.compute_dtype == "float32" for layer in pools)  # no CPU float16 kernel
         assert all(w.dtype == "float32" for w in twin.weights)
         for a, b in zip(model.get_weights(), twin.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
