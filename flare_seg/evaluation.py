@@ -17,7 +17,9 @@ means); an organ present in exactly one of them scores 0.0.
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import logging
 import math
@@ -126,24 +128,20 @@ def normalized_surface_distance(
     spacing_mm_zyx: tuple[float, float, float],
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
 ) -> float:
-    """Normalized surface distance (surface Dice at a tolerance, Nikolov et al. 2021) of two 3-D masks.
+    """Normalized surface distance (surface Dice at a tolerance, Nikolov et al. 2021) of two 3-D masks,
+    as DeepMind's ``surface-distance`` package computes it (the FLARE21 evaluation code).
 
-    The surface of a mask is its border voxels: voxels of the mask with at least one of their 6
-    face-neighbours outside it (outside the array counts as outside the mask). Each border voxel is a
-    surface element whose area in mm² is the total area of its faces that touch the outside, so the
-    spacing of each axis enters the weights as well as the distances. The NSD is the area of both
-    surfaces lying within ``tolerance_mm`` of the other surface, divided by the total area of both:
+    Surface elements live on the grid of voxel corners: each corner whose 2 x 2 x 2 neighbourhood of
+    voxels is partly inside and partly outside a mask holds the piece of the mask's marching-cubes
+    surface that crosses that neighbourhood, with its area in mm² (see :func:`_surfel_area_table`;
+    outside the array counts as outside the mask). The NSD is the area of both surfaces lying within
+    ``tolerance_mm`` of the other surface, divided by the total area of both:
 
         (area(S_P within tol of S_R) + area(S_R within tol of S_P)) / (area(S_P) + area(S_R))
 
-    Distances are Euclidean between voxel centres in mm (``scipy.ndimage.distance_transform_edt`` with
-    ``sampling=spacing_mm_zyx``); a distance equal to the tolerance counts as within. This follows
-    DeepMind's ``surface-distance`` package (used by FLARE21) with voxel faces as surface elements in
-    place of its marching-cubes-style elements on the half-voxel-shifted grid, so values are close to
-    but not bit-identical with that package's.
-
-    The computation runs on the bounding box of ``pred | ref`` padded by ``ceil(tol / spacing) + 1``
-    voxels per axis, not on the full volume.
+    Distances are Euclidean between surface-element positions in mm
+    (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing_mm_zyx``); a distance equal to
+    the tolerance counts as within. The computation runs on the bounding box of ``pred | ref`` only.
 
     Args:
         pred: predicted mask, shape (z, y, x), boolean (non-zero is foreground).
@@ -171,12 +169,9 @@ def normalized_surface_distance(
     if not pred_any or not ref_any:
         return 0.0
 
-    margin_vox = tuple(math.ceil(tolerance_mm / s) + 1 for s in spacing)
-    pred_box, ref_box = _crop_to_union(pred, ref, margin_vox)
-    pred_area = _surface_area_map(pred_box, spacing)
-    ref_area = _surface_area_map(ref_box, spacing)
-    pred_border = pred_area > 0
-    ref_border = ref_area > 0
+    pred_box, ref_box = _crop_to_union(pred, ref, (1, 1, 1))
+    pred_border, pred_area = _surface_elements(pred_box, spacing)
+    ref_border, ref_area = _surface_elements(ref_box, spacing)
     # surface element areas (mm²) and distances (mm) to the other surface, as 1-D arrays in the same order
     pred_areas = pred_area[pred_border]
     ref_areas = ref_area[ref_border]
@@ -233,23 +228,51 @@ def _crop_to_union(
     return crops[0], crops[1]
 
 
-def _surface_area_map(mask: np.ndarray, spacing_mm_zyx: tuple[float, float, float]) -> np.ndarray:
-    """Per voxel, the area in mm² of its faces between the mask and the outside (0 off the border).
+def _surface_elements(
+    mask: np.ndarray, spacing_mm_zyx: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The surface of ``mask`` on the grid of its voxel corners: (border, area).
 
-    ``mask`` must be empty on every face of the array (see :func:`_crop_to_union`), so that no face
-    of the mask lies on the array boundary.
+    Corner (i, j, k) sits between voxels i..i+1, j..j+1, k..k+1; its neighbour code has bit
+    ``4a + 2b + c`` set when voxel (i+a, j+b, k+c) is in the mask. ``border`` marks the corners whose
+    code is neither 0 nor 255, ``area`` is the surface area (mm²) of each corner's code. The arrays
+    are one smaller than ``mask`` on every axis; ``mask`` must be empty on every face of the array
+    (see :func:`_crop_to_union`) so that no surface is lost.
     """
-    area = np.zeros(mask.shape, dtype=np.float64)
-    for axis in range(3):
-        face_area_mm2 = math.prod(s for a, s in enumerate(spacing_mm_zyx) if a != axis)
-        lower = [slice(None)] * 3
-        upper = [slice(None)] * 3
-        lower[axis] = slice(None, -1)
-        upper[axis] = slice(1, None)
-        below, above = mask[tuple(lower)], mask[tuple(upper)]
-        area[tuple(lower)] += face_area_mm2 * (below & ~above)  # face towards +axis exposed
-        area[tuple(upper)] += face_area_mm2 * (above & ~below)  # face towards -axis exposed
-    return area
+    mask = mask.astype(np.uint8, copy=False)
+    code = np.zeros(tuple(n - 1 for n in mask.shape), dtype=np.uint8)
+    for a, b, c in itertools.product((0, 1), repeat=3):
+        code |= mask[a : a + code.shape[0], b : b + code.shape[1], c : c + code.shape[2]] << (
+            4 * a + 2 * b + c
+        )
+    border = (code != 0) & (code != 255)
+    return border, _surfel_area_table(spacing_mm_zyx)[code]
+
+
+@functools.lru_cache(maxsize=64)
+def _surfel_area_table(spacing_mm_zyx: tuple[float, float, float]) -> np.ndarray:
+    """Surface area (mm²) inside a 2 x 2 x 2 voxel neighbourhood for each of its 256 neighbour codes
+    (bit ``4a + 2b + c`` for voxel (a, b, c)), voxels ``spacing_mm_zyx`` apart.
+
+    The surface is scikit-image's Lorensen marching-cubes surface at level 0.5 through the voxel
+    centres. A configuration and its complement bound the same surface, but on ambiguous faces the
+    Lorensen cases can add a second sheet to one of the two; the smaller area is the single surface,
+    which gives exactly the table of DeepMind's ``surface-distance`` package.
+    """
+    from skimage import measure  # imported here: only evaluation needs it
+
+    area = np.zeros(256, dtype=np.float64)
+    corners = (
+        np.arange(256)[:, None]
+        >> np.array([4 * a + 2 * b + c for a, b, c in itertools.product((0, 1), repeat=3)])
+    ) & 1
+    for code in range(1, 255):
+        cube = corners[code].reshape(2, 2, 2).astype(np.float64)
+        verts, faces, _, _ = measure.marching_cubes(cube, 0.5, spacing=spacing_mm_zyx, method="lorensen")
+        area[code] = measure.mesh_surface_area(verts, faces)
+    table = np.minimum(area, area[::-1])  # area[::-1][code] is the area of the complement, 255 - code
+    table.flags.writeable = False
+    return table
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import SimpleITK as sitk
 
 from flare_seg.evaluation import (
     EvaluationReport,
+    _surface_elements,
+    _surfel_area_table,
     dice,
     evaluate_case,
     evaluate_dirs,
@@ -33,23 +36,23 @@ def _cube(shape: tuple[int, int, int], start: tuple[int, int, int], size: int) -
 
 
 def _brute_force_nsd(
-    pred: np.ndarray, ref: np.ndarray, spacing_mm_zyx: tuple[float, ...], tol: float
+    pred: np.ndarray, ref: np.ndarray, spacing_mm_zyx: tuple[float, float, float], tol: float
 ) -> float:
-    """NSD straight from the definition: explicit faces, all-pairs distances between border voxels."""
+    """NSD straight from the definition: every voxel corner of the zero-padded arrays, its 2x2x2
+    neighbourhood code read voxel by voxel, all-pairs distances between surface corners."""
+    table = _surfel_area_table(spacing_mm_zyx)
 
     def surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         padded = np.pad(mask, 1)
         coords, areas = [], []
-        for index in zip(*np.nonzero(mask), strict=True):
-            area = 0.0
-            for axis, step in itertools.product(range(3), (-1, 1)):
-                neighbour = [i + 1 for i in index]
-                neighbour[axis] += step
-                if not padded[tuple(neighbour)]:
-                    area += float(np.prod([s for a, s in enumerate(spacing_mm_zyx) if a != axis]))
-            if area > 0:
-                coords.append(np.array(index) * np.array(spacing_mm_zyx))
-                areas.append(area)
+        for corner in itertools.product(*(range(n + 1) for n in mask.shape)):
+            code = 0
+            for a, b, c in itertools.product((0, 1), repeat=3):
+                if padded[corner[0] + a, corner[1] + b, corner[2] + c]:
+                    code |= 1 << (4 * a + 2 * b + c)
+            if code not in (0, 255):
+                coords.append(np.array(corner) * np.array(spacing_mm_zyx))
+                areas.append(table[code])
         return np.array(coords), np.array(areas)
 
     pred_xyz, pred_area = surface(pred)
@@ -57,6 +60,13 @@ def _brute_force_nsd(
     distances = np.linalg.norm(pred_xyz[:, None, :] - ref_xyz[None, :, :], axis=-1)
     within = pred_area[distances.min(axis=1) <= tol].sum() + ref_area[distances.min(axis=0) <= tol].sum()
     return float(within / (pred_area.sum() + ref_area.sum()))
+
+
+def _ellipsoid(
+    shape: tuple[int, int, int], centre: tuple[float, ...], radii_vox: tuple[float, ...]
+) -> np.ndarray:
+    grid = np.indices(shape).astype(float)
+    return sum(((grid[i] - centre[i]) / radii_vox[i]) ** 2 for i in range(3)) <= 1.0
 
 
 def _image(array_zyx: np.ndarray, spacing_xyz: tuple[float, float, float], **geometry: object) -> sitk.Image:
@@ -128,43 +138,27 @@ def test_nsd_identical_far_apart_and_empty() -> None:
 
 
 def test_nsd_one_voxel_shift_against_tolerance() -> None:
-    """Cube of edge n = 4 voxels at 1 mm, prediction shifted by one voxel along x.
-
-    Every border voxel of either cube lies at 0 or 1 mm from the other surface, so a 2 mm tolerance
-    gives 1. With 0.5 mm only distance-0 voxels count: the border voxels the two cubes share, i.e. the
-    side ring (y or z on the boundary) of the n - 1 overlapping x-slices. Their exposed faces are the
-    4n side faces per slice, plus one x face for each of the 4n - 4 ring voxels in the slice where the
-    cube starts (prediction) or ends (reference). Total surface is 6n² faces per cube, so
-    NSD = ((n - 1) * 4n + 4n - 4) / 6n² = 60 / 96 for n = 4, for each cube and so for both.
-    """
-    n = 4
-    ref = _cube((10, 10, 10), (3, 3, 3), n)
-    pred = _cube((10, 10, 10), (3, 3, 4), n)
-    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=2.0) == 1.0
-    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=1.0) == 1.0  # "<=" tol
-    expected = ((n - 1) * 4 * n + 4 * n - 4) / (6 * n * n)
-    assert normalized_surface_distance(pred, ref, (1.0, 1.0, 1.0), tolerance_mm=0.5) == pytest.approx(
-        expected
-    )
-    assert expected == pytest.approx(0.625)
+    """Cube of edge 4 voxels at 1 mm, prediction shifted by one voxel along x: every surface element
+    of either cube is 0 or 1 mm from the other surface, so 1 mm (``<=``) gives 1. At 0.5 mm only the
+    elements the two surfaces share count: the sides along x, not the end caps."""
+    ref = _cube((10, 10, 10), (3, 3, 3), 4)
+    pred = _cube((10, 10, 10), (3, 3, 4), 4)
+    spacing = (1.0, 1.0, 1.0)
+    assert normalized_surface_distance(pred, ref, spacing, tolerance_mm=2.0) == 1.0
+    assert normalized_surface_distance(pred, ref, spacing, tolerance_mm=1.0) == 1.0
+    half = normalized_surface_distance(pred, ref, spacing, tolerance_mm=0.5)
+    assert 0.4 < half < 0.8
+    assert half == pytest.approx(_brute_force_nsd(pred, ref, spacing, 0.5))
 
 
-def test_nsd_anisotropic_spacing() -> None:
-    """Spacing (z, y, x) = (3, 1, 1) mm, tolerance 2 mm, 4-voxel cube shifted by one voxel.
-
-    Along x (1 mm) every surface voxel is within 1 mm: NSD 1. Along z (3 mm) the cap the cubes do not
-    share is 3 mm away. Face areas: z faces 1 mm², y and x faces 3 mm²; total per cube
-    2*16*1 + 4*16*3 = 224 mm². Within 2 mm for the prediction: the side ring of the 3 shared z-slices
-    (3 * 16 * 3 = 144 mm²), the bottom faces of the first slice's ring (12 mm²) and of its 4 inner
-    voxels, 1 mm from the reference's side ring (4 mm²): 160 mm², the same for the reference by
-    symmetry, so NSD = 160 / 224.
-    """
+def test_nsd_anisotropic_spacing_follows_the_axis_order() -> None:
+    """Spacing (z, y, x) = (3, 1, 1) mm: a one-voxel shift along x is 1 mm, along z 3 mm."""
     spacing = (3.0, 1.0, 1.0)
     ref = _cube((10, 10, 10), (3, 3, 3), 4)
     along_x = _cube((10, 10, 10), (3, 3, 4), 4)
     along_z = _cube((10, 10, 10), (4, 3, 3), 4)
     assert normalized_surface_distance(along_x, ref, spacing, tolerance_mm=2.0) == 1.0
-    assert normalized_surface_distance(along_z, ref, spacing, tolerance_mm=2.0) == pytest.approx(160 / 224)
+    assert normalized_surface_distance(along_z, ref, spacing, tolerance_mm=2.0) < 0.9
     assert normalized_surface_distance(along_z, ref, spacing, tolerance_mm=3.0) == 1.0
 
 
@@ -179,6 +173,48 @@ def test_nsd_matches_brute_force_on_random_blobs() -> None:
             assert normalized_surface_distance(pred, ref, spacing, tol) == pytest.approx(
                 _brute_force_nsd(pred, ref, spacing, tol)
             )
+
+
+def test_nsd_equals_deepminds_surface_distance() -> None:
+    """Reference values from DeepMind's ``surface-distance`` package (compute_surface_distances +
+    compute_surface_dice_at_tolerance), the code behind FLARE21's official NSD, on the same masks."""
+    spacing = (2.5, 0.8, 1.2)
+    ref = _ellipsoid((12, 30, 24), (5.5, 14.0, 11.0), (4.0, 10.0, 8.0))
+    pred = _ellipsoid((12, 30, 24), (6.0, 15.0, 12.5), (3.6, 11.0, 7.5))
+    expected = {0.0: 0.47084136304154933, 1.0: 0.6186727138946212, 2.6: 0.9759062847449962}
+    for tol, value in expected.items():
+        assert normalized_surface_distance(pred, ref, spacing, tol) == pytest.approx(value, abs=1e-12)
+    rng = np.random.default_rng(0)
+    pred, ref = rng.random((7, 9, 8)) < 0.35, rng.random((7, 9, 8)) < 0.35
+    expected = {0.0: 0.8916834677488205, 1.0: 0.9824379271213177, 2.6: 1.0}
+    for tol, value in expected.items():
+        assert normalized_surface_distance(pred, ref, spacing, tol) == pytest.approx(value, abs=1e-12)
+
+
+def test_surfel_areas_by_hand() -> None:
+    """A lone voxel's corner cuts a triangle through three edge midpoints; four voxels on one side
+    of a plane give that plane's cross-section; a configuration and its complement the same area."""
+    a, b, c = 2.5, 0.8, 1.2
+    table = _surfel_area_table((a, b, c))
+    assert table[0] == table[255] == 0.0
+    triangle = math.sqrt((b * c) ** 2 + (a * c) ** 2 + (a * b) ** 2) / 8  # half the cross product
+    for bit in range(8):
+        assert table[1 << bit] == pytest.approx(triangle)
+    assert table[0b00001111] == pytest.approx(b * c)  # voxels a = 0 inside: plane normal to z
+    assert table[0b00110011] == pytest.approx(a * c)  # b = 0 inside: normal to y
+    assert table[0b01010101] == pytest.approx(a * b)  # c = 0 inside: normal to x
+    np.testing.assert_allclose(table, table[::-1])
+
+
+def test_surface_area_of_a_ball() -> None:
+    """Marching-cubes surface elements of a voxelized ball add up to its area plus the terracing of
+    a binary surface (about 10%), also with anisotropic voxels; voxel faces would add about 50%."""
+    spacing = (2.0, 0.8, 1.0)
+    radius_mm = 15.0
+    shape = (20, 44, 36)
+    ball = _ellipsoid(shape, tuple((n - 1) / 2 for n in shape), tuple(radius_mm / s for s in spacing))
+    border, area = _surface_elements(np.pad(ball, 1), spacing)
+    assert 1.05 < area[border].sum() / (4 * math.pi * radius_mm**2) < 1.15
 
 
 def test_nsd_crop_is_translation_invariant() -> None:
