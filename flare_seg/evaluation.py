@@ -170,11 +170,9 @@ def normalized_surface_distance(
         return 0.0
 
     pred_box, ref_box = _crop_to_union(pred, ref, (1, 1, 1))
-    pred_border, pred_area = _surface_elements(pred_box, spacing)
-    ref_border, ref_area = _surface_elements(ref_box, spacing)
     # surface element areas (mm²) and distances (mm) to the other surface, as 1-D arrays in the same order
-    pred_areas = pred_area[pred_border]
-    ref_areas = ref_area[ref_border]
+    pred_border, pred_areas = _surface_elements(pred_box, spacing)
+    ref_border, ref_areas = _surface_elements(ref_box, spacing)
     pred_to_ref_mm = ndimage.distance_transform_edt(~ref_border, sampling=spacing)[pred_border]
     ref_to_pred_mm = ndimage.distance_transform_edt(~pred_border, sampling=spacing)[ref_border]
 
@@ -231,13 +229,13 @@ def _crop_to_union(
 def _surface_elements(
     mask: np.ndarray, spacing_mm_zyx: tuple[float, float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The surface of ``mask`` on the grid of its voxel corners: (border, area).
+    """The surface of ``mask`` on the grid of its voxel corners: (border, areas).
 
     Corner (i, j, k) sits between voxels i..i+1, j..j+1, k..k+1; its neighbour code has bit
     ``4a + 2b + c`` set when voxel (i+a, j+b, k+c) is in the mask. ``border`` marks the corners whose
-    code is neither 0 nor 255, ``area`` is the surface area (mm²) of each corner's code. The arrays
-    are one smaller than ``mask`` on every axis; ``mask`` must be empty on every face of the array
-    (see :func:`_crop_to_union`) so that no surface is lost.
+    code is neither 0 nor 255 (one smaller than ``mask`` on every axis); ``areas`` holds the surface
+    area (mm²) of each border corner's code, in the order of ``border``'s nonzero elements. ``mask``
+    must be empty on every face of the array (see :func:`_crop_to_union`) so that no surface is lost.
     """
     mask = mask.astype(np.uint8, copy=False)
     code = np.zeros(tuple(n - 1 for n in mask.shape), dtype=np.uint8)
@@ -246,7 +244,7 @@ def _surface_elements(
             4 * a + 2 * b + c
         )
     border = (code != 0) & (code != 255)
-    return border, _surfel_area_table(spacing_mm_zyx)[code]
+    return border, _surfel_area_table(spacing_mm_zyx)[code[border]]
 
 
 @functools.lru_cache(maxsize=64)
