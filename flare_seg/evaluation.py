@@ -43,6 +43,7 @@ GEOMETRY_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
 
 NIFTI_SUFFIX = ".nii.gz"
+MAX_LABEL_VOXELS = 2**32  # a label volume larger than this is not a CT's
 # FLARE images are named <case>_0000.nii.gz (channel 0) while its TrainingMask labels are <case>.nii.gz.
 CHANNEL_SUFFIX = "_0000"
 CSV_NAME = "evaluation.csv"
@@ -398,7 +399,10 @@ def evaluate_dirs(
     per_case: dict[str, Scores] = {}
     missing: list[str] = []
     for case, label_path in sorted(label_paths.items()):
-        ref = sitk.ReadImage(str(label_path))
+        try:
+            ref = read_label_image(label_path)
+        except ValueError as error:
+            raise ValueError(f"case {case}: label {label_path}: {error}") from error
         pred_path = _prediction_file(pred_dir, case)
         if pred_path is None:
             logger.warning("no prediction for case %s in %s: scored as empty", case, pred_dir)
@@ -408,7 +412,7 @@ def evaluate_dirs(
         else:
             unused_preds.discard(pred_path.name)
             try:
-                scores = evaluate_case(sitk.ReadImage(str(pred_path)), ref, tolerance_mm)
+                scores = evaluate_case(read_label_image(pred_path), ref, tolerance_mm)
             except ValueError as error:
                 raise ValueError(f"case {case} ({pred_path} vs {label_path}): {error}") from error
         per_case[case] = scores
@@ -432,6 +436,22 @@ def evaluate_dirs(
     _write_atomic(out_dir / JSON_NAME, json.dumps(report.to_json_dict(), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s and %s", out_dir / CSV_NAME, out_dir / JSON_NAME)
     return report
+
+
+def read_label_image(path: Path) -> sitk.Image:
+    """A label image from a NIfTI file, checked as the service checks its inputs: a readable 3-D
+    scalar image whose data is complete (ITK zero-fills a truncated file without a word, which
+    would be scored as a poor segmentation).
+
+    Raises:
+        ValueError (``InputError``): the message names the file and what is wrong with it.
+    """
+    from flare_seg.service.io import read_ct_volume  # NIfTI validation, shared with the service
+
+    volume = read_ct_volume(Path(path), MAX_LABEL_VOXELS)  # one pass; checks the stream's CRC and length
+    image = sitk.GetImageFromArray(volume.array_zyx)
+    volume.geometry.apply_to(image)
+    return image
 
 
 def _case_id(file_name: str) -> str:

@@ -397,3 +397,43 @@ def test_evaluate_dirs_errors(tmp_path: Path) -> None:
     _write(_image(labels, SPACING_XYZ), pred_dir / "c1.nii.gz")  # identity direction
     with pytest.raises(ValueError, match=r"c1.*direction"):
         evaluate_dirs(pred_dir, label_dir)
+
+
+def test_evaluate_dirs_refuses_broken_files_naming_the_case(tmp_path: Path) -> None:
+    """A truncated prediction is an error, not a zero-filled mask scored as a poor segmentation; a
+    file that is no NIfTI, prediction or label, is an error naming the case, not a traceback."""
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    labels = np.zeros((40, 64, 64), np.uint8)
+    labels[5:35, 10:50, 10:40] = 1
+    labels[10:30, 20:40, 45:60] = 3
+    _write(_image(labels, SPACING_XYZ, direction=FLIP_XY), label_dir / "c1.nii.gz")
+    _write(_image(labels, SPACING_XYZ, direction=FLIP_XY), pred_dir / "c1.nii.gz")
+    assert evaluate_dirs(pred_dir, label_dir).per_case["c1"]["liver"]["dice"] == 1.0
+
+    whole = (pred_dir / "c1.nii.gz").read_bytes()
+    (pred_dir / "c1.nii.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"case c1 .*truncated"):
+        evaluate_dirs(pred_dir, label_dir)
+
+    (pred_dir / "c1.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"case c1 .*not a NIfTI"):
+        evaluate_dirs(pred_dir, label_dir)
+
+    (pred_dir / "c1.nii.gz").write_bytes(whole)
+    (label_dir / "c1.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"case c1: label .*not a NIfTI"):
+        evaluate_dirs(pred_dir, label_dir)
+
+
+def test_evaluate_command_reports_a_broken_prediction_in_one_line(tmp_path: Path, capsys) -> None:
+    from flare_seg.cli import main
+
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    labels = _phantom_labels()
+    _write(_image(labels, SPACING_XYZ), label_dir / "c1.nii.gz")
+    pred_dir.mkdir()
+    (pred_dir / "c1.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    assert main(["evaluate", str(pred_dir), str(label_dir)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flare-seg evaluate: error: case c1")
+    assert not (pred_dir / "evaluation.json").exists()
