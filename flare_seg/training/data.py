@@ -29,6 +29,7 @@ IMAGE_SUFFIX = "_0000.nii.gz"
 MASK_SUFFIX = ".nii.gz"
 SEGMENTATION_CACHE_MARGIN_MM = 48.0  # box margin kept around the organs for crop jitter
 GEOMETRY_TOLERANCE = 1e-3
+MAX_CASE_VOXELS = 2**32  # larger than any CT; the header is refused beyond it
 
 
 class DatasetError(ValueError):
@@ -74,13 +75,25 @@ def check_same_geometry(name: str, image: sitk.Image, mask: sitk.Image) -> None:
             raise DatasetError(f"case {name}: image {field} {tuple(a)} != mask {field} {tuple(b)}")
 
 
+def _read_checked(path: Path, case: str, pixel_id: int) -> sitk.Image:
+    """A case file read with the service's NIfTI validation (a truncated download is an error,
+    not an image that ITK zero-filled), as ``pixel_id``."""
+    from flare_seg.service.io import read_ct_volume
+
+    try:
+        volume = read_ct_volume(path, MAX_CASE_VOXELS)
+    except ValueError as exc:  # InputError: not a readable, complete 3-D NIfTI image
+        raise DatasetError(f"case {case}: {exc}") from None
+    image = sitk.GetImageFromArray(volume.array_zyx)
+    volume.geometry.apply_to(image)
+    del volume
+    return sitk.Cast(image, pixel_id)
+
+
 def load_case(case: Case) -> tuple[sitk.Image, sitk.Image]:
     """Read a case's image (float32 HU) and mask (uint8), checked to share one grid."""
-    try:
-        image = sitk.ReadImage(str(case.image_path), sitk.sitkFloat32)
-        mask = sitk.ReadImage(str(case.mask_path), sitk.sitkUInt8)
-    except RuntimeError as exc:
-        raise DatasetError(f"case {case.name}: cannot read: {str(exc).strip().splitlines()[-1]}") from None
+    image = _read_checked(case.image_path, case.name, sitk.sitkFloat32)
+    mask = _read_checked(case.mask_path, case.name, sitk.sitkUInt8)
     check_same_geometry(case.name, image, mask)
     mask.CopyInformation(image)  # tolerated rounding differences: one grid from here on
     return image, mask

@@ -35,6 +35,25 @@ def test_training_resumes_from_the_latest_checkpoint(tiny_runs, phantom_dataset,
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("-3")
 
 
+def test_load_case_reads_the_files_unchanged(phantom_dataset):
+    import numpy as np
+
+    from flare_seg.geometry import Geometry
+
+    for case in list_cases(phantom_dataset)[:2]:
+        image, mask = load_case(case)
+        for loaded, path, pixel in (
+            (image, case.image_path, sitk.sitkFloat32),
+            (mask, case.mask_path, sitk.sitkUInt8),
+        ):
+            expected = sitk.ReadImage(str(path), pixel)
+            assert loaded.GetPixelID() == pixel
+            assert Geometry.of(loaded) == Geometry.of(expected)
+            np.testing.assert_array_equal(
+                sitk.GetArrayViewFromImage(loaded), sitk.GetArrayViewFromImage(expected)
+            )
+
+
 def test_dataset_errors_name_the_case(phantom_dataset, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(phantom_dataset, broken)
@@ -46,6 +65,13 @@ def test_dataset_errors_name_the_case(phantom_dataset, tmp_path):
     with pytest.raises(DatasetError, match=f"case {case.name}: image origin"):
         load_case(case)
     assert image.GetSize() == mask.GetSize()
+    whole = case.image_path.read_bytes()
+    case.image_path.write_bytes(whole[: len(whole) // 2])  # an interrupted download
+    with pytest.raises(DatasetError, match=f"case {case.name}: .*truncated"):
+        load_case(case)
+    case.image_path.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=f"case {case.name}: .*not a NIfTI"):
+        load_case(case)
     case.mask_path.unlink()
     with pytest.raises(DatasetError, match=f"case {case.name}: image .* has no mask"):
         list_cases(broken)
