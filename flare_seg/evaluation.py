@@ -339,6 +339,17 @@ def _check_label_image(image: sitk.Image, name: str) -> None:
             f"{name} must be a 3-D single-component label image, got dimension {image.GetDimension()} "
             f"with {image.GetNumberOfComponentsPerPixel()} components"
         )
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(values.min()), float(values.max())
+    if low < 0:  # a CT (HU) given where labels belong, most likely
+        raise ValueError(
+            f"{name} is not a label image: its values run from {low:g} to {high:g} "
+            f"(labels are 0 background, {', '.join(f'{k} {n}' for k, n in ORGANS.items())})"
+        )
+    if high > max(ORGANS):
+        logger.warning(
+            "%s has labels above %d (up to %g): they are not organs scored here", name, max(ORGANS), high
+        )
 
 
 def _check_same_geometry(pred: sitk.Image, ref: sitk.Image) -> None:

@@ -437,3 +437,20 @@ def test_evaluate_command_reports_a_broken_prediction_in_one_line(tmp_path: Path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("flare-seg evaluate: error: case c1")
     assert not (pred_dir / "evaluation.json").exists()
+
+
+def test_a_ct_given_as_labels_is_refused(tmp_path: Path, caplog) -> None:
+    label_dir, pred_dir = tmp_path / "labels", tmp_path / "preds"
+    labels = _phantom_labels()
+    ct = np.where(labels > 0, 40, -1000).astype(np.int16)
+    _write(_image(labels, SPACING_XYZ), label_dir / "c1.nii.gz")
+    image = sitk.GetImageFromArray(ct)
+    image.SetSpacing(SPACING_XYZ)
+    _write(image, pred_dir / "c1.nii.gz")
+    with pytest.raises(ValueError, match=r"case c1 .*not a label image: its values run from -1000 to 40"):
+        evaluate_dirs(pred_dir, label_dir)
+    wider = labels.copy()
+    wider[0, 0, 0] = 13  # a label this evaluation does not score
+    _write(_image(wider, SPACING_XYZ), pred_dir / "c1.nii.gz")
+    assert evaluate_dirs(pred_dir, label_dir).per_case["c1"]["liver"]["dice"] == 1.0
+    assert "labels above 4 (up to 13)" in caplog.text
