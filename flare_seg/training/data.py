@@ -148,6 +148,13 @@ def prepare_case(case: Case, contract: ModelContract, fns: ResampleFunctions) ->
         [resample_crop(fns, (labels == k).astype(np.float32), loc_crop) for k in sorted(ORGANS)], axis=-1
     ).clip(0.0, 1.0)
 
+    high = int(labels.max())
+    if high > max(ORGANS):
+        names = ", ".join(f"{k} {n}" for k, n in ORGANS.items())
+        raise DatasetError(
+            f"case {case.name}: the mask has label {high}; expected 0 background, {names} "
+            f"(FLARE21 labels: remap other label sets first)"
+        )
     box = organ_box_edges(labels)
     if box is None:
         raise DatasetError(f"case {case.name}: the mask has no organ voxels")

@@ -135,3 +135,19 @@ def test_organ_sampling_weights_are_checked():
         load_config("segmentation", organ_sampling_weights={"pancraes": 2.0})
     with pytest.raises(ValueError, match=">= 0"):
         load_config("segmentation", organ_sampling_weights={"pancreas": -1.0})
+
+
+def test_masks_with_other_label_sets_are_refused(phantom_dataset, tmp_path):
+    """A mask with labels beyond FLARE21's (FLARE22 has 13 organs) would be trained on silently."""
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.data import prepare_case
+    from flare_seg.training.tf_utils import TfUtilsModule
+
+    broken = tmp_path / "other_labels"
+    shutil.copytree(phantom_dataset, broken)
+    case = list_cases(broken)[0]
+    mask = sitk.ReadImage(str(case.mask_path))
+    mask[0, 0, 0] = 13
+    sitk.WriteImage(mask, str(case.mask_path), useCompression=True)
+    with pytest.raises(DatasetError, match=f"case {case.name}: the mask has label 13"):
+        prepare_case(case, ModelContract(), TfUtilsModule(ModelContract()))
