@@ -194,6 +194,10 @@ class SegmentationSummary(BaseModel):
     organs_localized: bool | None = Field(
         None, description="false when no organ was localized and the whole image was searched"
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what to know about this result, e.g. an image that does not look like a CT in HU",
+    )
     timings_s: dict[str, float] = Field(description="stage -> seconds")
     inference_seconds: float = Field(description="wall time of the segmentation, seconds")
 
@@ -819,6 +823,7 @@ class Service:
             organ_boxes_mm={k: Box.of(v) for k, v in result.organ_boxes_mm.items()},
             roi_box_mm=Box.of(result.roi_box_mm),  # type: ignore[arg-type]
             organs_localized=getattr(result, "organs_localized", None),
+            warnings=list(getattr(result, "warnings", ())),
             timings_s={
                 **{k: float(v) for k, v in result.timings_s.items()},
                 "read": read_s,

@@ -40,6 +40,7 @@ class CaseReport:
     error: str | None = None
     volumes_ml: dict[str, float] = field(default_factory=dict)
     organs_localized: bool | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def find_inputs(input_dir: Path) -> list[tuple[str, Path]]:
@@ -103,6 +104,7 @@ def predict_dir(
                 report.status, report.output = "ok", out.name
                 report.volumes_ml = dict(result.volumes_ml)
                 report.organs_localized = result.organs_localized
+                report.warnings = list(result.warnings)
             except InputError as exc:
                 report.status, report.error = "failed", str(exc)
             except MemoryError:
@@ -157,5 +159,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def format_report_line(r: CaseReport) -> str:
     if r.status == "ok":
         vols = "  ".join(f"{k} {v:.1f} mL" for k, v in r.volumes_ml.items())
-        return f"{r.case}: ok in {r.seconds:.1f} s  {vols}"
+        line = f"{r.case}: ok in {r.seconds:.1f} s  {vols}"
+        return "".join([line, *(f"\n  warning: {w}" for w in r.warnings)])
     return f"{r.case}: FAILED: {r.error}"

@@ -54,6 +54,9 @@ BoxMM = tuple[tuple[float, float, float], tuple[float, float, float]]
 if max(ORGANS) > 7:  # ``_organ_boxes`` keeps one bit per label in a uint8
     raise RuntimeError("labels above 7 need a wider bit set in Segmenter._organ_boxes")
 INT16_MIN, INT16_MAX = -32768, 32767
+# An abdominal CT always holds air (around the body, in the bowel, the lung bases), which stays well
+# below this even averaged over the localization grid's voxels; an image without any is not in HU.
+NO_AIR_ABOVE_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class SegmentationResult:
     organs_localized: bool  # False when localization found nothing and the whole volume was used
     timings_s: dict[str, float]
     model_version: str
+    # What the caller should know about this result (e.g. an input that does not look like a CT in HU).
+    warnings: tuple[str, ...] = ()
     # The NIfTI header of the file that was segmented (None for in-memory input): masks are written
     # with its geometry fields byte for byte.
     source_header: NiftiHeader | None = field(default=None, repr=False)
@@ -88,6 +93,7 @@ class SegmentationResult:
             "organ_boxes_mm": self.organ_boxes_mm,
             "roi_box_mm": self.roi_box_mm,
             "organs_localized": self.organs_localized,
+            "warnings": list(self.warnings),
             "timings_s": self.timings_s,
             "model_version": self.model_version,
         }
@@ -237,9 +243,12 @@ class Segmenter:
         spacing = geometry.spacing_mm_zyx
         timings["reorient_s"] = time.perf_counter() - t
 
-        lo, hi, found = self._localize(vol, spacing, timings, prepared)
+        warnings: list[str] = []
+        lo, hi, found = self._localize(vol, spacing, timings, prepared, warnings)
         if not found:
-            log.warning("localization found no organ: segmenting the whole volume")
+            warnings.append("no organ was localized: the whole image was segmented")
+        for warning in warnings:
+            log.warning("%s", warning)
 
         c = self.contract
         margin = c.box_margin_mm if found else 0.0
@@ -297,6 +306,7 @@ class Segmenter:
             organs_localized=found,
             timings_s={k: round(v, 4) for k, v in timings.items()},
             model_version=self.model_version,
+            warnings=tuple(warnings),
         )
 
     # ------------------------------------------------------------------ stages
@@ -316,8 +326,10 @@ class Segmenter:
         spacing: tuple[float, float, float],
         timings: dict[str, float],
         prepared: _PreparedLocalization | None = None,
+        warnings: list[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found."""
+        """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found.
+        Appends to ``warnings`` when the image does not look like a CT in Hounsfield units."""
         t = time.perf_counter()
         c = self.contract
         crop = self._localization_crop(vol.shape, spacing)
@@ -327,6 +339,14 @@ class Segmenter:
             small = prepared.resampler.finish()
         else:
             small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
+        lowest = float(small.min())
+        if lowest > NO_AIR_ABOVE_HU and warnings is not None:
+            warnings.append(
+                f"the image holds no air (its lowest value is {lowest:.0f} at "
+                f"{c.localization_spacing_mm:g} mm, air is -1000 HU): the networks expect a CT in "
+                f"Hounsfield units, and an image stored without its rescale intercept, or not a CT, "
+                f"gets a meaningless mask"
+            )
         x = self.models.tf_utils.normalize_localization(tf.constant(small))
         timings["localization_preprocess_s"] = time.perf_counter() - t
         t = time.perf_counter()

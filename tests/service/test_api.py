@@ -147,6 +147,7 @@ def test_segment_json_mode(client: TestClient, ct_bytes: bytes, how: str) -> Non
     assert {"localization", "segmentation", "read", "write"} <= set(body["timings_s"])
     assert body["size_xyz"] == list(make_ct().GetSize())
     assert body["inference_seconds"] >= 0
+    assert body["warnings"] == []
     assert "mask" not in body
 
 

@@ -176,3 +176,18 @@ def test_precision_flag_reaches_the_model_loader(monkeypatch, tmp_path: Path, ca
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(tmp_path), str(tmp_path / "out"), "--precision", "float16"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_predict_reports_an_image_that_is_not_in_hounsfield_units(tiny_models, tmp_path, capsys):
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    sitk.WriteImage(ct_image(), str(inputs / "hu_0000.nii.gz"))
+    sitk.WriteImage(sitk.Cast(ct_image() + 1024, sitk.sitkInt16), str(inputs / "raw_0000.nii.gz"))
+    assert main(["predict", str(inputs), str(outputs), "--models-dir", str(tiny_models)]) == 0
+    assert (outputs / "raw.nii.gz").is_file()  # segmented all the same, with the warning beside it
+    cases = {c["case"]: c for c in json.loads((outputs / "summary.json").read_text())["cases"]}
+    assert cases["hu"]["warnings"] == []
+    assert len(cases["raw"]["warnings"]) == 1 and "Hounsfield" in cases["raw"]["warnings"][0]
+    out = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(out) if line.startswith("raw: ok"))
+    assert out[at + 1].startswith("  warning: the image holds no air")

@@ -46,6 +46,18 @@ def test_uint16_input_is_accepted(tiny_segmenter):
     image = sitk.Cast(sitk.Clamp(ct_image(), sitk.sitkInt16, 0, 3000), sitk.sitkUInt16)
     result = tiny_segmenter.segment_image(image)
     assert Geometry.of(result.mask) == Geometry.of(image)
+    assert len(result.warnings) == 1 and "no air" in result.warnings[0]  # air clamped to 0
+
+
+def test_an_image_that_is_not_in_hounsfield_units_gets_a_warning(tiny_segmenter):
+    """A CT stored without its rescale intercept (air at 0 instead of -1000) is segmented, but the
+    result says that its mask means nothing; a CT in HU gets no warning."""
+    ct = ct_image()
+    assert tiny_segmenter.segment_image(ct).warnings == ()
+    shifted = tiny_segmenter.segment_image(sitk.Cast(ct + 1024, sitk.sitkInt16))
+    assert len(shifted.warnings) == 1
+    assert "lowest value is 24 " in shifted.warnings[0] and "Hounsfield" in shifted.warnings[0]
+    assert shifted.summary()["warnings"] == list(shifted.warnings)
 
 
 def test_result_does_not_depend_on_the_memory_budget(tiny_models, tiny_segmenter):
