@@ -969,6 +969,10 @@ _MASK_HEADERS = {
     "X-Organ-Volumes-mL": {"description": "JSON object: organ -> volume in mL", "schema": {"type": "string"}},
     "X-Model-Version": {"description": "version of the models used", "schema": {"type": "string"}},
     "X-Inference-Seconds": {"description": "segmentation wall time, seconds", "schema": {"type": "string"}},
+    "X-Warnings": {
+        "description": "JSON array of sentences: what to know about the mask ([] when nothing)",
+        "schema": {"type": "string"},
+    },
 }
 
 public_router = APIRouter(tags=["probes"])
@@ -982,6 +986,7 @@ def _mask_headers(summary: SegmentationSummary) -> dict[str, str]:
         "X-Organ-Volumes-mL": json.dumps(volumes, separators=(",", ":"), ensure_ascii=True),
         "X-Model-Version": summary.model_version.encode("ascii", "replace").decode("ascii"),
         "X-Inference-Seconds": f"{summary.inference_seconds:.3f}",
+        "X-Warnings": json.dumps(summary.warnings, separators=(",", ":"), ensure_ascii=True),
     }
 
 

@@ -107,6 +107,7 @@ class FakeResult:
     roi_box_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
     timings_s: dict[str, float]
     model_version: str
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -122,6 +123,7 @@ class FakeSegmenter:
     started: threading.Event = field(default_factory=threading.Event)
     calls: int = 0
     warmed_up: bool = False
+    warnings: tuple[str, ...] = ()  # given to every result
 
     def warm_up(self) -> None:
         self.warmed_up = True
@@ -156,6 +158,7 @@ class FakeSegmenter:
             roi_box_mm=box,
             timings_s={"localization": 0.01, "segmentation": 0.02},
             model_version=self.model_version,
+            warnings=self.warnings,
         )
 
 

@@ -105,6 +105,7 @@ def test_segment_returns_mask_with_exact_geometry(client: TestClient, ct_file: P
     assert float(response.headers["x-inference-seconds"]) >= 0
     volumes = json.loads(response.headers["x-organ-volumes-ml"])
     assert volumes["kidney"] == 0.0 and volumes["liver"] > 0
+    assert json.loads(response.headers["x-warnings"]) == []
 
     mask = read_mask(response.content, tmp_path)
     ct = sitk.ReadImage(str(ct_file))
@@ -568,3 +569,12 @@ def test_segment_with_the_real_pipeline(tmp_path: Path, request: pytest.FixtureR
         summary = client.post("/segment?format=json", **upload(path.read_bytes())).json()
         assert summary["model_version"] == segmenter.model_version
         assert client.get("/models").json() == jsonable_encoder(segmenter.manifest)
+
+
+def test_warnings_reach_the_client_in_both_formats(client: TestClient, ct_bytes: bytes) -> None:
+    warning = "the image holds no air (its lowest value is 24 at 6 mm, air is -1000 HU): ..."
+    service_of(client).segmenter.warnings = (warning,)
+    response = client.post("/segment", **upload(ct_bytes))
+    assert response.status_code == 200 and json.loads(response.headers["x-warnings"]) == [warning]
+    response = client.post("/segment?format=json", **upload(ct_bytes))
+    assert response.status_code == 200 and response.json()["warnings"] == [warning]
