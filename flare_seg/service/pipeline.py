@@ -342,10 +342,9 @@ class Segmenter:
         lowest = float(small.min())
         if lowest > NO_AIR_ABOVE_HU and warnings is not None:
             warnings.append(
-                f"the image holds no air (its lowest value is {lowest:.0f} at "
-                f"{c.localization_spacing_mm:g} mm, air is -1000 HU): the networks expect a CT in "
-                f"Hounsfield units, and an image stored without its rescale intercept, or not a CT, "
-                f"gets a meaningless mask"
+                f"the image holds no air (its lowest value is {lowest:.0f} on the localization "
+                f"grid, air is -1000 HU): the networks expect a CT in Hounsfield units, and an image "
+                f"stored without its rescale intercept, or not a CT, gets a meaningless mask"
             )
         x = self.models.tf_utils.normalize_localization(tf.constant(small))
         timings["localization_preprocess_s"] = time.perf_counter() - t

@@ -572,7 +572,7 @@ def test_segment_with_the_real_pipeline(tmp_path: Path, request: pytest.FixtureR
 
 
 def test_warnings_reach_the_client_in_both_formats(client: TestClient, ct_bytes: bytes) -> None:
-    warning = "the image holds no air (its lowest value is 24 at 6 mm, air is -1000 HU): ..."
+    warning = "the image holds no air (its lowest value is 24 on the localization grid, ...): ..."
     service_of(client).segmenter.warnings = (warning,)
     response = client.post("/segment", **upload(ct_bytes))
     assert response.status_code == 200 and json.loads(response.headers["x-warnings"]) == [warning]
