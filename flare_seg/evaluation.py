@@ -459,10 +459,7 @@ def read_label_image(path: Path) -> sitk.Image:
     """
     from flare_seg.service.io import read_ct_volume  # NIfTI validation, shared with the service
 
-    volume = read_ct_volume(Path(path), MAX_LABEL_VOXELS)  # one pass; checks the stream's CRC and length
-    image = sitk.GetImageFromArray(volume.array_zyx)
-    volume.geometry.apply_to(image)
-    return image
+    return read_ct_volume(Path(path), MAX_LABEL_VOXELS).to_image()  # one pass; checks CRC and length
 
 
 def _case_id(file_name: str) -> str:

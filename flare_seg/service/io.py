@@ -677,6 +677,10 @@ class CtVolume:
     def from_image(cls, image: sitk.Image, header: NiftiHeader | None = None) -> CtVolume:
         return cls(sitk.GetArrayFromImage(image), Geometry.of(image), header)
 
+    def to_image(self) -> sitk.Image:
+        """The voxels as a SimpleITK image (a copy) on the volume's grid."""
+        return image_from_array_zyx(self.array_zyx, self.geometry)
+
 
 class VoxelSink(Protocol):
     """Sees a .nii.gz's voxels while ``read_ct_volume`` decompresses them, e.g. to start work on

@@ -244,7 +244,7 @@ class Segmenter:
         timings["reorient_s"] = time.perf_counter() - t
 
         warnings: list[str] = []
-        lo, hi, found = self._localize(vol, spacing, timings, prepared, warnings)
+        lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared)
         if not found:
             warnings.append("no organ was localized: the whole image was segmented")
         for warning in warnings:
@@ -325,8 +325,8 @@ class Segmenter:
         vol: np.ndarray,
         spacing: tuple[float, float, float],
         timings: dict[str, float],
+        warnings: list[str],
         prepared: _PreparedLocalization | None = None,
-        warnings: list[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found.
         Appends to ``warnings`` when the image does not look like a CT in Hounsfield units."""
@@ -340,7 +340,7 @@ class Segmenter:
         else:
             small = resample_crop(self.models.tf_utils, vol, crop, self._slab_budget())
         lowest = float(small.min())
-        if lowest > NO_AIR_ABOVE_HU and warnings is not None:
+        if lowest > NO_AIR_ABOVE_HU:
             warnings.append(
                 f"the image holds no air (its lowest value is {lowest:.0f} on the localization "
                 f"grid, air is -1000 HU): the networks expect a CT in Hounsfield units, and an image "

@@ -81,12 +81,9 @@ def _read_checked(path: Path, case: str, pixel_id: int) -> sitk.Image:
     from flare_seg.service.io import read_ct_volume
 
     try:
-        volume = read_ct_volume(path, MAX_CASE_VOXELS)
+        image = read_ct_volume(path, MAX_CASE_VOXELS).to_image()
     except ValueError as exc:  # InputError: not a readable, complete 3-D NIfTI image
         raise DatasetError(f"case {case}: {exc}") from None
-    image = sitk.GetImageFromArray(volume.array_zyx)
-    volume.geometry.apply_to(image)
-    del volume
     return sitk.Cast(image, pixel_id)
 
 

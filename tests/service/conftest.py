@@ -132,7 +132,7 @@ class FakeSegmenter:
         return read_ct_volume(path, max_voxels, display_name=display_name)
 
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> FakeResult:
-        image = volume.geometry.apply_to(sitk.GetImageFromArray(volume.array_zyx))
+        image = volume.to_image()
         if release_input:
             volume.array_zyx = None  # type: ignore[assignment]
         return self.segment_image(image)
