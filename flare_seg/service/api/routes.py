@@ -1,0 +1,288 @@
+"""The routes: probes (/health, /ready, /metrics), /models, /segment and /jobs.
+
+``public_router`` needs no token; ``router`` requires the API token when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from flare_seg.service.api.deps import ServiceDep, require_token
+from flare_seg.service.api.errors import ERROR_RESPONSES, http_error
+from flare_seg.service.api.jobs import Job
+from flare_seg.service.api.schemas import (
+    ErrorBody,
+    HealthInfo,
+    JobCreated,
+    JobInfo,
+    JobStatus,
+    ReadyInfo,
+    SegmentationSummary,
+)
+from flare_seg.service.api.service import Service, now
+from flare_seg.service.api.uploads import UPLOAD_FIELD, Upload, check_upload_headers
+from flare_seg.service.io import InputError
+
+logger = logging.getLogger(__name__)
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {
+                        UPLOAD_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a 3D CT image, .nii.gz or .nii (NIfTI-1 or -2)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+_MASK_HEADERS = {
+    "X-Organ-Volumes-mL": {"description": "JSON object: organ -> volume in mL", "schema": {"type": "string"}},
+    "X-Model-Version": {"description": "version of the models used", "schema": {"type": "string"}},
+    "X-Inference-Seconds": {"description": "segmentation wall time, seconds", "schema": {"type": "string"}},
+    "X-Warnings": {
+        "description": "JSON array of sentences: what to know about the mask ([] when nothing)",
+        "schema": {"type": "string"},
+    },
+}
+
+public_router = APIRouter(tags=["probes"])
+router = APIRouter(dependencies=[Depends(require_token)], responses={401: ERROR_RESPONSES[401]})
+
+
+def _mask_headers(summary: SegmentationSummary) -> dict[str, str]:
+    volumes = {name: round(ml, 3) for name, ml in summary.volumes_ml.items()}
+    return {
+        "Content-Disposition": f'attachment; filename="{summary.case}.nii.gz"',
+        "X-Organ-Volumes-mL": json.dumps(volumes, separators=(",", ":"), ensure_ascii=True),
+        "X-Model-Version": summary.model_version.encode("ascii", "replace").decode("ascii"),
+        "X-Inference-Seconds": f"{summary.inference_seconds:.3f}",
+        "X-Warnings": json.dumps(summary.warnings, separators=(",", ":"), ensure_ascii=True),
+    }
+
+
+def _wants_json(format_: str | None, accept: str) -> bool:
+    if format_ is not None:
+        return format_ == "json"
+    accept = accept.lower()
+    return "application/json" in accept and "application/gzip" not in accept
+
+
+def _job_urls(request: Request, job_id: str) -> tuple[str, str]:
+    return (
+        request.url_for("get_job", job_id=job_id).path,
+        request.url_for("get_job_result", job_id=job_id).path,
+    )
+
+
+def _job_info(request: Request, job: Job, ttl_s: int) -> JobInfo:
+    status_url, result_url = _job_urls(request, job.id)
+    expires_at = None
+    if job.finished_at is not None:
+        expires_at = datetime.fromtimestamp(job.finished_at.timestamp() + ttl_s, UTC)
+    return JobInfo(
+        id=job.id,
+        status=job.status,
+        status_url=status_url,
+        result_url=result_url,
+        case=job.case,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        expires_at=expires_at,
+        summary=job.summary,
+        error=job.error,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Routes
+
+
+@public_router.get("/health", response_model=HealthInfo, summary="liveness: 200 while the process runs")
+async def health() -> HealthInfo:
+    return HealthInfo()
+
+
+@public_router.get(
+    "/ready",
+    response_model=ReadyInfo,
+    responses={503: {"model": ReadyInfo, "description": "models not loaded (yet)"}},
+    summary="readiness: 200 once the models are loaded and warmed up",
+)
+async def ready(request: Request) -> JSONResponse:
+    service: Service | None = getattr(request.app.state, "service", None)
+    if service is not None and service.segmenter is not None:
+        info = ReadyInfo(status="ready", model_version=service.segmenter.model_version)
+        return JSONResponse(info.model_dump(mode="json"))
+    if service is not None and service.load_error is not None:
+        info = ReadyInfo(status="failed", detail=f"models failed to load: {service.load_error}")
+    else:
+        info = ReadyInfo(status="loading", detail="models are still loading")
+    return JSONResponse(info.model_dump(mode="json"), status_code=503, headers={"Retry-After": "10"})
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)", tags=["probes"])
+async def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/models", summary="the model manifest (contract, provenance, metrics)", tags=["models"])
+async def models(service: ServiceDep) -> JSONResponse:
+    segmenter = service.require_ready()
+    return JSONResponse(jsonable_encoder(segmenter.manifest))
+
+
+@router.post(
+    "/segment",
+    summary="segment one CT image and wait for the result",
+    description=(
+        "Upload a 3D CT image (.nii.gz or .nii) in the multipart form field `file`. Answers the uint8 "
+        "label mask as a gzip NIfTI on exactly the input's grid, with the organ volumes in the "
+        "`X-Organ-Volumes-mL` header; or, with `?format=json` (or `Accept: application/json`), a JSON "
+        "summary (volumes, bounding boxes, timings, model version) without the mask."
+    ),
+    response_model=None,
+    responses={
+        200: {
+            "content": {
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/SegmentationSummary"}},
+            },
+            "headers": _MASK_HEADERS,
+            "description": "the label mask (.nii.gz), or the JSON summary",
+        },
+        **{code: ERROR_RESPONSES[code] for code in (400, 413, 415, 422, 503)},
+    },
+    openapi_extra=_UPLOAD_BODY,
+    tags=["segmentation"],
+)
+async def segment(
+    request: Request,
+    service: ServiceDep,
+    format_: Annotated[
+        Literal["nifti", "json"] | None,
+        Query(alias="format", description="nifti: the mask (default); json: the summary only"),
+    ] = None,
+) -> Response:
+    service.require_ready()
+    check_upload_headers(request, service.max_upload_bytes)
+    as_json = _wants_json(format_, request.headers.get("accept", ""))
+    ticket = service.admit()
+    upload: Upload | None = None
+    try:
+        upload = await service.receive_and_check(request, scan_data=False)
+        work = functools.partial(
+            service.segment_file,
+            upload.path,
+            upload.display_name,
+            upload.case,
+            encode=not as_json,
+            result_path=None,
+        )
+        outcome = await asyncio.wrap_future(service.worker.run(ticket, work))
+    except (InputError, HTTPException):
+        raise
+    except Exception:
+        logger.exception("segmentation failed")
+        raise http_error(500, "internal error during segmentation") from None
+    finally:
+        ticket.release_unless_submitted()
+        if upload is not None:
+            upload.path.unlink(missing_ok=True)
+    if as_json:
+        return JSONResponse(outcome.summary.model_dump(mode="json"))
+    return Response(outcome.mask_bytes, media_type="application/gzip", headers=_mask_headers(outcome.summary))
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobCreated,
+    summary="queue one CT image for segmentation; poll status_url, then fetch result_url",
+    responses={**{code: ERROR_RESPONSES[code] for code in (400, 413, 415, 422, 503)}},
+    openapi_extra=_UPLOAD_BODY,
+    tags=["jobs"],
+)
+async def create_job(request: Request, service: ServiceDep) -> JSONResponse:
+    service.require_ready()
+    check_upload_headers(request, service.max_upload_bytes)
+    ticket = service.admit()
+    try:
+        upload = await service.receive_and_check(request)
+        job_id = uuid.uuid4().hex
+        job = Job(
+            id=job_id,
+            case=upload.case,
+            display_name=upload.display_name,
+            upload_path=upload.path,
+            result_path=service.results_dir / f"{job_id}.nii.gz",
+            created_at=now(),
+        )
+        service.jobs.add(job)
+        service.worker.run(ticket, functools.partial(service.run_job, job))
+    finally:
+        ticket.release_unless_submitted()
+    status_url, result_url = _job_urls(request, job.id)
+    created = JobCreated(id=job.id, status=JobStatus.queued, status_url=status_url, result_url=result_url)
+    return JSONResponse(created.model_dump(mode="json"), status_code=202, headers={"Location": status_url})
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobInfo,
+    responses={404: {"model": ErrorBody, "description": "unknown or expired job"}},
+    summary="a job's status, with its summary once done or its error once failed",
+    tags=["jobs"],
+)
+async def get_job(job_id: str, request: Request, service: ServiceDep) -> JobInfo:
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise http_error(404, f"unknown or expired job {job_id[:64]!r}")
+    return _job_info(request, job, service.jobs.ttl_s)
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}, "headers": _MASK_HEADERS, "description": "the label mask"},
+        404: {"model": ErrorBody, "description": "unknown or expired job"},
+        409: {"model": ErrorBody, "description": "the job is not done (queued, running or failed)"},
+    },
+    summary="a done job's label mask (.nii.gz)",
+    tags=["jobs"],
+)
+async def get_job_result(job_id: str, service: ServiceDep) -> FileResponse:
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise http_error(404, f"unknown or expired job {job_id[:64]!r}")
+    status, summary, error = job.status, job.summary, job.error
+    if status == JobStatus.failed:
+        raise http_error(409, f"job {job_id} failed: {error}")
+    if status != JobStatus.done or summary is None:
+        raise http_error(409, f"job {job_id} is {status}; poll its status until it is done")
+    if not job.result_path.is_file():
+        raise http_error(404, f"the result of job {job_id} has expired")
+    return FileResponse(job.result_path, media_type="application/gzip", headers=_mask_headers(summary))
