@@ -96,7 +96,7 @@ def test_check_paths(tmp_path: Path) -> None:
 
 
 def test_no_settings_at_import() -> None:
-    """No Settings object lives at module level (see also test_api's import test with a bad env)."""
+    """No Settings object lives at module level (see also tests/service/api's import test with a bad env)."""
     assert not any(isinstance(value, Settings) for value in vars(settings_module).values())
 
 
