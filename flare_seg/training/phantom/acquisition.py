@@ -50,10 +50,12 @@ class Grid:
 
     @property
     def offset(self) -> np.ndarray:
+        """Anatomy point (mm, x, y, z) of index (0, 0, 0): anatomy = matrix @ index_xyz + offset."""
         return np.asarray(self.origin_xyz, float) - np.asarray(self.anatomy_origin_xyz, float)
 
     @property
     def axis_aligned(self) -> bool:
+        """Whether every index axis runs along one anatomy axis (identity or flips, no tilt)."""
         a = self.matrix
         return bool(np.all(a[~np.eye(3, dtype=bool)] == 0.0))
 

@@ -85,6 +85,7 @@ class Waves:
 
     @staticmethod
     def random(rng: np.random.Generator, n: int, wavelength_mm: tuple[float, float], sd: float) -> Waves:
+        """n plane waves with wavelengths uniform in `wavelength_mm` (mm) and random directions."""
         lam = rng.uniform(*wavelength_mm, n)
         k = np.stack([unit(rng.normal(size=3)) for _ in range(n)]) * (2 * np.pi / lam)[:, None]
         return Waves(k, rng.uniform(0, 2 * np.pi, n), sd)

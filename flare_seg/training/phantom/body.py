@@ -51,15 +51,18 @@ class Body:
     table_thickness: float
 
     def scale(self, z: np.ndarray) -> np.ndarray:
+        """Cavity scale factor at heights z (mm): a slow modulation of the outline along z."""
         return (
             1.0 + self.scale_amp * np.sin(2 * np.pi * z / self.scale_wavelength + self.scale_phase)
         ).astype(np.float32)
 
     def narrowing(self, z: np.ndarray) -> np.ndarray:
+        """Lateral narrowing (0 to pelvis_narrowing) of the cavity below `pelvis_z`, at heights z (mm)."""
         t = np.clip((self.pelvis_z - z) / 80.0, 0.0, 1.0)
         return (self.pelvis_narrowing * t * t * (3 - 2 * t)).astype(np.float32)
 
     def cavity_radius(self, theta: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Cavity radius (mm) at angles theta (rad) and heights z (mm)."""
         e = np.interp(theta, THETA, self.cavity_lut).astype(np.float32)
         c2 = np.cos(theta).astype(np.float32) ** 2
         return e * self.scale(z) * (1.0 - self.narrowing(z) * c2)
@@ -83,12 +86,15 @@ class Body:
         return float(np.max(self.cavity_lut * s + self.muscle_lut + self.fat_lut) + self.skin_mm)
 
     def skin_posterior_max(self) -> float:
+        """Largest posterior (y) reach of the skin, mm, over all angles and heights."""
         s = 1.0 + abs(self.scale_amp)
         r = self.cavity_lut * s + self.muscle_lut + self.fat_lut + self.skin_mm
         return float(np.max(r * np.sin(THETA)))
 
 
 def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: float) -> Body:
+    """Draws the body outline, wall thicknesses, diaphragm, ribs, pelvis and table from landmarks of
+    the skeleton (spine body centre y, iliac crest z and L1 z, mm)."""
     a = rng.uniform(115, 145)
     b_ant = rng.uniform(70, 100)
     b_post = spine_y + rng.uniform(25, 35)

@@ -97,6 +97,7 @@ def add_duodenum(b: AnatomyBuilder) -> None:
 
 
 def add_colon(b: AnatomyBuilder) -> None:
+    """Ascending, transverse and descending colon (with sigmoid and rectum) around the cavity."""
     u, a, crest, kidney_z = b.u, b.cav_a, b.crest_z, b.left_kidney_z
     liver_bottom = b.liver_center[2] - 80 * b.liver_scale
     cecum = np.array([-a * u(0.55, 0.7), -u(20, 50), crest - u(20, 50)])

@@ -28,6 +28,7 @@ class PaintContext:
         self.grid, self.coarse, self.box, self.sdf = grid, coarse, box, sdf
 
     def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Anatomy coordinates (x, y, z), mm, of the box's voxels (see `Grid.coords`)."""
         return self.grid.coords(self.box)
 
     def field(self, fn: ShapeFn, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> np.ndarray:
@@ -79,6 +80,8 @@ class Canvas:
         self.view_lo, self.view_hi = lo - CROP_MARGIN_MM, hi + CROP_MARGIN_MM
 
     def paint(self, part: Part) -> None:
+        """Paints `part` where its shape is negative and the mask lets it claim voxels; then reserves
+        its halo."""
         lo = np.maximum(part.lo - part.halo_mm, self.view_lo)
         hi = np.minimum(part.hi + part.halo_mm, self.view_hi)
         if np.any(hi <= lo):
@@ -126,8 +129,10 @@ def layers(outer: float, *inner: tuple[float, float]) -> HuFn:
 
 
 def const(value: float) -> HuFn:
+    """HU function painting one value."""
     return lambda ctx: value
 
 
 def constant_part(name: str, shape: Tube | VerticalTube, hu: float, force: bool = True) -> Part:
+    """A tube painted with one HU value (force-painted unless `force` is False)."""
     return Part(name, shape, shape.lo, shape.hi, const(hu), force=force)

@@ -40,14 +40,17 @@ class Coarse:
 
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
+        """numpy shape (z, y, x) of values on this grid."""
         return len(self.z), len(self.y), len(self.x)
 
     @property
     def lo(self) -> np.ndarray:
+        """First grid point (x, y, z), mm."""
         return np.array([self.x[0], self.y[0], self.z[0]], float)
 
     @property
     def hi(self) -> np.ndarray:
+        """Last grid point (x, y, z), mm."""
         return np.array([self.x[-1], self.y[-1], self.z[-1]], float)
 
     def evaluate(self, fn: ShapeFn) -> np.ndarray:

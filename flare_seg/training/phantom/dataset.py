@@ -30,10 +30,12 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def case_name(seed: int, index: int) -> str:
+    """The name of case `index` of a dataset with seed `seed`, e.g. phantom_0007_002."""
     return f"phantom_{seed:04d}_{index:03d}"
 
 
 def _write_atomic(image: sitk.Image, path: Path) -> None:
+    """Writes a compressed NIfTI through a temporary file in the same folder, then renames it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
     try:
         sitk.WriteImage(image, str(tmp), useCompression=True)
@@ -44,6 +46,7 @@ def _write_atomic(image: sitk.Image, path: Path) -> None:
 
 
 def _write_case(out_dir: Path, name: str, seed: int, options: PhantomOptions) -> dict[str, Any]:
+    """Generates and writes one case; returns its PhantomInfo as a dict."""
     image, mask, info = generate_case_with_info(seed, options)
     _write_atomic(image, out_dir / "TrainingImg" / f"{name}_0000.nii.gz")
     _write_atomic(mask, out_dir / "TrainingMask" / f"{name}.nii.gz")
@@ -51,6 +54,7 @@ def _write_case(out_dir: Path, name: str, seed: int, options: PhantomOptions) ->
 
 
 def _write_case_star(args: tuple[Path, str, int, PhantomOptions]) -> dict[str, Any]:
+    """`_write_case` with its arguments as one tuple (for Pool.imap)."""
     return _write_case(*args)
 
 

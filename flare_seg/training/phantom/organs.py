@@ -59,6 +59,7 @@ class Organ:
         self.exclusions = list(exclusions)
 
     def clipped(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The template at its scale, clipped, before the exclusions."""
         f = self.own(x, y, z)
         for clip in self.clips:
             f = np.maximum(f, clip(x, y, z))
@@ -101,6 +102,7 @@ def calibrated(
 
 
 def measure_ml(fn: ShapeFn, lo: np.ndarray, hi: np.ndarray, h: float = 3.0) -> float:
+    """Volume (mL) of fn < 0 inside the box [lo, hi] (mm), counted on a grid of spacing h mm."""
     coarse = Coarse.covering(lo, hi, h)
     return float(np.count_nonzero(coarse.evaluate(fn) < 0)) * h**3 / 1000.0
 

@@ -39,6 +39,7 @@ def ellipsoid(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: float, b: float, c
 
 
 def unit(v: Sequence[float] | np.ndarray) -> np.ndarray:
+    """v scaled to unit length."""
     v = np.asarray(v, float)
     return v / np.linalg.norm(v)
 
@@ -107,6 +108,7 @@ class Warp:
 
     @property
     def max_mm(self) -> float:
+        """Upper bound of the displacement length, mm."""
         return float(np.abs(self.amplitude).sum())
 
     def warped(
@@ -256,6 +258,8 @@ class VerticalTube:
 
 
 def ellipsoid_fn(frame: Frame, semi: Sequence[float]) -> ShapeFn:
+    """Shape of an ellipsoid with semi-axes `semi` (mm) along the axes of `frame`."""
+
     def fn(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         return ellipsoid(*frame.local(x, y, z), *semi)
 

@@ -40,6 +40,7 @@ class Spine:
         return np.asarray(y + 0.55 * np.maximum(self.sacrum_z - z, 0.0), np.float32)
 
     def radii(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vertebral body semi-axes (rx, ry), mm, at heights z (mm): smaller in the chest, sacral alae."""
         t = np.clip((z - (self.z0 + 20.0)) / 150.0, 0.0, 1.0)  # thoracic bodies are smaller
         below = np.clip((self.sacrum_z - z) / 40.0, 0.0, 1.0)
         ala = 1.0 + 0.7 * below * np.clip(1.0 - (self.sacrum_z - z - 40.0) / 80.0, 0.0, 1.0)
@@ -53,6 +54,7 @@ class Spine:
         return ((u - np.round(u)) * self.pitch).astype(np.float32)
 
     def body(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Vertebral bodies without the discs (mm)."""
         rx, ry = self.radii(z)
         q = np.sqrt((x / rx) ** 2 + ((y - self.center_y(z)) / ry) ** 2)
         radial = (q - 1.0) * np.minimum(rx, ry)
@@ -67,11 +69,13 @@ class Spine:
         return (q - 1.0) * np.minimum(rx, ry) * 0.97
 
     def canal(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Spinal canal (mm)."""
         _, ry = self.radii(z)
         cy = self.center_y(z) + ry + self.arch * 0.6 + self.canal_r
         return np.hypot(x, y - cy) - self.canal_r
 
     def posterior(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Posterior elements: neural arch ring, spinous and transverse processes (mm)."""
         _, ry = self.radii(z)
         cy = self.center_y(z) + ry + self.arch * 0.6 + self.canal_r
         r = np.hypot(x, y - cy)
@@ -93,6 +97,7 @@ class Spine:
         return np.minimum(ring, np.minimum(spinous, transverse)).astype(np.float32)
 
     def union(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The whole column: bodies, discs, arch and processes (mm)."""
         return np.minimum(
             np.minimum(self.column(x, y, z), self.canal(x, y, z) - self.arch), self.posterior(x, y, z)
         )
@@ -117,6 +122,7 @@ def sample_spine(b: AnatomyBuilder) -> Spine:
 
 
 def add_spine(b: AnatomyBuilder) -> None:
+    """The vertebral column, painted cortical/cancellous bone, discs, CSF and cord."""
     spine, hu = b.spine, b.hu
     z = np.linspace(b.sacrum_z - 130.0, b.top_z, 200)
     cy = spine.center_y(z)
