@@ -95,26 +95,8 @@ class Body:
 def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: float) -> Body:
     """Draws the body outline, wall thicknesses, diaphragm, ribs, pelvis and table from landmarks of
     the skeleton (spine body centre y, iliac crest z and L1 z, mm)."""
-    a = rng.uniform(115, 145)
-    b_ant = rng.uniform(70, 100)
-    b_post = spine_y + rng.uniform(25, 35)
-    n_ant, n_post = rng.uniform(2.0, 2.4), rng.uniform(2.3, 3.0)
-    c, s = np.cos(THETA), np.sin(THETA)
-    post = s > 0
-    n = np.where(post, n_post, n_ant)
-    b = np.where(post, b_post, b_ant)
-    radius = (np.abs(c / a) ** n + np.abs(s / b) ** n) ** (-1.0 / n)
-    modulation: np.ndarray | float = 1.0
-    for m in (2, 3, 4):
-        modulation = modulation + rng.uniform(0, 0.025) * np.cos(m * THETA + rng.uniform(0, 2 * np.pi))
-    radius = radius * modulation
-    pos, neg = np.maximum(s, 0), np.maximum(-s, 0)
-    m_lat, m_ant, m_post = rng.uniform(8, 14), rng.uniform(7, 12), rng.uniform(45, 62)
-    muscle = m_lat + (m_post - m_lat) * pos**4 + (m_ant - m_lat) * neg**2
-    f0 = rng.uniform(6, 35)
-    fat = f0 * (0.75 + 0.35 * neg + 0.25 * np.abs(c)) * (1 + 0.15 * np.cos(2 * THETA + rng.uniform(0, 6.3)))
-    alba = 0.7 * muscle * np.exp(-(((THETA + np.pi / 2) / 0.05) ** 2))  # thin linea alba; fat fills in
-    muscle, fat = muscle - alba, fat + alba
+    a, radius = _sample_cavity_outline(rng, spine_y)
+    muscle, fat = _sample_wall(rng)
     domes = (
         (-a * rng.uniform(0.4, 0.5), -rng.uniform(0, 20), 0.0, rng.uniform(65, 90)),
         (a * rng.uniform(0.4, 0.5), rng.uniform(-10, 10), -rng.uniform(10, 30), rng.uniform(65, 90)),
@@ -124,7 +106,7 @@ def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: 
     scale_amp = rng.uniform(0, 0.05)
     if rng.random() < 0.75:
         r = radius * (1.0 + scale_amp) + muscle + fat + skin
-        table_y = float(np.max(r * s)) - rng.uniform(0, 6)  # the patient's back rests on it
+        table_y = float(np.max(r * np.sin(THETA))) - rng.uniform(0, 6)  # the patient's back rests on it
     return Body(
         cavity_lut=radius.astype(np.float32),
         muscle_lut=muscle.astype(np.float32),
@@ -152,6 +134,36 @@ def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: 
         table_y=table_y,
         table_thickness=rng.uniform(4, 8),
     )
+
+
+def _sample_cavity_outline(rng: np.random.Generator, spine_y: float) -> tuple[float, np.ndarray]:
+    """(half-width mm, cavity radius mm on THETA at scale 1): a superellipse, flatter and deeper
+    behind (reaching past the spine centre at y = spine_y mm), with mild low-order modulation."""
+    a = rng.uniform(115, 145)
+    b_ant = rng.uniform(70, 100)
+    b_post = spine_y + rng.uniform(25, 35)
+    n_ant, n_post = rng.uniform(2.0, 2.4), rng.uniform(2.3, 3.0)
+    c, s = np.cos(THETA), np.sin(THETA)
+    post = s > 0
+    n = np.where(post, n_post, n_ant)
+    b = np.where(post, b_post, b_ant)
+    radius = (np.abs(c / a) ** n + np.abs(s / b) ** n) ** (-1.0 / n)
+    modulation: np.ndarray | float = 1.0
+    for m in (2, 3, 4):
+        modulation = modulation + rng.uniform(0, 0.025) * np.cos(m * THETA + rng.uniform(0, 2 * np.pi))
+    return a, radius * modulation
+
+
+def _sample_wall(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(muscle, subcutaneous fat) thicknesses, mm on THETA: thick back muscles, a thin linea alba."""
+    c, s = np.cos(THETA), np.sin(THETA)
+    pos, neg = np.maximum(s, 0), np.maximum(-s, 0)
+    m_lat, m_ant, m_post = rng.uniform(8, 14), rng.uniform(7, 12), rng.uniform(45, 62)
+    muscle = m_lat + (m_post - m_lat) * pos**4 + (m_ant - m_lat) * neg**2
+    f0 = rng.uniform(6, 35)
+    fat = f0 * (0.75 + 0.35 * neg + 0.25 * np.abs(c)) * (1 + 0.15 * np.cos(2 * THETA + rng.uniform(0, 6.3)))
+    alba = 0.7 * muscle * np.exp(-(((THETA + np.pi / 2) / 0.05) ** 2))  # thin linea alba; fat fills in
+    return muscle - alba, fat + alba
 
 
 # Tissue classes of the body layer, painted with one table lookup per slab.
