@@ -1,0 +1,131 @@
+"""One phantom case, step by step: sample (appearance, anatomy, acquisition), paint, reconstruct.
+
+Each step draws from its own random stream (`case_rngs`), so a change in one step (e.g. a new
+structure) leaves the draws of the others unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from flare_seg.training.phantom.acquisition import (
+    Grid,
+    Reconstruction,
+    blur,
+    outside_circle,
+    sample_grid,
+    sample_reconstruction,
+    to_int16,
+)
+from flare_seg.training.phantom.anatomy import Anatomy, build_anatomy
+from flare_seg.training.phantom.appearance import add_noise, sample_appearance
+from flare_seg.training.phantom.body import paint_body
+from flare_seg.training.phantom.canvas import Canvas
+from flare_seg.training.phantom.params import (
+    DEFAULT_OPTIONS,
+    FREE,
+    RESERVED,
+    PhantomInfo,
+    PhantomOptions,
+    case_rngs,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def generate_case_with_info(
+    seed: int, options: PhantomOptions = DEFAULT_OPTIONS
+) -> tuple[sitk.Image, sitk.Image, PhantomInfo]:
+    """Like `generate_case`, also returning what was sampled."""
+    started = time.perf_counter()
+    rng_anatomy, rng_grid, rng_hu, rng_noise = case_rngs(seed)
+    appearance = sample_appearance(rng_hu)
+    anatomy = build_anatomy(rng_anatomy, appearance)
+    grid, fov, flips, oblique = sample_grid(
+        rng_grid, options, anatomy.body.skin_radius_max(), anatomy.kidney_bottom_z
+    )
+    sampled = time.perf_counter()
+    canvas = _paint(grid, anatomy, appearance.hu, options)
+    painted = time.perf_counter()
+    reconstruction = sample_reconstruction(rng_noise)
+    image_zyx, mask_zyx = _reconstruct(canvas, rng_noise, reconstruction)
+    del canvas
+    image, mask = _to_images(grid, image_zyx, mask_zyx)
+    logger.debug(
+        "phantom seed %d: %s, %s, size %s: sample %.2fs, paint %.2fs, finish %.2fs",
+        seed,
+        appearance.phase,
+        fov,
+        grid.size_xyz,
+        sampled - started,
+        painted - sampled,
+        time.perf_counter() - painted,
+    )
+    info = PhantomInfo(
+        seed=int(seed),
+        size=options.size,
+        phase=appearance.phase,
+        fov=fov,
+        noise_sd_hu=reconstruction.noise_sd_hu,
+        blur_sigma_vox_xyz=reconstruction.blur_sigma_vox_xyz,
+        pad_value=reconstruction.pad_value,
+        flipped_xyz=flips,
+        oblique_deg=oblique,
+        size_xyz=grid.size_xyz,
+        spacing_xyz=grid.spacing_xyz,
+        hu_means={k: round(v, 1) for k, v in appearance.hu.items() if not k.startswith("_")},
+    )
+    return image, mask, info
+
+
+def generate_case(seed: int, options: PhantomOptions = DEFAULT_OPTIONS) -> tuple[sitk.Image, sitk.Image]:
+    """One synthetic CT case: (image, mask) with exactly the same geometry.
+
+    image: int16 HU; air about -1000, optionally -2048 or -3024 outside a circular field of view.
+    mask: uint8 labels from flare_seg.labels (0 background, organs as listed there; both kidneys
+        share one label). Deterministic for a given seed and options.
+    """
+    image, mask, _ = generate_case_with_info(seed, options)
+    return image, mask
+
+
+def _paint(grid: Grid, anatomy: Anatomy, hu: dict[str, float], options: PhantomOptions) -> Canvas:
+    """The body layer, then every part in painting order, on a fresh canvas over `grid`."""
+    canvas = Canvas(grid, h_mm=2.0 if options.size == "full" else 3.0)
+    paint_body(canvas, anatomy.body, hu)
+    for part in anatomy.parts:
+        canvas.paint(part)
+    return canvas
+
+
+def _reconstruct(
+    canvas: Canvas, rng: np.random.Generator, reconstruction: Reconstruction
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise, blur, int16 conversion and circular-FOV padding; returns the (image int16, mask uint8)
+    arrays (z, y, x), with reserved mask codes written as background."""
+    hu = canvas.hu
+    add_noise(hu, rng, reconstruction.noise_sd_hu, reconstruction.blur_sigma_vox_xyz)
+    blur(hu, reconstruction.blur_sigma_vox_xyz)
+    image = to_int16(hu)
+    mask = canvas.mask
+    mask[mask == RESERVED] = FREE
+    if reconstruction.pad_value is not None:
+        outside = outside_circle(hu.shape)
+        image[:, outside] = reconstruction.pad_value
+        mask[:, outside] = FREE
+    return image, mask
+
+
+def _to_images(grid: Grid, image_zyx: np.ndarray, mask_zyx: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
+    """SimpleITK images on `grid`; numpy (z, y, x) arrays become SimpleITK (x, y, z) images."""
+    image = sitk.GetImageFromArray(image_zyx)
+    image.SetSpacing(grid.spacing_xyz)
+    image.SetOrigin(grid.origin_xyz)
+    image.SetDirection(grid.direction)
+    mask = sitk.GetImageFromArray(mask_zyx)
+    mask.CopyInformation(image)
+    return image, mask

@@ -1,0 +1,88 @@
+"""What a phantom is asked for and what was sampled; mask codes and the random streams shared by
+the generation steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from flare_seg.labels import BACKGROUND, LABELS
+
+_LABEL_BY_NAME = {name: value for value, name in LABELS.items()}
+LIVER = _LABEL_BY_NAME["liver"]
+KIDNEY = _LABEL_BY_NAME["kidney"]
+SPLEEN = _LABEL_BY_NAME["spleen"]
+PANCREAS = _LABEL_BY_NAME["pancreas"]
+FREE = BACKGROUND
+RESERVED = 255  # internal mask code: claimed by a non-organ structure; written out as background
+if RESERVED in LABELS:
+    raise RuntimeError("label 255 is reserved by the phantom generator")
+
+SIZE_LIMITS = {"full": 320, "small": 150}  # most slices per case
+
+
+@dataclass(frozen=True)
+class PhantomOptions:
+    """How phantoms are sampled.
+
+    size: "full" gives 512 x 512 voxels in-plane with 0.6-1.0 mm pixels and 1-5 mm slices over a 25-45
+        cm field of view (FLARE21-like); "small" gives about 96-128 voxels in-plane with 3-4 mm pixels
+        and 3-6 mm slices, for fast tests (same anatomy in mm, same code path).
+    flip_probability: probability that each of the three grid axes is flipped in the direction matrix.
+    oblique_probability: probability of composing a 5-15 degree rotation about a random axis into the
+        direction matrix.
+    """
+
+    size: Literal["full", "small"] = "full"
+    flip_probability: float = 0.5
+    oblique_probability: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZE_LIMITS:
+            raise ValueError(f"size must be one of {sorted(SIZE_LIMITS)}, got {self.size!r}")
+        for name in ("flip_probability", "oblique_probability"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+DEFAULT_OPTIONS = PhantomOptions()
+
+
+@dataclass(frozen=True)
+class PhantomInfo:
+    """What was sampled for one case (for bookkeeping and tests; not needed to use the images).
+
+    hu_means: the case's mean HU per tissue before texture, blur and noise.
+    fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
+    flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
+    pad_value: HU written outside the circular reconstruction field of view, or None.
+    """
+
+    seed: int
+    size: str
+    phase: str
+    fov: str
+    noise_sd_hu: float
+    blur_sigma_vox_xyz: tuple[float, float, float]
+    pad_value: int | None
+    flipped_xyz: tuple[bool, bool, bool]
+    oblique_deg: float
+    size_xyz: tuple[int, int, int]
+    spacing_xyz: tuple[float, float, float]
+    hu_means: dict[str, float]
+
+
+def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """One draw from U(lo, hi) as a Python float."""
+    return float(rng.uniform(lo, hi))
+
+
+def case_rngs(seed: int) -> list[np.random.Generator]:
+    """The four independent random streams of one case: anatomy, acquisition grid, appearance (HU)
+    and reconstruction (noise, blur, circle), spawned from SeedSequence(seed)."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)]

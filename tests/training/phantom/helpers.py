@@ -1,0 +1,43 @@
+"""Shared small phantoms and measurements for the phantom tests (cached, so each case is generated
+once per test session)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import SimpleITK as sitk
+
+from flare_seg.labels import LABELS
+from flare_seg.training.phantom import PhantomInfo, PhantomOptions, generate_case_with_info
+
+SMALL = PhantomOptions(size="small")
+SEEDS = tuple(range(8))
+LABEL = {name: value for value, name in LABELS.items()}
+
+
+@cache
+def _case(seed: int, options: PhantomOptions = SMALL) -> tuple[sitk.Image, sitk.Image, PhantomInfo]:
+    return generate_case_with_info(seed, options)
+
+
+def _geometry(image: sitk.Image) -> tuple:
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+def _centroid_lps(mask: sitk.Image, label: int) -> np.ndarray:
+    """Physical (LPS mm) centroid of a label; numpy gives (z, y, x) indices, SimpleITK wants (x, y, z)."""
+    zyx = np.argwhere(sitk.GetArrayViewFromImage(mask) == label).mean(axis=0)
+    return np.array(mask.TransformContinuousIndexToPhysicalPoint(zyx[::-1].tolist()))
+
+
+def _touches_top_or_bottom(mask: sitk.Image, label: int) -> bool:
+    """Whether a label reaches the first or last slice (slices are the array's first axis)."""
+    m = sitk.GetArrayViewFromImage(mask)
+    return bool((m[0] == label).any() or (m[-1] == label).any())
+
+
+def _volume_ml(mask: sitk.Image, label: int) -> float:
+    return float(
+        np.count_nonzero(sitk.GetArrayViewFromImage(mask) == label) * np.prod(mask.GetSpacing()) / 1000
+    )
