@@ -507,6 +507,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from flare_seg.cli import exit_now
+    from flare_seg.console import exit_now
 
     exit_now(main())
