@@ -226,12 +226,41 @@ def io_floor(path: Path, max_voxels: int, out_dir: Path) -> dict[str, float]:
     return {"read_s": round(read_s, 3), "write_s": round(write_s, 3), "total_s": round(read_s + write_s, 3)}
 
 
+_WORKER_MAX_VOXELS = 2_000_000_000  # the benchmark's inputs are far below any service limit
+
+
 def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
-    """Everything measured for one input size, in this (fresh) process."""
+    """Everything measured for one input size, in this (fresh) process.
+
+    Stages: cold start (imports, model load, warm-up), the I/O floor, the steady-state cases with
+    their memory, then the single-stage baseline and the batch throughput where asked for."""
+    segmenter, out = _cold_start(opts)
+    path = Path(opts["path"])
+    with tempfile.TemporaryDirectory(prefix="flare-seg-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        out["io_floor"] = io_floor(path, _WORKER_MAX_VOXELS, tmp_dir)
+        runs, voxels, memory = _steady_state(segmenter, path, opts["repeats"], tmp_dir)
+        out["voxels"] = voxels
+        out["runs"] = runs
+        best = min(runs, key=lambda r: r["wall_s"])
+        out["steady_state_wall_s"] = best["wall_s"]
+        cold = out["cold_start_s"]
+        cold["first_case_s"] = runs[0]["wall_s"]
+        cold["time_to_first_mask_s"] = round(cold["total_s"] + runs[0]["wall_s"], 3)
+        out["stages_s"] = best["stages_s"]
+        out["memory"] = memory
+        if opts["baseline"]:
+            out["single_stage_baseline"] = _baseline(segmenter, path, tmp_dir)
+        if opts["batch_cases"] > 0:
+            out["batch"] = _batch(segmenter, path, opts["batch_cases"], voxels, tmp_dir)
+    return out
+
+
+def _cold_start(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Import, load and warm up the pipeline; the loaded ``Segmenter`` and the worker's first figures."""
     t_start = time.perf_counter()
     import tensorflow as tf
 
-    from flare_seg.service.cli import predict_dir
     from flare_seg.service.models import onednn_enabled
     from flare_seg.service.pipeline import Segmenter
 
@@ -240,8 +269,6 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
     t_loaded = time.perf_counter()
     segmenter.warm_up()
     t_warm = time.perf_counter()
-    path = Path(opts["path"])
-    max_voxels = 2_000_000_000
     out: dict[str, Any] = {
         "slices": opts["slices"],
         "cold_start_s": {
@@ -254,97 +281,115 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
         "onednn": onednn_enabled(),  # TensorFlow's oneDNN CPU kernels (3-4x faster 3D convolutions)
         "precision": segmenter.models.precision,  # the networks' arithmetic (mixed float16 on a GPU)
     }
+    return segmenter, out
 
-    with tempfile.TemporaryDirectory(prefix="flare-seg-bench-") as tmp:
-        tmp_dir = Path(tmp)
-        out["io_floor"] = io_floor(path, max_voxels, tmp_dir)
-        idle = rss_mib()
-        exact_peak = reset_peak_rss()
-        _tf_reset(tf)
-        runs = []
-        steady_idle = steady_peak = None
-        for i in range(opts["repeats"]):
-            if i == 1:  # from here on: between cases, with the models' working memory in place
-                steady_idle, first_peak = rss_mib(), peak_rss_mib()
-                reset_peak_rss()
-            t = time.perf_counter()
-            volume = segmenter.read_volume(path, max_voxels)  # as the batch CLI does
-            read_s = time.perf_counter() - t
-            voxels = volume.array_zyx.size
-            result = segmenter.segment_volume(volume, release_input=True)  # as the batch CLI does
-            del volume
-            t_w = time.perf_counter()
-            result.write_mask(tmp_dir / "mask.nii.gz")
-            write_s = time.perf_counter() - t_w
-            stages = {"read_s": round(read_s, 3), **result.timings_s, "write_s": round(write_s, 3)}
-            runs.append({"wall_s": round(time.perf_counter() - t, 3), "stages_s": stages})
-            del result
-        peak = peak_rss_mib()
-        if steady_idle is not None:
-            steady_peak, peak = peak, max(peak, first_peak)
-        out["voxels"] = voxels
-        out["runs"] = runs
-        best = min(runs, key=lambda r: r["wall_s"])
-        out["steady_state_wall_s"] = best["wall_s"]
-        cold = out["cold_start_s"]
-        cold["first_case_s"] = runs[0]["wall_s"]
-        cold["time_to_first_mask_s"] = round(cold["total_s"] + runs[0]["wall_s"], 3)
-        out["stages_s"] = best["stages_s"]
-        out["memory"] = {
-            "idle_rss_mib": round(idle, 1),
-            "peak_rss_mib": round(peak, 1),
-            "peak_above_idle_mib": round(peak - idle, 1),
-            "peak_above_idle_bytes_per_voxel": round((peak - idle) * 2**20 / voxels, 2),
-            "peak_is_exact": exact_peak,  # False: the process-lifetime peak (includes load/warm-up)
-        }
-        if steady_idle is not None and steady_peak is not None:
-            # After a first case the process keeps TensorFlow's working memory for the networks
-            # (its oneDNN allocator pools it for reuse): that is the loaded models' idle footprint
-            # in service, and what each further case adds is measured above it.
-            out["memory"].update(
-                {
-                    "steady_idle_rss_mib": round(steady_idle, 1),
-                    "steady_peak_rss_mib": round(steady_peak, 1),
-                    "steady_peak_above_idle_mib": round(steady_peak - steady_idle, 1),
-                    "steady_peak_above_idle_bytes_per_voxel": round(
-                        (steady_peak - steady_idle) * 2**20 / voxels, 2
-                    ),
-                }
-            )
-        tf_peak = _tf_peak_mib(tf)
-        if tf_peak is not None:
-            # On a GPU: peak GPU memory of the tensors. On a CPU: the same figure for the same float32
-            # graphs, what a GPU would need besides its CUDA context and cuDNN workspaces.
-            out["memory"]["tensorflow_device"] = _tf_device(tf)
-            out["memory"]["tensorflow_peak_mib"] = round(tf_peak, 1)
-            if out["memory"]["tensorflow_device"].startswith("GPU"):
-                out["memory"]["gpu_peak_mib"] = round(tf_peak, 1)
 
-        if opts["baseline"]:
-            # The better of two runs, as for the two-stage figure: the first run of each new tile
-            # shape also pays for building its oneDNN kernels.
-            base_runs = [single_stage_baseline(segmenter, path, max_voxels, tmp_dir) for _ in range(2)]
-            best_base = min(base_runs, key=lambda b: b["total_s"])
-            out["single_stage_baseline"] = {**best_base, "runs_total_s": [b["total_s"] for b in base_runs]}
-        if opts["batch_cases"] > 0:
-            inputs = tmp_dir / "inputs"
-            inputs.mkdir()
-            for i in range(opts["batch_cases"]):
-                (inputs / f"case{i:02d}_0000.nii.gz").symlink_to(path.resolve())
+def _one_case(segmenter: Any, path: Path, tmp_dir: Path) -> tuple[dict[str, Any], int]:
+    """One case as the batch CLI runs it, from reading the file to the written mask: its wall time
+    and stages, and its voxel count."""
+    t = time.perf_counter()
+    volume = segmenter.read_volume(path, _WORKER_MAX_VOXELS)  # as the batch CLI does
+    read_s = time.perf_counter() - t
+    voxels = int(volume.array_zyx.size)
+    result = segmenter.segment_volume(volume, release_input=True)  # as the batch CLI does
+    del volume
+    t_w = time.perf_counter()
+    result.write_mask(tmp_dir / "mask.nii.gz")
+    write_s = time.perf_counter() - t_w
+    stages = {"read_s": round(read_s, 3), **result.timings_s, "write_s": round(write_s, 3)}
+    return {"wall_s": round(time.perf_counter() - t, 3), "stages_s": stages}, voxels
+
+
+def _steady_state(
+    segmenter: Any, path: Path, repeats: int, tmp_dir: Path
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """``repeats`` cases in a row: their runs, the voxel count and the memory figures."""
+    import tensorflow as tf
+
+    idle = rss_mib()
+    exact_peak = reset_peak_rss()
+    _tf_reset(tf)
+    runs: list[dict[str, Any]] = []
+    steady_idle: float | None = None
+    first_peak = 0.0
+    voxels = 0
+    for i in range(repeats):
+        if i == 1:  # from here on: between cases, with the models' working memory in place
+            steady_idle, first_peak = rss_mib(), peak_rss_mib()
             reset_peak_rss()
-            before = rss_mib()
-            t = time.perf_counter()
-            reports = predict_dir(inputs, tmp_dir / "outputs", segmenter, max_voxels=max_voxels)
-            total = time.perf_counter() - t
-            out["batch"] = {
-                "cases": len(reports),
-                "failed": sum(r.status != "ok" for r in reports),
-                "total_s": round(total, 3),
-                "per_case_s": round(total / len(reports), 3),
-                "peak_above_start_mib": round(peak_rss_mib() - before, 1),
-                "peak_above_start_bytes_per_voxel": round((peak_rss_mib() - before) * 2**20 / voxels, 2),
+        run, voxels = _one_case(segmenter, path, tmp_dir)
+        runs.append(run)
+    peak = peak_rss_mib()
+    steady_peak = None
+    if steady_idle is not None:
+        steady_peak, peak = peak, max(peak, first_peak)
+    memory: dict[str, Any] = {
+        "idle_rss_mib": round(idle, 1),
+        "peak_rss_mib": round(peak, 1),
+        "peak_above_idle_mib": round(peak - idle, 1),
+        "peak_above_idle_bytes_per_voxel": round((peak - idle) * 2**20 / voxels, 2),
+        "peak_is_exact": exact_peak,  # False: the process-lifetime peak (includes load/warm-up)
+    }
+    if steady_idle is not None and steady_peak is not None:
+        # After a first case the process keeps TensorFlow's working memory for the networks
+        # (its oneDNN allocator pools it for reuse): that is the loaded models' idle footprint
+        # in service, and what each further case adds is measured above it.
+        memory.update(
+            {
+                "steady_idle_rss_mib": round(steady_idle, 1),
+                "steady_peak_rss_mib": round(steady_peak, 1),
+                "steady_peak_above_idle_mib": round(steady_peak - steady_idle, 1),
+                "steady_peak_above_idle_bytes_per_voxel": round(
+                    (steady_peak - steady_idle) * 2**20 / voxels, 2
+                ),
             }
-    return out
+        )
+    memory.update(_tf_memory(tf))
+    return runs, voxels, memory
+
+
+def _tf_memory(tf: Any) -> dict[str, Any]:
+    """TensorFlow's peak tensor memory on the networks' device, where its allocator keeps count."""
+    tf_peak = _tf_peak_mib(tf)
+    if tf_peak is None:
+        return {}
+    # On a GPU: peak GPU memory of the tensors. On a CPU: the same figure for the same float32
+    # graphs, what a GPU would need besides its CUDA context and cuDNN workspaces.
+    memory: dict[str, Any] = {"tensorflow_device": _tf_device(tf), "tensorflow_peak_mib": round(tf_peak, 1)}
+    if memory["tensorflow_device"].startswith("GPU"):
+        memory["gpu_peak_mib"] = round(tf_peak, 1)
+    return memory
+
+
+def _baseline(segmenter: Any, path: Path, tmp_dir: Path) -> dict[str, Any]:
+    """The single-stage baseline: the better of two runs, as for the two-stage figure (the first
+    run of each new tile shape also pays for building its oneDNN kernels)."""
+    base_runs = [single_stage_baseline(segmenter, path, _WORKER_MAX_VOXELS, tmp_dir) for _ in range(2)]
+    best_base = min(base_runs, key=lambda b: b["total_s"])
+    return {**best_base, "runs_total_s": [b["total_s"] for b in base_runs]}
+
+
+def _batch(segmenter: Any, path: Path, cases: int, voxels: int, tmp_dir: Path) -> dict[str, Any]:
+    """Batch throughput through ``predict_dir``: ``cases`` copies (links) of the input in a row."""
+    from flare_seg.service.cli import predict_dir
+
+    inputs = tmp_dir / "inputs"
+    inputs.mkdir()
+    for i in range(cases):
+        (inputs / f"case{i:02d}_0000.nii.gz").symlink_to(path.resolve())
+    reset_peak_rss()
+    before = rss_mib()
+    t = time.perf_counter()
+    reports = predict_dir(inputs, tmp_dir / "outputs", segmenter, max_voxels=_WORKER_MAX_VOXELS)
+    total = time.perf_counter() - t
+    return {
+        "cases": len(reports),
+        "failed": sum(r.status != "ok" for r in reports),
+        "total_s": round(total, 3),
+        "per_case_s": round(total / len(reports), 3),
+        "peak_above_start_mib": round(peak_rss_mib() - before, 1),
+        "peak_above_start_bytes_per_voxel": round((peak_rss_mib() - before) * 2**20 / voxels, 2),
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -507,6 +552,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from flare_seg.cli import exit_now
+    from flare_seg.console import exit_now
 
     exit_now(main())

@@ -6,17 +6,21 @@ Errors the user can fix end with one line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flare_seg.console import exit_now
 
 log = logging.getLogger("flare_seg")
 
 EXIT_FAILED_CASES = 1
 EXIT_USAGE = 2
+
+if TYPE_CHECKING:  # what ``ArgumentParser.add_subparsers`` returns
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -178,13 +182,7 @@ def _add_precision_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flare-seg", description="Two-stage abdominal CT organ segmentation."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_synth(sub: _Subparsers) -> None:
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the FLARE21 layout")
     p.add_argument("out_dir")
     p.add_argument("--cases", type=int, default=10)
@@ -196,15 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 
-    for task in ("localization", "segmentation"):
-        p = sub.add_parser(f"train-{task}", help=f"train the {task} network (resumes from checkpoints)")
-        p.add_argument("data_dir", help="dataset in the FLARE21 layout (TrainingImg/, TrainingMask/)")
-        p.add_argument("--run-dir", default=f"runs/{task}", help="checkpoints, config, metrics")
-        p.add_argument("--config", type=Path, help="YAML file of training settings")
-        p.add_argument("--steps", type=int)
-        p.add_argument("--seed", type=int)
-        p.set_defaults(func=_cmd_train(task))
 
+def _add_train(sub: _Subparsers, task: str) -> None:
+    p = sub.add_parser(f"train-{task}", help=f"train the {task} network (resumes from checkpoints)")
+    p.add_argument("data_dir", help="dataset in the FLARE21 layout (TrainingImg/, TrainingMask/)")
+    p.add_argument("--run-dir", default=f"runs/{task}", help="checkpoints, config, metrics")
+    p.add_argument("--config", type=Path, help="YAML file of training settings")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_train(task))
+
+
+def _add_export(sub: _Subparsers) -> None:
     p = sub.add_parser("export", help="export the three SavedModels and the manifest")
     p.add_argument("--localization-run", default="runs/localization")
     p.add_argument("--segmentation-run", default="runs/segmentation")
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", help="free text recorded in the manifest")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_predict(sub: _Subparsers) -> None:
     p = sub.add_parser("predict", help="segment every <case>_0000.nii.gz of INPUT_DIR into OUTPUT_DIR")
     p.add_argument("input_dir")
     p.add_argument("output_dir")
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_flag(p)
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_evaluate(sub: _Subparsers) -> None:
     p = sub.add_parser("evaluate", help="per-case, per-organ Dice and normalized surface distance")
     p.add_argument("pred_dir")
     p.add_argument("label_dir")
@@ -228,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="where evaluation.csv/json go (default PRED_DIR)")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_serve(sub: _Subparsers) -> None:
     p = sub.add_parser("serve", help="run the HTTP inference server")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -235,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_flag(p)
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_bench(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "bench", help="time and memory of the pipeline on full-size CTs (512 x 512 x N at 0.8/1.5 mm)"
     )
@@ -256,11 +265,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_flag(p)
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_demo(sub: _Subparsers) -> None:
     p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")
     p.add_argument("--image", default="examples/phantom_example_0000.nii.gz")
     p.add_argument("--out", default="outputs/phantom_example.nii.gz")
     p.add_argument("--models-dir")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flare-seg`` parser; the subcommands are listed in this order in ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="flare-seg", description="Two-stage abdominal CT organ segmentation."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_synth(sub)
+    for task in ("localization", "segmentation"):
+        _add_train(sub, task)
+    _add_export(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_serve(sub)
+    _add_bench(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -291,24 +320,6 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The ``flare-seg`` command: ``main``, then ``exit_now``."""
     exit_now(main())
-
-
-def exit_now(code: int) -> None:
-    """End the process with ``code`` once a command has finished.
-
-    Once TensorFlow is loaded, the interpreter's own teardown takes over a second (it unwinds the
-    loaded SavedModels and TensorFlow's modules) and does nothing a finished command needs: every
-    output file is already complete and closed. So the logs and streams are flushed and the process
-    ends at once; FLARE-style timing of ``predict.sh`` counts that second per run. Without
-    TensorFlow loaded this is a plain ``sys.exit``.
-    """
-    if "tensorflow" not in sys.modules:
-        sys.exit(code)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say anyway
-            stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

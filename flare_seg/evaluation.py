@@ -173,6 +173,13 @@ def normalized_surface_distance(
         return 0.0
 
     pred_box, ref_box = _crop_to_union(pred, ref, (1, 1, 1))
+    return _surface_dice(pred_box, ref_box, spacing, tolerance_mm)
+
+
+def _surface_dice(
+    pred_box: np.ndarray, ref_box: np.ndarray, spacing: tuple[float, float, float], tolerance_mm: float
+) -> float:
+    """The NSD of two non-empty boolean masks on the same box (see ``normalized_surface_distance``)."""
     # surface element areas (mm²) and distances (mm) to the other surface, as 1-D arrays in the same order
     pred_border, pred_areas = _surface_elements(pred_box, spacing)
     ref_border, ref_areas = _surface_elements(ref_box, spacing)
@@ -410,23 +417,12 @@ def evaluate_dirs(
     per_case: dict[str, Scores] = {}
     missing: list[str] = []
     for case, label_path in sorted(label_paths.items()):
-        try:
-            ref = read_label_image(label_path)
-        except ValueError as error:
-            raise ValueError(f"case {case}: label {label_path}: {error}") from error
         pred_path = _prediction_file(pred_dir, case)
         if pred_path is None:
-            logger.warning("no prediction for case %s in %s: scored as empty", case, pred_dir)
             missing.append(case)
-            _check_label_image(ref, f"label {label_path}")
-            scores = _score_arrays(None, sitk.GetArrayViewFromImage(ref), _spacing_mm_zyx(ref), tolerance_mm)
         else:
             unused_preds.discard(pred_path.name)
-            try:
-                scores = evaluate_case(read_label_image(pred_path), ref, tolerance_mm)
-            except ValueError as error:
-                raise ValueError(f"case {case} ({pred_path} vs {label_path}): {error}") from error
-        per_case[case] = scores
+        per_case[case] = scores = _score_case(case, label_path, pred_path, pred_dir, tolerance_mm)
         logger.info(
             "%s: %s",
             case,
@@ -441,12 +437,34 @@ def evaluate_dirs(
     report = EvaluationReport(
         per_case=per_case, mean=mean, std=std, missing=missing, tolerance_mm=float(tolerance_mm)
     )
-    out_dir = pred_dir if out_dir is None else Path(out_dir)
+    _write_report(report, pred_dir if out_dir is None else Path(out_dir))
+    return report
+
+
+def _score_case(
+    case: str, label_path: Path, pred_path: Path | None, pred_dir: Path, tolerance_mm: float
+) -> Scores:
+    """One case's per-organ scores; without a prediction, those of an empty prediction."""
+    try:
+        ref = read_label_image(label_path)
+    except ValueError as error:
+        raise ValueError(f"case {case}: label {label_path}: {error}") from error
+    if pred_path is None:
+        logger.warning("no prediction for case %s in %s: scored as empty", case, pred_dir)
+        _check_label_image(ref, f"label {label_path}")
+        return _score_arrays(None, sitk.GetArrayViewFromImage(ref), _spacing_mm_zyx(ref), tolerance_mm)
+    try:
+        return evaluate_case(read_label_image(pred_path), ref, tolerance_mm)
+    except ValueError as error:
+        raise ValueError(f"case {case} ({pred_path} vs {label_path}): {error}") from error
+
+
+def _write_report(report: EvaluationReport, out_dir: Path) -> None:
+    """``evaluation.csv`` and ``evaluation.json`` into ``out_dir``, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / CSV_NAME, _csv_text(per_case))
+    _write_atomic(out_dir / CSV_NAME, _csv_text(report.per_case))
     _write_atomic(out_dir / JSON_NAME, json.dumps(report.to_json_dict(), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s and %s", out_dir / CSV_NAME, out_dir / JSON_NAME)
-    return report
 
 
 def read_label_image(path: Path) -> sitk.Image:

@@ -32,11 +32,12 @@ import math
 import os
 import struct
 import tempfile
+import types
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,14 +45,18 @@ import SimpleITK as sitk
 from flare_seg.geometry import Geometry, image_from_array_zyx
 from flare_seg.labels import ORGANS
 
+# The gzip, inflate and deflate implementations: modules with gzip's and zlib's interfaces.
+_gzip_lib: types.ModuleType
+_inflate_lib: types.ModuleType
+_deflate_lib: types.ModuleType
 try:  # ISA-L's inflate and deflate are faster than zlib's; same stream format and checks
     from isal import igzip as _gzip_lib
     from isal import isal_zlib as _inflate_lib
 
     _deflate_lib, _DEFLATE_LEVEL = _inflate_lib, 2  # ISA-L levels are 0..3
 except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallback
-    _gzip_lib = gzip  # type: ignore[assignment]
-    _inflate_lib = _deflate_lib = zlib  # type: ignore[assignment]
+    _gzip_lib = gzip
+    _inflate_lib = _deflate_lib = zlib
     _DEFLATE_LEVEL = 6
 
 logger = logging.getLogger(__name__)
@@ -115,6 +120,9 @@ _ACCEPTED_PIXEL_IDS = frozenset(
 _CAST_TO_FLOAT32_PIXEL_IDS = frozenset({sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64})
 
 
+ByteOrder = Literal["<", ">"]  # little-endian, big-endian (struct and numpy notation)
+
+
 class InputError(ValueError):
     """A problem with a user's input file; the message says what is wrong and with which file.
 
@@ -152,7 +160,7 @@ class NiftiHeader:
     spacing_mm_xyz: tuple[float, float, float]
     data_offset: int
     compressed: bool
-    byteorder: str = "<"  # "<" little-endian, ">" big-endian
+    byteorder: ByteOrder = "<"  # "<" little-endian, ">" big-endian
     raw: bytes = field(default=b"", repr=False, compare=False)  # the header's own bytes (348 or 540)
 
 
@@ -185,6 +193,43 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
             an unsupported data type, a zero, negative or non-finite voxel spacing, a truncated header.
     """
     name = _name(path, display_name)
+    raw, compressed = _read_header_bytes(path, name)
+    endian, sizeof_hdr = _header_byte_order(raw, name)
+    if sizeof_hdr == _NIFTI1_HEADER_BYTES:
+        fields = _nifti1_fields(raw, endian, name)
+    else:
+        fields = _nifti2_fields(raw, endian, name)
+    dims_xyz = _check_dimensions(fields.dim, name)
+    voxel_count = _check_size_limits(dims_xyz, max_voxels, name)
+    datatype = _check_datatype(fields.datatype_code, name)
+    spacing_mm_xyz = _check_spacing(fields.pixdim, name)
+    return NiftiHeader(
+        dims_xyz=dims_xyz,
+        datatype=datatype,
+        voxel_count=voxel_count,
+        nbytes=voxel_count * _ITEMSIZE[datatype],
+        version=fields.version,
+        spacing_mm_xyz=spacing_mm_xyz,
+        data_offset=fields.data_offset,
+        compressed=compressed,
+        byteorder=endian,
+        raw=bytes(raw[:sizeof_hdr]),
+    )
+
+
+@dataclass(frozen=True)
+class _HeaderFields:
+    """The raw header fields ``read_nifti_header`` checks, as stored (NIfTI-1 and -2 alike)."""
+
+    version: int  # 1 or 2
+    dim: tuple[int, ...]  # dim[0] = number of dimensions, dim[1:] = sizes
+    datatype_code: int
+    pixdim: tuple[float, ...]  # pixdim[1:4] = voxel spacing (x, y, z)
+    data_offset: int  # byte offset of the voxel data
+
+
+def _read_header_bytes(path: Path, name: str) -> tuple[bytes, bool]:
+    """The first 540 (decompressed) bytes of the file, and whether it is gzip-compressed."""
     try:
         compressed = is_gzip(path)
         if compressed:
@@ -201,60 +246,65 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         raise InputError(f"{name}: corrupt gzip data in the NIfTI header ({e})") from None
     except OSError as e:
         raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
-
     if not raw:
         raise InputError(f"{name}: the file is empty")
     if len(raw) < 4:
         raise UnsupportedFormatError(f"{name}: not a NIfTI file ({len(raw)} bytes only)")
+    return raw, compressed
 
-    endian = ""
-    for candidate in ("<", ">"):
+
+def _header_byte_order(raw: bytes, name: str) -> tuple[ByteOrder, int]:
+    """The byte order ("<" or ">") in which ``sizeof_hdr`` reads 348 or 540, and that size."""
+    candidates: tuple[ByteOrder, ...] = ("<", ">")
+    for candidate in candidates:
         (sizeof_hdr,) = struct.unpack(candidate + "i", raw[:4])
         if sizeof_hdr in (_NIFTI1_HEADER_BYTES, _NIFTI2_HEADER_BYTES):
-            endian = candidate
-            break
-    if not endian:
+            if len(raw) < sizeof_hdr:
+                raise InputError(f"{name}: truncated NIfTI header ({len(raw)} of {sizeof_hdr} bytes)")
+            return candidate, int(sizeof_hdr)
+    raise UnsupportedFormatError(
+        f"{name}: not a NIfTI file (unknown header size); expected a .nii or .nii.gz image"
+    )
+
+
+def _nifti1_fields(raw: bytes, endian: str, name: str) -> _HeaderFields:
+    magic = raw[344:348]
+    if magic == b"ni1\x00":
         raise UnsupportedFormatError(
-            f"{name}: not a NIfTI file (unknown header size); expected a .nii or .nii.gz image"
+            f"{name}: a NIfTI .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
         )
-    if len(raw) < sizeof_hdr:
-        raise InputError(f"{name}: truncated NIfTI header ({len(raw)} of {sizeof_hdr} bytes)")
+    if magic != b"n+1\x00":
+        raise UnsupportedFormatError(f"{name}: not a NIfTI file (no 'n+1' magic; ANALYZE is not supported)")
+    dim = struct.unpack(endian + "8h", raw[40:56])
+    (datatype_code,) = struct.unpack(endian + "h", raw[70:72])
+    pixdim = struct.unpack(endian + "8f", raw[76:108])
+    (vox_offset_f,) = struct.unpack(endian + "f", raw[108:112])
+    if not math.isfinite(vox_offset_f) or vox_offset_f < 0:
+        raise InputError(f"{name}: invalid vox_offset {vox_offset_f} in the NIfTI header")
+    data_offset = max(int(vox_offset_f), _NIFTI1_HEADER_BYTES + 4)
+    return _HeaderFields(1, dim, datatype_code, pixdim, data_offset)
 
-    if sizeof_hdr == _NIFTI1_HEADER_BYTES:
-        version = 1
-        magic = raw[344:348]
-        if magic == b"ni1\x00":
-            raise UnsupportedFormatError(
-                f"{name}: a NIfTI .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
-            )
-        if magic != b"n+1\x00":
-            raise UnsupportedFormatError(
-                f"{name}: not a NIfTI file (no 'n+1' magic; ANALYZE is not supported)"
-            )
-        dim = struct.unpack(endian + "8h", raw[40:56])
-        (datatype_code,) = struct.unpack(endian + "h", raw[70:72])
-        pixdim = struct.unpack(endian + "8f", raw[76:108])
-        (vox_offset_f,) = struct.unpack(endian + "f", raw[108:112])
-        if not math.isfinite(vox_offset_f) or vox_offset_f < 0:
-            raise InputError(f"{name}: invalid vox_offset {vox_offset_f} in the NIfTI header")
-        data_offset = max(int(vox_offset_f), _NIFTI1_HEADER_BYTES + 4)
-    else:
-        version = 2
-        magic = raw[4:12]
-        if magic[:4] == b"ni2\x00":
-            raise UnsupportedFormatError(
-                f"{name}: a NIfTI-2 .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
-            )
-        if magic[:4] != b"n+2\x00":
-            raise UnsupportedFormatError(f"{name}: not a NIfTI file (no 'n+2' magic)")
-        (datatype_code,) = struct.unpack(endian + "h", raw[12:14])
-        dim = struct.unpack(endian + "8q", raw[16:80])
-        pixdim = struct.unpack(endian + "8d", raw[104:168])
-        (vox_offset,) = struct.unpack(endian + "q", raw[168:176])
-        if vox_offset < 0:
-            raise InputError(f"{name}: invalid vox_offset {vox_offset} in the NIfTI header")
-        data_offset = max(int(vox_offset), _NIFTI2_HEADER_BYTES + 4)
 
+def _nifti2_fields(raw: bytes, endian: str, name: str) -> _HeaderFields:
+    magic = raw[4:12]
+    if magic[:4] == b"ni2\x00":
+        raise UnsupportedFormatError(
+            f"{name}: a NIfTI-2 .hdr/.img pair header; upload a single-file .nii or .nii.gz instead"
+        )
+    if magic[:4] != b"n+2\x00":
+        raise UnsupportedFormatError(f"{name}: not a NIfTI file (no 'n+2' magic)")
+    (datatype_code,) = struct.unpack(endian + "h", raw[12:14])
+    dim = struct.unpack(endian + "8q", raw[16:80])
+    pixdim = struct.unpack(endian + "8d", raw[104:168])
+    (vox_offset,) = struct.unpack(endian + "q", raw[168:176])
+    if vox_offset < 0:
+        raise InputError(f"{name}: invalid vox_offset {vox_offset} in the NIfTI header")
+    data_offset = max(int(vox_offset), _NIFTI2_HEADER_BYTES + 4)
+    return _HeaderFields(2, dim, datatype_code, pixdim, data_offset)
+
+
+def _check_dimensions(dim: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    """A 3D scalar image: 3 to 7 dimensions of which only the first three exceed 1, none empty."""
     ndim = dim[0]
     if not 1 <= ndim <= 7:
         raise InputError(f"{name}: invalid number of dimensions dim[0]={ndim} in the NIfTI header")
@@ -273,6 +323,11 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         raise InputError(f"{name}: empty image, size {dims_xyz} (x, y, z) has an axis with no voxels")
     if dims_xyz[2] == 1:
         raise InputError(f"{name}: expected a 3D image, got a single 2D slice of size {dims_xyz[:2]}")
+    return dims_xyz
+
+
+def _check_size_limits(dims_xyz: tuple[int, int, int], max_voxels: int, name: str) -> int:
+    """At most ``MAX_DIM_PER_AXIS`` voxels per axis and ``max_voxels`` in all; returns the count."""
     if any(d > MAX_DIM_PER_AXIS for d in dims_xyz):
         raise InputTooLargeError(
             f"{name}: image size {dims_xyz} (x, y, z) is over the limit of {MAX_DIM_PER_AXIS} voxels per axis"
@@ -283,7 +338,11 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
             f"{name}: image size {dims_xyz} (x, y, z) has {voxel_count} voxels, "
             f"over the limit of {max_voxels}"
         )
+    return voxel_count
 
+
+def _check_datatype(datatype_code: int, name: str) -> str:
+    """The numpy dtype name of a supported scalar NIfTI datatype."""
     if datatype_code in _UNSUPPORTED_DATATYPES:
         raise InputError(
             f"{name}: unsupported voxel type {_UNSUPPORTED_DATATYPES[datatype_code]}; expected a scalar "
@@ -291,24 +350,15 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         )
     if datatype_code not in _SUPPORTED_DATATYPES:
         raise InputError(f"{name}: unknown NIfTI datatype code {datatype_code}")
-    datatype = _SUPPORTED_DATATYPES[datatype_code]
+    return _SUPPORTED_DATATYPES[datatype_code]
 
+
+def _check_spacing(pixdim: tuple[float, ...], name: str) -> tuple[float, float, float]:
+    """The voxel spacing (x, y, z) in mm: finite and positive."""
     spacing_mm_xyz = (float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
     if not all(math.isfinite(s) and s > 0 for s in spacing_mm_xyz):
         raise InputError(f"{name}: invalid voxel spacing {spacing_mm_xyz} (x, y, z); must be positive")
-
-    return NiftiHeader(
-        dims_xyz=dims_xyz,
-        datatype=datatype,
-        voxel_count=voxel_count,
-        nbytes=voxel_count * _ITEMSIZE[datatype],
-        version=version,
-        spacing_mm_xyz=spacing_mm_xyz,
-        data_offset=data_offset,
-        compressed=compressed,
-        byteorder=endian,
-        raw=bytes(raw[:sizeof_hdr]),
-    )
+    return spacing_mm_xyz
 
 
 def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | None = None) -> None:
@@ -769,7 +819,7 @@ def _inflate_voxels(
     Returns None for a multi-member gzip file (rare; the full reader handles it).
     """
     out = np.empty(header.voxel_count, dtype=dtype)
-    target = memoryview(out.view(np.uint8))
+    target = out.view(np.uint8).data  # a writable memoryview of the array's bytes
     need, skip, filled, total = header.nbytes, header.data_offset, 0, 0
     nx, ny, nz = header.dims_xyz
     slice_bytes, slices_told = max(1, nx * ny * dtype.itemsize), 0

@@ -74,7 +74,7 @@ def _configure_precision(setting: str) -> str:
             capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
         except (RuntimeError, ValueError):
             capability = None
-        capabilities.append(tuple(capability) if capability else None)  # type: ignore[arg-type]
+        capabilities.append(tuple(capability) if capability else None)
     precision = choose_precision(setting, capabilities)
     # Process-wide: set either way, so that a later load with another setting is not left with
     # the previous one's rewrite.

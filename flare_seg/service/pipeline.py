@@ -29,6 +29,7 @@ import tensorflow as tf
 from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
 from flare_seg.geometry import (
     AxisMap,
+    CanonicalTransform,
     Geometry,
     canonical_axes,
     image_from_array_zyx,
@@ -217,31 +218,17 @@ class Segmenter:
     ) -> SegmentationResult:
         """The pipeline on voxels in the input's own layout (only read). Given as a one-element list,
         the list is emptied once the voxels are no longer needed, freeing them if nobody else holds
-        them. ``prepared``: the localization input already resampled while reading."""
+        them. ``prepared``: the localization input already resampled while reading.
+
+        Stages: reorient to the canonical grid, localize the organs, crop the box around them,
+        segment the box, and map the labels back onto the input's grid."""
         holder = array_zyx if isinstance(array_zyx, list) else None
         if holder is not None:
             array_zyx = holder[0]
         assert isinstance(array_zyx, np.ndarray)
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        if array_zyx.ndim != 3 or tuple(array_zyx.shape) != original.shape_zyx:
-            raise ValueError(f"voxel array of shape {array_zyx.shape} does not match the grid {original}")
-        if min(original.size_xyz) < 1:
-            raise ValueError(f"empty image of size {original.size_xyz}")
-        source = _as_int16_array(array_zyx)
-        axes: AxisMap | None = None
-        canonical: sitk.Image | None = None
-        if original.is_axis_aligned:
-            # Lossless reorientation as a numpy view (transpose + flips): no copy of the volume.
-            axes, geometry = canonical_axes(original)
-            vol = axes.view(source)
-        else:
-            canonical, transform = to_canonical(image_from_array_zyx(source, original))
-            source = None
-            vol = sitk.GetArrayViewFromImage(canonical)  # (z, y, x) int16, no copy
-            geometry = Geometry.of(canonical)
-        spacing = geometry.spacing_mm_zyx
-        timings["reorient_s"] = time.perf_counter() - t
+        canonical, frame = _reorient(array_zyx, original, timings)
+        vol, spacing = canonical.voxels_zyx, frame.geometry.spacing_mm_zyx
 
         warnings: list[str] = []
         lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared)
@@ -250,52 +237,19 @@ class Segmenter:
         for warning in warnings:
             log.warning("%s", warning)
 
-        c = self.contract
-        margin = c.box_margin_mm if found else 0.0
-        start, size = crop_around_box(lo, hi, vol.shape, spacing, margin)
-        # No padding to valid sizes: the crop is trimmed (keeping at least half the margin) or
-        # grown with image context to a multiple of the valid size.
-        crop = fit_crop_to_valid_size(
-            start,
-            size,
-            lo,
-            hi,
-            vol.shape,
-            spacing,
-            c.segmentation_spacing_mm,
-            c.segmentation_max_size_vox,
-            c.segmentation_size_multiple,
-            margin / 2.0,
-        )
+        crop = self._segmentation_crop(lo, hi, found, frame.geometry.shape_zyx, spacing)
         x = self._segmentation_input(vol, crop, (lo + hi) / 2.0, timings)
         if holder is not None:  # the input is not needed any more: free it before the forward pass
             holder.clear()
-            vol = source = array_zyx = canonical = None  # type: ignore[assignment]
-        probabilities = self._segmentation_forward(x, crop, timings)
+            del vol, canonical, array_zyx
+        scores = [self._segmentation_forward(x, crop, timings)]
         del x
 
         t = time.perf_counter()
-        if axes is not None:
-            labels_original = np.zeros(original.shape_zyx, np.uint8)
-            labels = axes.view(labels_original)  # written in canonical order, stored in the input's
-        else:
-            labels = np.zeros(geometry.shape_zyx, np.uint8)
-        self._scores_to_labels(probabilities, crop, labels)
-        del probabilities
-        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
-        # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
-        organ_boxes, counts = self._organ_boxes(region, crop, geometry)
-        del region
-        if axes is not None:
-            del labels
-        else:
-            mask = undo_canonical(image_from_array_zyx(labels, geometry), transform)
-            del labels
-            labels_original = sitk.GetArrayFromImage(mask)
-            del mask
-            counts = {k: int(np.count_nonzero(labels_original == k)) for k in ORGANS}
+        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original)
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
         timings["postprocess_s"] = time.perf_counter() - t
+        geometry = frame.geometry
         roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
         return SegmentationResult(
             labels_zyx=labels_original,
@@ -310,6 +264,59 @@ class Segmenter:
         )
 
     # ------------------------------------------------------------------ stages
+
+    def _segmentation_crop(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        found: bool,
+        shape_zyx: tuple[int, int, int],
+        spacing: tuple[float, float, float],
+    ) -> GridCrop:
+        """The segmentation box around the localized organs (lo, hi: canonical edge coordinates),
+        with the contract's margin when organs were found; the whole image otherwise."""
+        c = self.contract
+        margin = c.box_margin_mm if found else 0.0
+        start, size = crop_around_box(lo, hi, shape_zyx, spacing, margin)
+        # No padding to valid sizes: the crop is trimmed (keeping at least half the margin) or
+        # grown with image context to a multiple of the valid size.
+        return fit_crop_to_valid_size(
+            start,
+            size,
+            lo,
+            hi,
+            shape_zyx,
+            spacing,
+            c.segmentation_spacing_mm,
+            c.segmentation_max_size_vox,
+            c.segmentation_size_multiple,
+            margin / 2.0,
+        )
+
+    def _back_to_grid(
+        self, scores: list[tf.Tensor], crop: GridCrop, frame: _CanonicalFrame, original: Geometry
+    ) -> tuple[np.ndarray, dict[str, BoxMM | None], dict[int, int]]:
+        """Labels on the input's own grid from the box's class scores (a one-element list, emptied
+        as soon as the labels are written), with each organ's LPS box and voxel count."""
+        if frame.axes is not None:
+            labels_original = np.zeros(original.shape_zyx, np.uint8)
+            labels = frame.axes.view(labels_original)  # written in canonical order, stored in the input's
+        else:
+            labels = np.zeros(frame.geometry.shape_zyx, np.uint8)
+        self._scores_to_labels(scores.pop(), crop, labels)
+        region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+        # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
+        organ_boxes, counts = self._organ_boxes(region, crop, frame.geometry)
+        del region
+        if frame.axes is not None:
+            return labels_original, organ_boxes, counts
+        assert frame.transform is not None  # an oblique input was resampled by ``to_canonical``
+        mask = undo_canonical(image_from_array_zyx(labels, frame.geometry), frame.transform)
+        del labels
+        labels_original = sitk.GetArrayFromImage(mask)
+        del mask
+        counts = {k: int(np.count_nonzero(labels_original == k)) for k in ORGANS}
+        return labels_original, organ_boxes, counts
 
     def _slab_budget(self) -> int:
         return max(8 * 2**20, self.memory_budget_bytes // 4)
@@ -501,6 +508,48 @@ class _LocalizationStream:
         if not (array_zyx.shape == self.array.shape and np.shares_memory(array_zyx, self.array)):
             return None  # another reader produced the volume (e.g. a multi-member gzip file)
         return _PreparedLocalization(self.resampler, self.seconds)
+
+
+@dataclass(frozen=True)
+class _CanonicalVoxels:
+    """The input's voxels on the canonical (LPS) grid, (z, y, x) int16 without a copy, and what
+    holds them: the input's own int16 voxels (axis-aligned input) or the resampled image."""
+
+    voxels_zyx: np.ndarray
+    image: sitk.Image | None = None  # an oblique input's canonical image, which ``voxels_zyx`` views
+
+
+@dataclass(frozen=True)
+class _CanonicalFrame:
+    """The canonical grid, and the way from it back onto the input's own grid."""
+
+    geometry: Geometry
+    axes: AxisMap | None  # an axis-aligned input: a lossless view (transpose + flips)
+    transform: CanonicalTransform | None = None  # an oblique input: the resampling to undo
+
+
+def _reorient(
+    array_zyx: np.ndarray, original: Geometry, timings: dict[str, float]
+) -> tuple[_CanonicalVoxels, _CanonicalFrame]:
+    """Check the voxels against their grid and see them on the canonical grid."""
+    t = time.perf_counter()
+    if array_zyx.ndim != 3 or tuple(array_zyx.shape) != original.shape_zyx:
+        raise ValueError(f"voxel array of shape {array_zyx.shape} does not match the grid {original}")
+    if min(original.size_xyz) < 1:
+        raise ValueError(f"empty image of size {original.size_xyz}")
+    source = _as_int16_array(array_zyx)
+    if original.is_axis_aligned:
+        # Lossless reorientation as a numpy view (transpose + flips): no copy of the volume.
+        axes, geometry = canonical_axes(original)
+        canonical, frame = _CanonicalVoxels(axes.view(source)), _CanonicalFrame(geometry, axes)
+    else:
+        image, transform = to_canonical(image_from_array_zyx(source, original))
+        del source
+        vol = sitk.GetArrayViewFromImage(image)  # (z, y, x) int16, no copy
+        canonical = _CanonicalVoxels(vol, image)
+        frame = _CanonicalFrame(Geometry.of(image), None, transform)
+    timings["reorient_s"] = time.perf_counter() - t
+    return canonical, frame
 
 
 def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray) -> BoxMM:

@@ -83,7 +83,9 @@ def export_models(
     evaluation_json: Path | None = None,
     notes: str | None = None,
 ) -> dict[str, Any]:
-    """Write the three SavedModels and the manifest into ``out_dir``; returns the manifest."""
+    """Write the three SavedModels and the manifest into ``out_dir``; returns the manifest.
+
+    Everything is written into ``<out_dir>.exporting`` first, which then replaces ``out_dir``."""
     contract = contract or ModelContract()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".exporting")
@@ -96,26 +98,42 @@ def export_models(
         (LOCALIZATION_DIR, localization_run, 1, LOCALIZATION_OUTPUT),
         (SEGMENTATION_DIR, segmentation_run, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
     ):
-        config = _run_config(run)
-        expected = "localization" if name == LOCALIZATION_DIR else "segmentation"
-        if config.task != expected:
-            raise ValueError(f"{run} is a {config.task} run, expected {expected}")
-        model, step = restore_model(run, config)
-        _export_network(model, channels, output, tmp / name)
-        _check_reload(model, tmp / name, channels, output, contract)
-        runs[name] = {
-            "config": yaml.safe_load(config.to_yaml()),
-            "checkpoint_step": step,
-            "parameters": int(model.count_params()),
-            "validation": _read_json(Path(run) / "metrics.json"),
-            "data": _read_json(Path(run) / "data.json"),
-        }
-        log.info("exported %s (step %d, %d parameters)", name, step, model.count_params())
+        runs[name] = _export_run(name, run, channels, output, tmp, contract)
 
     tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
+    manifest = _manifest(runs, contract, evaluation_json, notes)
+    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+    _replace_dir(tmp, out_dir)
+    return manifest
 
+
+def _export_run(
+    name: str, run: Path, channels: int, output: str, tmp: Path, contract: ModelContract
+) -> dict[str, Any]:
+    """Export one training run's network as ``tmp/name`` and check the reload; its manifest entry."""
+    config = _run_config(run)
+    expected = "localization" if name == LOCALIZATION_DIR else "segmentation"
+    if config.task != expected:
+        raise ValueError(f"{run} is a {config.task} run, expected {expected}")
+    model, step = restore_model(run, config)
+    _export_network(model, channels, output, tmp / name)
+    _check_reload(model, tmp / name, channels, output, contract)
+    log.info("exported %s (step %d, %d parameters)", name, step, model.count_params())
+    return {
+        "config": yaml.safe_load(config.to_yaml()),
+        "checkpoint_step": step,
+        "parameters": int(model.count_params()),
+        "validation": _read_json(Path(run) / "metrics.json"),
+        "data": _read_json(Path(run) / "data.json"),
+    }
+
+
+def _manifest(
+    runs: dict[str, Any], contract: ModelContract, evaluation_json: Path | None, notes: str | None
+) -> dict[str, Any]:
+    """The manifest: format, versions, contract, signatures, training runs and their data."""
     data = runs[SEGMENTATION_DIR].get("data") or {}
-    manifest: dict[str, Any] = {
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "model_version": dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"),
@@ -129,17 +147,18 @@ def export_models(
         "evaluation": _read_json(Path(evaluation_json)) if evaluation_json else None,
         "notes": notes,
     }
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
 
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` in the place of ``target`` (kept as ``<target>.old`` until then)."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
         if old.exists():
             shutil.rmtree(old)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
+        target.rename(old)
+    new.rename(target)
     if old.exists():
         shutil.rmtree(old)
-    return manifest
 
 
 def _check_reload(

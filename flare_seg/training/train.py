@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,9 +249,35 @@ def _strategy() -> tf.distribute.Strategy:
 def train(
     data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract | None = None
 ) -> RunResult:
-    """Train ``config.task`` on a FLARE21-layout dataset into ``run_dir`` (resuming if it has checkpoints)."""
+    """Train ``config.task`` on a FLARE21-layout dataset into ``run_dir`` (resuming if it has checkpoints).
+
+    Stages: record the config, prepare and split the cases, build (or restore) the model and its
+    optimizer, run the steps from the task's sample stream, validate and record the metrics."""
     contract = contract or ModelContract()
     run_dir = Path(run_dir)
+    _record_config(run_dir, config)
+    keras.utils.set_random_seed(config.seed)
+    train_cases, val_cases = _prepare_cases(Path(data_dir), run_dir, config, contract)
+    state = _training_state(run_dir, config)
+    seed = config.seed + int(state.step_var.numpy())
+    samples, loss_fn, signature = _task_samples(train_cases, config, contract, seed)
+    global_batch = config.batch_per_device * state.strategy.num_replicas_in_sync
+    dataset = tf.data.Dataset.from_generator(lambda: samples, output_signature=signature)
+    dataset = dataset.padded_batch(global_batch).prefetch(2)
+    batches = iter(state.strategy.experimental_distribute_dataset(dataset))
+    _run_steps(state, _distributed_step(state, loss_fn), batches, config)
+
+    validate = validate_localization if config.task == "localization" else validate_segmentation
+    metrics = validate(state.model, val_cases, contract) if val_cases else {}
+    metrics["steps"] = int(state.step_var.numpy())
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("%s validation: %s", config.task, json.dumps(metrics.get("dice", {})))
+    keras.mixed_precision.set_global_policy("float32")
+    return RunResult(run_dir, int(state.step_var.numpy()), metrics)
+
+
+def _record_config(run_dir: Path, config: TrainConfig) -> None:
+    """Write ``config.yaml``, warning when a run with checkpoints resumes under another config."""
     run_dir.mkdir(parents=True, exist_ok=True)
     saved_config = run_dir / "config.yaml"
     if saved_config.exists() and tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
@@ -260,7 +286,11 @@ def train(
             log.warning("resuming %s with a changed config; the new one is recorded", run_dir)
     saved_config.write_text(config.to_yaml())
 
-    keras.utils.set_random_seed(config.seed)
+
+def _prepare_cases(
+    data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract
+) -> tuple[list[PreparedCase], list[PreparedCase]]:
+    """The prepared training and validation cases (the last ``val_cases``); recorded in ``data.json``."""
     cases = list_cases(data_dir)
     if len(cases) <= config.val_cases:
         raise ValueError(f"{len(cases)} cases: need more than val_cases={config.val_cases}")
@@ -268,7 +298,7 @@ def train(
     t0 = time.time()
     prepared = prepare_dataset(
         data_dir,
-        Path(data_dir) / ".flare_seg_cache",
+        data_dir / ".flare_seg_cache",
         contract,
         module,
         progress=lambda i, n, name: log.info("prepared %d/%d %s", i, n, name),
@@ -276,15 +306,30 @@ def train(
     log.info("prepared %d cases in %.0f s", len(prepared), time.time() - t0)
     split = len(prepared) - config.val_cases
     train_cases, val_cases = prepared[:split], prepared[split:]
-    dataset_meta = _dataset_provenance(Path(data_dir), train_cases, val_cases)
+    dataset_meta = _dataset_provenance(data_dir, train_cases, val_cases)
     (run_dir / "data.json").write_text(json.dumps(dataset_meta, indent=2))
+    return train_cases, val_cases
 
+
+@dataclass(frozen=True)
+class _TrainingState:
+    """A run's model, optimizer, step counter and checkpoints, under its distribution strategy."""
+
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: Any  # Adam, wrapped in a LossScaleOptimizer under mixed precision
+    step_var: tf.Variable
+    manager: tf.train.CheckpointManager
+    mixed: bool  # mixed float16 precision
+
+
+def _training_state(run_dir: Path, config: TrainConfig) -> _TrainingState:
+    """Build the model and optimizer (mixed precision on a GPU if the config says so), restored from
+    the run's latest checkpoint when it has one."""
     gpus = tf.config.list_physical_devices("GPU")
     mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and bool(gpus))
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     strategy = _strategy()
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_per_device * replicas
     with strategy.scope():
         model = build_model(config)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -298,23 +343,34 @@ def train(
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
         log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    return _TrainingState(strategy, model, optimizer, step_var, manager, mixed)
 
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _task_samples(
+    train_cases: list[PreparedCase], config: TrainConfig, contract: ModelContract, seed: int
+) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], LossFn, tuple[tf.TensorSpec, tf.TensorSpec]]:
+    """The task's endless (input, target) stream, its loss, and the shapes of one sample."""
+    in_shape: tuple[int | None, ...]
     if config.task == "localization":
-        samples = localization_samples(train_cases, config, contract, config.seed + int(step_var.numpy()))
+        samples = localization_samples(train_cases, config, contract, seed)
         loss_fn = localization_loss
         in_shape, out_c = (None, None, None, 1), NUM_ORGANS
     else:
-        samples = segmentation_samples(train_cases, config, contract, config.seed + int(step_var.numpy()))
+        samples = segmentation_samples(train_cases, config, contract, seed)
         loss_fn = segmentation_loss
         p = config.patch_size_vox
         in_shape, out_c = (p, p, p, SEGMENTATION_INPUT_CHANNELS), NUM_CLASSES
     out_shape = (*in_shape[:3], out_c)
-    dataset = tf.data.Dataset.from_generator(
-        lambda: samples,
-        output_signature=(tf.TensorSpec(in_shape, tf.float32), tf.TensorSpec(out_shape, tf.float32)),
-    )
-    dataset = dataset.padded_batch(global_batch).prefetch(2)
-    dist_iter = iter(strategy.experimental_distribute_dataset(dataset))
+    return samples, loss_fn, (tf.TensorSpec(in_shape, tf.float32), tf.TensorSpec(out_shape, tf.float32))
+
+
+def _distributed_step(state: _TrainingState, loss_fn: LossFn) -> Callable[[Any, Any], tf.Tensor]:
+    """One optimizer step on a distributed batch; returns the loss summed over the replicas."""
+    model, optimizer, strategy, mixed = state.model, state.optimizer, state.strategy, state.mixed
+    replicas = strategy.num_replicas_in_sync
 
     def step_fn(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -330,12 +386,23 @@ def train(
         losses = strategy.run(step_fn, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    start_step = int(step_var.numpy())
+    return distributed_step
+
+
+def _run_steps(
+    state: _TrainingState,
+    distributed_step: Callable[[Any, Any], tf.Tensor],
+    batches: Iterator[tuple[Any, Any]],
+    config: TrainConfig,
+) -> None:
+    """From the restored step to ``config.steps``: log the loss and speed every ``log_every``
+    steps, checkpoint every ``checkpoint_every`` steps and at the end."""
+    start_step = int(state.step_var.numpy())
     t_start, recent = time.time(), []
     for step in range(start_step, config.steps):
-        x, y = next(dist_iter)
+        x, y = next(batches)
         recent.append(float(distributed_step(x, y)))
-        step_var.assign(step + 1)
+        state.step_var.assign(step + 1)
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             done = step + 1 - start_step
             rate = done / (time.time() - t_start)
@@ -351,16 +418,8 @@ def train(
             )
             recent = []
         if (step + 1) % config.checkpoint_every == 0:
-            manager.save(checkpoint_number=step + 1)
-    manager.save(checkpoint_number=int(step_var.numpy()))
-
-    validate = validate_localization if config.task == "localization" else validate_segmentation
-    metrics = validate(model, val_cases, contract) if val_cases else {}
-    metrics["steps"] = int(step_var.numpy())
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("%s validation: %s", config.task, json.dumps(metrics.get("dice", {})))
-    keras.mixed_precision.set_global_policy("float32")
-    return RunResult(run_dir, int(step_var.numpy()), metrics)
+            state.manager.save(checkpoint_number=step + 1)
+    state.manager.save(checkpoint_number=int(state.step_var.numpy()))
 
 
 def _dataset_provenance(
