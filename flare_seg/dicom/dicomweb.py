@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -30,13 +30,6 @@ class DicomWebError(RuntimeError):
     """The DICOMweb server could not be reached or refused a request; the message says which."""
 
 
-class Segments(Protocol):
-    """What ``segment_study`` needs of a segmenter: labels for a DICOM volume, and its version."""
-
-    @property
-    def model_version(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class StudyResult:
     """What ``segment_study`` did: the series it chose (and why) and the SEG it stored."""
@@ -50,11 +43,14 @@ class StudyResult:
     warnings: tuple[str, ...] = ()
 
 
-def make_client(url: str, *, timeout_s: float = 60.0) -> Any:
-    """A ``dicomweb_client.DICOMwebClient`` for the server's DICOMweb root URL."""
+def make_client(url: str, *, timeout_s: float = 60.0, attempts: int = 3) -> Any:
+    """A ``dicomweb_client.DICOMwebClient`` for the server's DICOMweb root URL; requests that fail
+    for want of the server are tried ``attempts`` times in all (with exponential back-off)."""
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url, timeout=timeout_s)
+    client = DICOMwebClient(url, timeout=timeout_s)
+    client.set_http_retry_params(retry=attempts > 1, max_attempts=max(1, attempts))
+    return client
 
 
 def _ignore_bulk_data(*_args: Any) -> bytes:
@@ -123,10 +119,10 @@ def segment_study(
     try:
         download_series(client, study_uid, choice, folder)
         volume = read_dicom_volume(folder, max_voxels, display_name=f"study {study_uid}")
+        labels = segment(volume)
+        seg = build_seg(labels, volume.source, model_version=model_version)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    labels = segment(volume)
-    seg = build_seg(labels, volume.source, model_version=model_version)
     if save_to is not None:
         write_seg_atomic(seg, save_to)
     if store:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -169,17 +170,40 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 
 def read_headers(paths: Iterable[Path]) -> tuple[list[DicomFile], list[str]]:
-    """The headers of ``paths`` (no pixel data), and a one-line note per file that cannot be read."""
+    """The headers of ``paths`` (pixel data left out), and a one-line note per file that cannot be
+    read: not parseable, or an image whose file ends before its pixel data (cut short)."""
     headers: list[DicomFile] = []
     unreadable: list[str] = []
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # values over 4 KiB (the pixel data) are skipped, not read: only their presence is seen
+                ds = pydicom.dcmread(path, defer_size=4096)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
             unreadable.append(f"{path.name}: unreadable DICOM header ({str(e).splitlines()[0] if str(e) else e})")
             continue
+        has_pixels = False
+        for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if tag in ds:
+                has_pixels = True
+                del ds[tag]
+        _load_deferred(ds)
+        truncated = any("end of file" in str(w.message).lower() for w in caught)
+        if truncated or (not has_pixels and (sop_class_uid(ds) in CT_SOP_CLASSES or "Rows" in ds)):
+            unreadable.append(f"{path.name}: truncated DICOM file (it ends before its pixel data)")
+            continue
         headers.append(DicomFile(path, ds))
     return headers, unreadable
+
+
+def _load_deferred(ds: Dataset) -> None:
+    """Read now the (rare, non-pixel) values over 4 KiB that ``dcmread`` deferred, so that the
+    header never goes back to its file (which may be a temporary one)."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if getattr(raw, "value", b"") is None and getattr(raw, "length", 0):
+            ds[tag]  # noqa: B018 - the access reads the deferred value
 
 
 def discover_series(folder: Path, *, recursive: bool = False) -> tuple[list[SeriesCandidate], list[str]]:

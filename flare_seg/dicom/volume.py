@@ -110,10 +110,16 @@ def read_dicom_volume(folder: Path, max_voxels: int, *, display_name: str | None
         InputTooLargeError: more than ``max_voxels`` voxels.
     """
     where = display_name or folder.name
-    candidates, _ = discover_series(folder, recursive=True)
-    choice = choose_series(candidates, where)
-    logger.info("%s: chose %s", where, choice.reason)
-    volume = read_series(choice.chosen, max_voxels, where=where)
+    candidates, unreadable = discover_series(folder, recursive=True)
+    try:
+        choice = choose_series(candidates, where)
+        logger.info("%s: chose %s", where, choice.reason)
+        volume = read_series(choice.chosen, max_voxels, where=where)
+    except DicomInputError as e:
+        if not unreadable:
+            raise
+        shown = "; ".join(unreadable[:3]) + (f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        raise DicomInputError(f"{e} (unreadable files: {shown})") from None
     volume.choice = choice
     return volume
 
@@ -124,7 +130,12 @@ def read_series(candidate: SeriesCandidate, max_voxels: int, *, where: str) -> D
         raise DicomInputError(f"{where}: {candidate.label} cannot be segmented: {candidate.rejected}")
     files = candidate.files
     planes = [p for i, f in enumerate(files) for p in planes_of(f, i, where)]
-    order, geometry = stack_geometry(planes, where)
+    try:
+        order, geometry = stack_geometry(planes, where)
+    except DicomInputError as e:
+        if not candidate.left_out:
+            raise
+        raise DicomInputError(f"{e} (left out of the series: {', '.join(candidate.left_out)})") from None
     nx, ny, nz = geometry.size_xyz
     if nx * ny * nz > max_voxels:
         raise InputTooLargeError(
