@@ -96,7 +96,16 @@ def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, max_by
             while chunk := src.read(_COPY_CHUNK_BYTES):
                 written += len(chunk)
                 if written > info.file_size or written > max_bytes:
-                    raise InputTooLargeError(f"{name}: member {info.filename!r} unpacks to more than it declares")
+                    raise InputTooLargeError(
+                        f"{name}: member {info.filename!r} unpacks to more than it declares"
+                    )
                 dst.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        NotImplementedError,
+    ) as e:
         raise InputError(f"{name}: cannot extract {info.filename!r} ({e})") from None

@@ -20,7 +20,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from flare_seg.dicom.seg import build_seg, write_seg_atomic
-from flare_seg.dicom.series import DicomFile, DicomInputError, SeriesChoice, choose_series, group_series, sop_instance_uid
+from flare_seg.dicom.series import (
+    DicomFile,
+    DicomInputError,
+    SeriesChoice,
+    choose_series,
+    group_series,
+    sop_instance_uid,
+)
 from flare_seg.dicom.volume import DicomVolume, read_dicom_volume
 
 logger = logging.getLogger(__name__)
@@ -91,10 +98,13 @@ def download_series(client: Any, study_uid: str, choice: SeriesChoice, folder: P
             ds.save_as(folder / f"{count:05d}.dcm", enforce_file_format=True)
             count += 1
     except Exception as e:
-        raise DicomWebError(f"study {study_uid}: cannot retrieve series {series_uid} ({_reason(e)})") from None
+        raise DicomWebError(
+            f"study {study_uid}: cannot retrieve series {series_uid} ({_reason(e)})"
+        ) from None
     if count != len(wanted):
         raise DicomInputError(
-            f"study {study_uid}: the server returned {count} of the {len(wanted)} instances of series {series_uid}"
+            f"study {study_uid}: the server returned {count} of the {len(wanted)} instances "
+            f"of series {series_uid}"
         )
     return count
 
@@ -129,8 +139,12 @@ def segment_study(
         try:
             client.store_instances([seg], study_instance_uid=study_uid)
         except Exception as e:
-            raise DicomWebError(f"study {study_uid}: the server did not store the SEG ({_reason(e)})") from None
-        logger.info("study %s: stored SEG %s (series %s)", study_uid, seg.SOPInstanceUID, seg.SeriesInstanceUID)
+            raise DicomWebError(
+                f"study {study_uid}: the server did not store the SEG ({_reason(e)})"
+            ) from None
+        logger.info(
+            "study %s: stored SEG %s (series %s)", study_uid, seg.SOPInstanceUID, seg.SeriesInstanceUID
+        )
     return StudyResult(
         study_uid,
         choice.chosen.series_uid,

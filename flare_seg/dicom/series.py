@@ -14,11 +14,12 @@ import os
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
-CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE})
+CT_SOP_CLASSES = frozenset(
+    {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+)
 _IOP_DECIMALS = 3  # orientations equal to 1e-3 belong to one stack
 _AXIAL_MIN_COS = 0.5  # a stack is "axial" when its normal is nearer the patient's z axis than not
 
@@ -157,10 +160,10 @@ def why_not_ct_image(ds: Dataset) -> str | None:
 def dicom_files_in(folder: Path, *, recursive: bool = False) -> list[Path]:
     """The files of ``folder`` (and below, when ``recursive``) that carry the DICOM file preamble."""
     paths = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    return [p for p in paths if p.is_file() and not p.name.startswith(".") and _has_dicom_preamble(p)]
+    return [p for p in paths if p.is_file() and not p.name.startswith(".") and has_dicom_preamble(p)]
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -181,7 +184,9 @@ def read_headers(paths: Iterable[Path]) -> tuple[list[DicomFile], list[str]]:
                 # values over 4 KiB (the pixel data) are skipped, not read: only their presence is seen
                 ds = pydicom.dcmread(path, defer_size=4096)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            unreadable.append(f"{path.name}: unreadable DICOM header ({str(e).splitlines()[0] if str(e) else e})")
+            unreadable.append(
+                f"{path.name}: unreadable DICOM header ({str(e).splitlines()[0] if str(e) else e})"
+            )
             continue
         has_pixels = False
         for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
@@ -202,8 +207,8 @@ def _load_deferred(ds: Dataset) -> None:
     header never goes back to its file (which may be a temporary one)."""
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
-        if getattr(raw, "value", b"") is None and getattr(raw, "length", 0):
-            ds[tag]  # noqa: B018 - the access reads the deferred value
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            _ = ds[tag]  # the access reads the deferred value
 
 
 def discover_series(folder: Path, *, recursive: bool = False) -> tuple[list[SeriesCandidate], list[str]]:
@@ -219,7 +224,8 @@ def _series_key(ds: Dataset) -> str:
     if uid:
         return uid
     # Anonymizers sometimes empty the UIDs: keep such files together by what they still share.
-    return f"no-series-uid:{ds.get('FrameOfReferenceUID', '')}:{ds.get('SeriesNumber', '')}:{ds.get('Modality', '')}"
+    shared = (ds.get("FrameOfReferenceUID", ""), ds.get("SeriesNumber", ""), ds.get("Modality", ""))
+    return "no-series-uid:" + ":".join(str(v) for v in shared)
 
 
 def group_series(headers: Sequence[DicomFile]) -> list[SeriesCandidate]:
@@ -235,12 +241,16 @@ def group_series(headers: Sequence[DicomFile]) -> list[SeriesCandidate]:
 
 def _series_candidates(key: str, files: list[DicomFile]) -> list[SeriesCandidate]:
     first = files[0].dataset
-    common = {
-        "series_uid": str(first.get("SeriesInstanceUID", "") or ""),
-        "description": str(first.get("SeriesDescription", "") or "").strip(),
-        "series_number": int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
-        "modality": str(first.get("Modality", "") or ""),
-    }
+    base = SeriesCandidate(
+        key,
+        series_uid=str(first.get("SeriesInstanceUID", "") or ""),
+        description=str(first.get("SeriesDescription", "") or "").strip(),
+        series_number=int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
+        modality=str(first.get("Modality", "") or ""),
+        files=tuple(files),
+        orientation="",
+        slices=0,
+    )
     stacks: dict[tuple[float, ...], list[DicomFile]] = defaultdict(list)
     left_out: Counter[str] = Counter()
     for f in files:
@@ -254,25 +264,29 @@ def _series_candidates(key: str, files: list[DicomFile]) -> list[SeriesCandidate
     notes = tuple(f"{n} object(s): {why}" for why, n in left_out.items())
     if not stacks:
         reason = "; ".join(why for why, _ in left_out.most_common()) or "no images"
-        return [SeriesCandidate(key, files=tuple(files), orientation="", slices=0, rejected=reason, **common)]
+        return [replace(base, rejected=reason)]
     out = []
     for i, (iop, members) in enumerate(sorted(stacks.items(), key=lambda kv: -len(kv[1]))):
         slices = sum(m.frames for m in members)
         multi = [m for m in members if m.frames > 1 or m.sop_class_uid != CT_IMAGE_STORAGE]
         rejected = None
         if multi and len(members) > 1:
-            rejected = f"{len(members)} objects, of which {len(multi)} multi-frame: expected one multi-frame object or single-frame slices"
+            rejected = (
+                f"{len(members)} objects, of which {len(multi)} multi-frame: "
+                "expected one multi-frame object or single-frame slices"
+            )
         elif slices < 2:
             rejected = "a single slice, not a volume"
         out.append(
-            SeriesCandidate(
-                key if len(stacks) == 1 else f"{key}#{i + 1}",
+            replace(
+                base,
+                key=key if len(stacks) == 1 else f"{key}#{i + 1}",
                 files=tuple(members),
                 orientation=orientation_name(iop),
                 slices=slices,
                 rejected=rejected,
-                left_out=notes + ((f"{len(stacks) - 1} stack(s) of other orientations",) if len(stacks) > 1 else ()),
-                **common,
+                left_out=notes
+                + ((f"{len(stacks) - 1} stack(s) of other orientations",) if len(stacks) > 1 else ()),
             )
         )
     return out
@@ -291,13 +305,19 @@ def choose_series(candidates: Sequence[SeriesCandidate], where: str) -> SeriesCh
         details = "; ".join(f"{c.label}: {c.rejected}" for c in candidates)
         raise DicomInputError(f"{where}: no CT image series to segment ({details})")
     usable.sort(
-        key=lambda c: (c.orientation != "axial", -c.slices, c.series_number if c.series_number is not None else 1 << 30, c.key)
+        key=lambda c: (
+            c.orientation != "axial",
+            -c.slices,
+            c.series_number if c.series_number is not None else 1 << 30,
+            c.key,
+        )
     )
     chosen = usable[0]
     others = tuple(c for c in candidates if c is not chosen)
     reason = f"{chosen.label}: CT, {chosen.orientation}, {chosen.slices} slices"
     if len(usable) > 1:
-        reason += f" (the {'axial ' if chosen.orientation == 'axial' else ''}CT stack with the most slices of {len(usable)})"
+        axial = "axial " if chosen.orientation == "axial" else ""
+        reason += f" (the {axial}CT stack with the most slices of {len(usable)})"
     if chosen.left_out:
         reason += "; left out of it: " + ", ".join(chosen.left_out)
     if others:

@@ -8,17 +8,16 @@ scanners write them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
@@ -67,7 +66,9 @@ def write_ct_series(
     for k in range(nz):
         position = np.asarray(geometry.origin_mm_xyz) + k * geometry.spacing_mm_xyz[2] * d[:, 2]
         number = nz - k if options.reverse_instance_numbers else k + 1
-        ds = _slice_dataset(array_zyx[k], geometry, position, number, study, series, frame_of_reference, options)
+        ds = _slice_dataset(
+            array_zyx[k], geometry, position, number, study, series, frame_of_reference, options
+        )
         file_number = nz - k if options.reverse_slice_files else k + 1
         path = out_dir / f"IM{file_number:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -78,7 +79,7 @@ def write_ct_series(
 def _slice_dataset(
     hu_yx: np.ndarray,
     geometry: Geometry,
-    position: Sequence[float],
+    position: np.ndarray,
     instance_number: int,
     study: str,
     series: str,
@@ -92,10 +93,19 @@ def _slice_dataset(
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
     ds.Modality = "CT"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = options.patient_name, options.patient_id, "", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        options.patient_name,
+        options.patient_id,
+        "",
+        "O",
+    )
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
     ds.ReferringPhysicianName = ""
-    ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = options.series_number, instance_number, options.description
+    ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = (
+        options.series_number,
+        instance_number,
+        options.description,
+    )
     ds.Manufacturer = "flare-seg phantom"
     ds.PositionReferenceIndicator = ""
     ds.ImagePositionPatient = [_ds(v) for v in position]
@@ -106,7 +116,12 @@ def _slice_dataset(
     ds.AcquisitionNumber = 1
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = hu_yx.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, _BITS_STORED, _BITS_STORED - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+        16,
+        _BITS_STORED,
+        _BITS_STORED - 1,
+        0,
+    )
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = str(_INTERCEPT), "1", "HU"
     ds.WindowCenter, ds.WindowWidth = "40", "400"
     stored = np.clip(np.asarray(hu_yx, np.int32) - _INTERCEPT, 0, 2**_BITS_STORED - 1).astype(np.uint16)

@@ -118,7 +118,9 @@ def read_dicom_volume(folder: Path, max_voxels: int, *, display_name: str | None
     except DicomInputError as e:
         if not unreadable:
             raise
-        shown = "; ".join(unreadable[:3]) + (f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        shown = "; ".join(unreadable[:3]) + (
+            f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+        )
         raise DicomInputError(f"{e} (unreadable files: {shown})") from None
     volume.choice = choice
     return volume
@@ -170,8 +172,15 @@ def planes_of(f: DicomFile, file_index: int, where: str) -> list[Plane]:
     ds = f.dataset
     rows, columns = int(ds.Rows), int(ds.Columns)
     if "PerFrameFunctionalGroupsSequence" not in ds and f.frames == 1:
-        values = [(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), ds.get("PixelSpacing"),
-                   ds.get("RescaleSlope"), ds.get("RescaleIntercept"))]
+        values = [
+            (
+                ds.get("ImagePositionPatient"),
+                ds.get("ImageOrientationPatient"),
+                ds.get("PixelSpacing"),
+                ds.get("RescaleSlope"),
+                ds.get("RescaleIntercept"),
+            )
+        ]
     else:
         values = [
             (
@@ -186,17 +195,22 @@ def planes_of(f: DicomFile, file_index: int, where: str) -> list[Plane]:
     planes = []
     for i, (ipp, iop, spacing, slope, intercept) in enumerate(values):
         frame = f" frame {i + 1}" if f.frames > 1 else ""
-        for name, value, n in (("Image Position (Patient)", ipp, 3), ("Image Orientation (Patient)", iop, 6),
-                               ("Pixel Spacing", spacing, 2)):
+        for name, value, n in (
+            ("Image Position (Patient)", ipp, 3),
+            ("Image Orientation (Patient)", iop, 6),
+            ("Pixel Spacing", spacing, 2),
+        ):
             if value is None or len(value) != n or not all(math.isfinite(float(v)) for v in value):
                 raise DicomInputError(f"{where}: {f.path.name}{frame}: missing or invalid {name}")
         planes.append(
             Plane(
-                file_index, i,
+                file_index,
+                i,
                 tuple(float(v) for v in ipp),  # type: ignore[arg-type]
                 tuple(float(v) for v in iop),
                 (float(spacing[0]), float(spacing[1])),
-                rows, columns,
+                rows,
+                columns,
                 float(slope) if slope not in (None, "") else 1.0,
                 float(intercept) if intercept not in (None, "") else 0.0,
             )
@@ -215,7 +229,9 @@ def stack_geometry(planes: Sequence[Plane], where: str) -> tuple[list[int], Geom
     row = np.asarray(first.orientation[:3])
     col = np.asarray(first.orientation[3:])
     if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or abs(row @ col) > 1e-2:
-        raise DicomInputError(f"{where}: Image Orientation (Patient) {first.orientation} is not two unit, orthogonal vectors")
+        raise DicomInputError(
+            f"{where}: Image Orientation (Patient) {first.orientation} is not two unit, orthogonal vectors"
+        )
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
     normal = np.cross(row, col)
     normal /= np.linalg.norm(normal)
@@ -243,7 +259,8 @@ def _check_same_plane_layout(planes: Sequence[Plane], where: str) -> None:
     for p in planes[1:]:
         if (p.rows, p.columns) != (first.rows, first.columns):
             raise DicomInputError(
-                f"{where}: slices of different sizes ({first.columns} x {first.rows} and {p.columns} x {p.rows})"
+                f"{where}: slices of different sizes "
+                f"({first.columns} x {first.rows} and {p.columns} x {p.rows})"
             )
         if max(abs(a - b) for a, b in zip(p.orientation, first.orientation, strict=True)) > _ORIENTATION_TOL:
             raise DicomInputError(f"{where}: slices of different orientations in one stack")
@@ -251,7 +268,8 @@ def _check_same_plane_layout(planes: Sequence[Plane], where: str) -> None:
             first.spacing_mm_rc
         ):
             raise DicomInputError(
-                f"{where}: slices with different pixel spacings ({first.spacing_mm_rc} and {p.spacing_mm_rc} mm)"
+                f"{where}: slices with different pixel spacings "
+                f"({first.spacing_mm_rc} and {p.spacing_mm_rc} mm)"
             )
 
 
@@ -273,7 +291,8 @@ def _slice_gap(sorted_along: np.ndarray, where: str) -> float:
         missing = int(sum(round(g / median) - 1 for g in gaps[big]))
         k = int(big[0])
         raise DicomInputError(
-            f"{where}: {missing} slice(s) missing (a gap from {sorted_along[k]:.2f} to {sorted_along[k + 1]:.2f} mm "
+            f"{where}: {missing} slice(s) missing (a gap from {sorted_along[k]:.2f} "
+            f"to {sorted_along[k + 1]:.2f} mm "
             f"along the slice normal, where the slices are {median:.2f} mm apart); export the complete series"
         )
     if np.max(np.abs(gaps - median)) > tol:
@@ -292,7 +311,8 @@ def _check_no_tilt(sorted_positions: np.ndarray, normal: np.ndarray, gap_mm: flo
         extent = float(offsets[-1] @ normal)
         tilt = math.degrees(math.atan2(float(np.linalg.norm(lateral[-1])), extent)) if extent else 90.0
         raise DicomInputError(
-            f"{where}: the slices are offset within their own plane (gantry tilt of about {tilt:.1f} degrees, "
+            f"{where}: the slices are offset within their own plane "
+            f"(gantry tilt of about {tilt:.1f} degrees, "
             f"{drift:.2f} mm over the stack); tilted acquisitions are not supported: reconstruct without tilt"
         )
 
@@ -319,7 +339,8 @@ def _decode(
         expected = (f.frames, geometry.size_xyz[1], geometry.size_xyz[0])
         if stored.shape != expected:
             raise DicomInputError(
-                f"{where}: {f.path.name}: pixel data of shape {stored.shape}, expected {expected} (frames, rows, columns)"
+                f"{where}: {f.path.name}: pixel data of shape {stored.shape}, "
+                f"expected {expected} (frames, rows, columns)"
             )
         for frame in range(f.frames):
             k = slot_of[(file_index, frame)]

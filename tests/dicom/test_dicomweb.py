@@ -29,11 +29,15 @@ from tests.dicom.conftest import (
 
 def test_orthanc_round_trip(orthanc: Orthanc, tmp_path: Path) -> None:
     study = generate_uid()
-    case = write_case(tmp_path / "case", GEOMETRIES["flipped-rows"], SeriesOptions(study_uid=study, series_number=7))
+    case = write_case(
+        tmp_path / "case", GEOMETRIES["flipped-rows"], SeriesOptions(study_uid=study, series_number=7)
+    )
     # a second, smaller CT series and a localizer-like series in the same study: not chosen
     small = Geometry((30, 26, 5), (0.9, 1.3, 5.0), (-40.25, 31.5, -120.0), GEOMETRIES["axial"])
     image, _ = phantom_arrays(small.size_xyz)
-    thick = write_ct_series(image, small, tmp_path / "thick", SeriesOptions(study_uid=study, series_number=8, description="thick"))
+    thick = write_ct_series(
+        image, small, tmp_path / "thick", SeriesOptions(study_uid=study, series_number=8, description="thick")
+    )
     upload_to_orthanc(orthanc, sorted(case.dicom_dir.iterdir()) + thick)
     mask = sitk.ReadImage(str(case.mask_nifti))
 
@@ -50,9 +54,10 @@ def test_orthanc_round_trip(orthanc: Orthanc, tmp_path: Path) -> None:
     seg_path = tmp_path / "fetched_seg.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
     assert_seg_matches_mask(seg_path, mask)
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
-        next(case.dicom_dir.iterdir()), stop_before_pixels=True
-    ).SeriesInstanceUID
+    assert (
+        seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        == pydicom.dcmread(next(case.dicom_dir.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    )
 
 
 def test_unknown_study_is_a_clear_error(orthanc: Orthanc) -> None:
@@ -65,7 +70,7 @@ def test_unknown_study_is_a_clear_error(orthanc: Orthanc) -> None:
 
 def test_unreachable_server_is_a_clear_error() -> None:
     client = make_client("http://127.0.0.1:9/dicom-web", timeout_s=2, attempts=1)
-    with pytest.raises(DicomWebError, match="study 1.2.3: cannot search its series"):
+    with pytest.raises(DicomWebError, match=r"study 1\.2\.3: cannot search its series"):
         segment_study(client, "1.2.3", lambda v: np.zeros(1), "t", max_voxels=10**9)
 
 

@@ -56,7 +56,10 @@ def _sr_document(folder: Path, study_uid: str) -> Path:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
     ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "SR", "Dose Report", 900
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+        ds.SOPClassUID,
+        ds.SOPInstanceUID,
+    )
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     path = folder / "dose_report.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -69,8 +72,12 @@ def _sr_document(folder: Path, study_uid: str) -> Path:
 def test_two_series_in_one_folder_choose_the_axial_one_with_most_slices(tmp_path: Path, caplog) -> None:
     folder = tmp_path / "mixed"
     study = generate_uid()
-    _series(folder / "a", _geometry(size_xyz=(24, 20, 8)), study_uid=study, series_number=2, description="thick")
-    _series(folder / "b", _geometry(size_xyz=(24, 20, 12)), study_uid=study, series_number=3, description="thin")
+    _series(
+        folder / "a", _geometry(size_xyz=(24, 20, 8)), study_uid=study, series_number=2, description="thick"
+    )
+    _series(
+        folder / "b", _geometry(size_xyz=(24, 20, 12)), study_uid=study, series_number=3, description="thin"
+    )
     sagittal = _geometry(GEOMETRIES["sagittal"], size_xyz=(24, 20, 16))
     _series(folder / "c", sagittal, study_uid=study, series_number=4, description="sag MPR")
     _sr_document(folder, study)
@@ -134,7 +141,10 @@ def test_cases_are_the_folders_that_hold_dicom(tmp_path: Path) -> None:
     _series(tmp_path / "study" / "s1")
     _series(tmp_path / "study" / "s2" / "deeper")
     (tmp_path / "study" / "readme.txt").write_text("x")
-    assert folders_with_dicom(tmp_path / "study") == [tmp_path / "study" / "s1", tmp_path / "study" / "s2" / "deeper"]
+    assert folders_with_dicom(tmp_path / "study") == [
+        tmp_path / "study" / "s1",
+        tmp_path / "study" / "s2" / "deeper",
+    ]
     assert folders_with_dicom(tmp_path / "study" / "s1") == [tmp_path / "study" / "s1"]
 
 
@@ -144,14 +154,18 @@ def test_cases_are_the_folders_that_hold_dicom(tmp_path: Path) -> None:
 def test_missing_slice(tmp_path: Path) -> None:
     paths = _series(tmp_path / "gap")
     paths[4].unlink()
-    with pytest.raises(DicomInputError, match="gap: 1 slice\\(s\\) missing .* 3.00 mm apart"):
+    with pytest.raises(DicomInputError, match=r"gap: 1 slice\(s\) missing .* 3\.00 mm apart"):
         read_dicom_volume(tmp_path / "gap", MAX_VOXELS)
 
 
 def test_non_uniform_spacing(tmp_path: Path) -> None:
     paths = _series(tmp_path / "uneven")
     ds = pydicom.dcmread(paths[4])
-    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], ds.ImagePositionPatient[2] + 1.1]
+    ds.ImagePositionPatient = [
+        ds.ImagePositionPatient[0],
+        ds.ImagePositionPatient[1],
+        ds.ImagePositionPatient[2] + 1.1,
+    ]
     ds.save_as(paths[4])
     with pytest.raises(DicomInputError, match="non-uniform slice spacing"):
         read_dicom_volume(tmp_path / "uneven", MAX_VOXELS)
@@ -165,7 +179,7 @@ def test_gantry_tilt_is_refused_not_skewed(tmp_path: Path) -> None:
         ds.ImagePositionPatient = [ipp[0], ipp[1] + k * 3.0 * np.tan(np.radians(15)), ipp[2]]
         ds.GantryDetectorTilt = "15"
         ds.save_as(p)
-    with pytest.raises(DicomInputError, match="gantry tilt of about 15.0 degrees"):
+    with pytest.raises(DicomInputError, match=r"gantry tilt of about 15\.0 degrees"):
         read_dicom_volume(tmp_path / "tilt", MAX_VOXELS)
 
 
@@ -219,10 +233,14 @@ def test_too_many_voxels(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- encodings
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpeg-ls", "jpeg2000"])
+@pytest.mark.parametrize(
+    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpeg-ls", "jpeg2000"]
+)
 def test_lossless_compressed_series_read_exactly(tmp_path: Path, syntax: str) -> None:
     geometry = _geometry(GEOMETRIES["oblique"], size_xyz=(64, 48, 6))
-    plain = read_dicom_volume(tmp_path / "plain", MAX_VOXELS) if _series(tmp_path / "plain", geometry) else None
+    plain = (
+        read_dicom_volume(tmp_path / "plain", MAX_VOXELS) if _series(tmp_path / "plain", geometry) else None
+    )
     _series(tmp_path / "packed", geometry, transfer_syntax=syntax)
     assert pydicom.dcmread(next((tmp_path / "packed").iterdir())).file_meta.TransferSyntaxUID == syntax
     packed = read_dicom_volume(tmp_path / "packed", MAX_VOXELS)
@@ -311,10 +329,14 @@ def test_zip_of_a_series_reads_like_the_folder(tmp_path: Path) -> None:
         dicom = read_dicom_volume(root, MAX_VOXELS)
         extracted = root
     assert not extracted.exists()
-    assert np.array_equal(dicom.volume.array_zyx, read_dicom_volume(tmp_path / "series", MAX_VOXELS).volume.array_zyx)
+    assert np.array_equal(
+        dicom.volume.array_zyx, read_dicom_volume(tmp_path / "series", MAX_VOXELS).volume.array_zyx
+    )
 
 
-@pytest.mark.parametrize("member", ["../evil.dcm", "a/../../evil.dcm", "/etc/evil.dcm", "C:/evil.dcm", "..\\evil.dcm"])
+@pytest.mark.parametrize(
+    "member", ["../evil.dcm", "a/../../evil.dcm", "/etc/evil.dcm", "C:/evil.dcm", "..\\evil.dcm"]
+)
 def test_zip_path_traversal_is_refused_before_writing_anything(tmp_path: Path, member: str) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -327,7 +349,7 @@ def test_zip_path_traversal_is_refused_before_writing_anything(tmp_path: Path, m
 
 def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
     info = zipfile.ZipInfo("link.dcm")
-    info.external_attr = (0o120777 << 16)
+    info.external_attr = 0o120777 << 16
     with zipfile.ZipFile(tmp_path / "l.zip", "w") as z:
         z.writestr(info, "/etc/passwd")
     with pytest.raises(InputError, match="symbolic link"), extracted_zip(tmp_path / "l.zip", 10**8):
@@ -337,11 +359,17 @@ def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
 def test_zip_bomb_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("a.dcm", b"\0" * (5 << 20))
-    with pytest.raises(InputError, match="more than 1000000 bytes"), extracted_zip(tmp_path / "bomb.zip", 10**6):
+    with (
+        pytest.raises(InputError, match="more than 1000000 bytes"),
+        extracted_zip(tmp_path / "bomb.zip", 10**6),
+    ):
         pass
 
 
 def test_not_a_zip(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"PK\x03\x04 broken")
-    with pytest.raises(InputError, match="not a readable zip archive"), extracted_zip(tmp_path / "x.zip", 10**6):
+    with (
+        pytest.raises(InputError, match="not a readable zip archive"),
+        extracted_zip(tmp_path / "x.zip", 10**6),
+    ):
         pass

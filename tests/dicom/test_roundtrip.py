@@ -79,7 +79,10 @@ def test_seg_references_and_codes(geometry_case: PhantomCase, tmp_path: Path) ->
     assert sorted(segments) == [1, 2, 3, 4]
     assert [segments[k].segment_label for k in (1, 2, 3, 4)] == ["liver", "kidney", "spleen", "pancreas"]
     assert [segments[k].segmented_property_type.value for k in (1, 2, 3, 4)] == [
-        "10200004", "64033007", "78961009", "15776009"
+        "10200004",
+        "64033007",
+        "78961009",
+        "15776009",
     ]
     assert all(segments[k].segmented_property_type.scheme_designator == "SCT" for k in segments)
     algorithm = segments[1].algorithm_identification
