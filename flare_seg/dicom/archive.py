@@ -67,6 +67,16 @@ def check_members(archive: zipfile.ZipFile, max_bytes: int, name: str) -> list[z
     return files
 
 
+def check_zip(path: Path, max_bytes: int, *, display_name: str | None = None) -> None:
+    """All of ``extracted_zip``'s checks on member names and sizes, without extracting anything."""
+    name = display_name or path.name
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_members(archive, max_bytes, name)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UnsupportedFormatError(f"{name}: not a readable zip archive ({e})") from None
+
+
 @contextlib.contextmanager
 def extracted_zip(path: Path, max_bytes: int, *, display_name: str | None = None) -> Iterator[Path]:
     """Extract ``path`` into a new private folder (mode 0700) and yield it; removed afterwards."""
