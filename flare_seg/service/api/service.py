@@ -140,6 +140,7 @@ class Service:
         """
         upload = await receive_upload(request, self.uploads_dir, self.max_upload_bytes)
         try:
+            check: Callable[[], object]
             if upload.is_zip:  # member names and sizes only: nothing is extracted yet
                 check = functools.partial(
                     check_zip, upload.path, self.max_unzipped_bytes, display_name=upload.display_name
@@ -353,4 +354,5 @@ def summarize(
             "write": write_s,
         },
         inference_seconds=inference_s,
+        source_series=None,
     )
