@@ -48,6 +48,10 @@ class DicomFile:
 
     path: Path
     dataset: Dataset = field(repr=False)
+    # Where the (uncompressed) pixel data lies in the file: byte offset and length; None when it
+    # is encapsulated (compressed) or unknown. Lets a reader fetch the voxels without parsing again.
+    pixel_offset: int | None = None
+    pixel_length: int = 0
 
     @property
     def sop_class_uid(self) -> str:
@@ -189,16 +193,20 @@ def read_headers(paths: Iterable[Path]) -> tuple[list[DicomFile], list[str]]:
             )
             continue
         has_pixels = False
+        offset, length = None, 0
         for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             if tag in ds:
                 has_pixels = True
+                raw = ds.get_item(tag, keep_deferred=True)
+                if isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF:
+                    offset, length = int(raw.value_tell), int(raw.length)
                 del ds[tag]
         _load_deferred(ds)
         truncated = any("end of file" in str(w.message).lower() for w in caught)
         if truncated or (not has_pixels and (sop_class_uid(ds) in CT_SOP_CLASSES or "Rows" in ds)):
             unreadable.append(f"{path.name}: truncated DICOM file (it ends before its pixel data)")
             continue
-        headers.append(DicomFile(path, ds))
+        headers.append(DicomFile(path, ds, offset, length))
     return headers, unreadable
 
 
@@ -206,7 +214,7 @@ def _load_deferred(ds: Dataset) -> None:
     """Read now the (rare, non-pixel) values over 4 KiB that ``dcmread`` deferred, so that the
     header never goes back to its file (which may be a temporary one)."""
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             _ = ds[tag]  # the access reads the deferred value
 

@@ -2,8 +2,9 @@
 tests: any grid (flips, permutations, oblique, anisotropic), any slice or instance order, and the
 transfer syntaxes pydicom can encode (uncompressed, RLE, JPEG-LS and JPEG 2000 lossless).
 
-Stored values are HU + 1024 (unsigned, 12 bits stored), with Rescale Intercept -1024, as most
-scanners write them.
+Stored values are unsigned, HU + 1024 with Rescale Intercept -1024 and 12 bits stored as most
+scanners write them; a volume reaching below -1024 HU gets its minimum as intercept, one spanning
+more than 4096 HU 16 bits stored (so every int16 HU value of a CT is kept exactly).
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ def write_ct_series(
     frame_of_reference = options.frame_of_reference_uid or generate_uid()
     d = geometry.direction_matrix
     nz = geometry.size_xyz[2]
+    low, high = (int(v) for v in (np.min(array_zyx), np.max(array_zyx))) if array_zyx.size else (0, 0)
+    intercept = min(_INTERCEPT, low)
+    encoding = (intercept, _BITS_STORED if high - intercept < 2**_BITS_STORED else 16)
     paths = []
     for k in range(nz):
         position = np.asarray(geometry.origin_mm_xyz) + k * geometry.spacing_mm_xyz[2] * d[:, 2]
         number = nz - k if options.reverse_instance_numbers else k + 1
         ds = _slice_dataset(
-            array_zyx[k], geometry, position, number, study, series, frame_of_reference, options
+            array_zyx[k], geometry, position, number, (study, series, frame_of_reference), encoding, options
         )
         file_number = nz - k if options.reverse_slice_files else k + 1
         path = out_dir / f"IM{file_number:05d}.dcm"
@@ -81,11 +85,14 @@ def _slice_dataset(
     geometry: Geometry,
     position: np.ndarray,
     instance_number: int,
-    study: str,
-    series: str,
-    frame_of_reference: str,
+    uids: tuple[str, str, str],
+    encoding: tuple[int, int],
     options: SeriesOptions,
 ) -> Dataset:
+    """One slice: ``uids`` are the study, series and frame of reference UIDs, ``encoding`` the
+    rescale intercept and the bits stored."""
+    study, series, frame_of_reference = uids
+    intercept, bits_stored = encoding
     d = geometry.direction_matrix
     ds = Dataset()
     ds.SOPClassUID = CT_IMAGE_STORAGE
@@ -118,13 +125,13 @@ def _slice_dataset(
     ds.Rows, ds.Columns = hu_yx.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
         16,
-        _BITS_STORED,
-        _BITS_STORED - 1,
+        bits_stored,
+        bits_stored - 1,
         0,
     )
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = str(_INTERCEPT), "1", "HU"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = str(intercept), "1", "HU"
     ds.WindowCenter, ds.WindowWidth = "40", "400"
-    stored = np.clip(np.asarray(hu_yx, np.int32) - _INTERCEPT, 0, 2**_BITS_STORED - 1).astype(np.uint16)
+    stored = np.clip(np.asarray(hu_yx, np.int32) - intercept, 0, 2**bits_stored - 1).astype(np.uint16)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

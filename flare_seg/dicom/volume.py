@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from flare_seg.dicom.series import (
     DicomFile,
@@ -333,6 +333,9 @@ def _decode(
     out = np.empty(geometry.shape_zyx, np.int16 if integral else np.float32)
     slot_of = {(planes[i].file_index, planes[i].frame_index): k for k, i in enumerate(order)}
     for file_index, f in enumerate(files):
+        k = slot_of[(file_index, 0)]
+        if _read_native_into(f, out[k], planes[order[k]], where):
+            continue
         stored = _pixels(f, where)
         if stored.ndim == 2:
             stored = stored[np.newaxis]
@@ -347,6 +350,52 @@ def _decode(
             plane = planes[order[k]]
             _rescale_into(out[k], stored[frame], plane.slope, plane.intercept)
     return out
+
+
+def _read_native_into(f: DicomFile, out: np.ndarray, plane: Plane, where: str) -> bool:
+    """Read an uncompressed little-endian 16-bit slice straight from its file into ``out`` (int16)
+    and rescale it there, when that gives exactly what decoding and ``_rescale_into`` would (the
+    stored range and the rescaled range fit int16). False: the caller takes the general path."""
+    ds = f.dataset
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    bits_stored = int(ds.get("BitsStored", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if (
+        f.pixel_offset is None
+        or f.frames != 1
+        or out.dtype != np.int16
+        or syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        or int(ds.get("BitsAllocated", 0) or 0) != 16
+        or f.pixel_length < out.nbytes
+        or (signed and bits_stored != 16)
+        or (not signed and bits_stored > 15)
+        or not (plane.slope.is_integer() and plane.intercept.is_integer())
+    ):
+        return False
+    low, high = (-(1 << 15), (1 << 15) - 1) if signed else (0, (1 << bits_stored) - 1)
+    ends = (low * plane.slope + plane.intercept, high * plane.slope + plane.intercept)
+    if min(ends) < INT16_MIN or max(ends) > INT16_MAX:
+        return False
+    try:
+        with open(f.path, "rb") as handle:
+            handle.seek(f.pixel_offset)
+            got = handle.readinto(memoryview(out).cast("B"))
+    except OSError as e:
+        raise DicomInputError(
+            f"{where}: {f.path.name}: cannot read the pixel data ({e.strerror or e})"
+        ) from None
+    if got != out.nbytes:
+        raise DicomInputError(
+            f"{where}: {f.path.name}: cannot read the pixel data (the file ends after {got} of its "
+            f"{out.nbytes} pixel bytes)"
+        )
+    if not signed and bits_stored < 16:
+        out &= (1 << bits_stored) - 1  # bits above Bits Stored are not part of the value
+    if plane.slope != 1:
+        out *= np.int16(plane.slope)
+    if plane.intercept:
+        out += np.int16(plane.intercept)
+    return True
 
 
 def _pixels(f: DicomFile, where: str) -> np.ndarray:

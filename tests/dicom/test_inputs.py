@@ -373,3 +373,36 @@ def test_not_a_zip(tmp_path: Path) -> None:
         extracted_zip(tmp_path / "x.zip", 10**6),
     ):
         pass
+
+
+def _variant(paths: list[Path], variant: str) -> None:
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        stored = ds.pixel_array.astype(np.int32)
+        if variant == "overlay-bits":  # bits above Bits Stored are not part of the value
+            stored = stored | 0x9000
+        elif variant == "signed":
+            ds.PixelRepresentation, ds.BitsStored, ds.HighBit, ds.RescaleIntercept = 1, 16, 15, "0"
+            stored = stored - 1024
+        elif variant == "slope":
+            ds.RescaleSlope = "2"
+        elif variant == "wide":  # 16 bits stored: the rescaled range does not fit int16
+            ds.BitsStored, ds.HighBit = 16, 15
+        ds.PixelData = stored.astype(np.int16 if variant == "signed" else np.uint16).tobytes()
+        ds.save_as(p)
+
+
+@pytest.mark.parametrize("variant", ["overlay-bits", "signed", "slope", "wide"])
+def test_direct_pixel_reading_equals_decoding(tmp_path: Path, monkeypatch, variant: str) -> None:
+    """Uncompressed slices read straight into the volume give what pydicom's decoding and the
+    general rescale give."""
+    from flare_seg.dicom import volume as volume_module
+
+    _variant(_series(tmp_path / "s"), variant)
+    fast = read_dicom_volume(tmp_path / "s", MAX_VOXELS).volume.array_zyx
+    monkeypatch.setattr(volume_module, "_read_native_into", lambda *args: False)
+    general = read_dicom_volume(tmp_path / "s", MAX_VOXELS).volume.array_zyx
+    assert fast.dtype == general.dtype == np.int16
+    assert np.array_equal(fast, general)
+    if variant == "slope":
+        assert fast.max() > 3000  # 2 * stored - 1024, stored up to 2524
