@@ -235,6 +235,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         baseline_slices=args.baseline_slices,
         batch_cases=args.batch_cases,
         out_json=Path(args.out),
+        dicom_slices=args.dicom_slices,
     )
     return 0
 
@@ -345,6 +346,13 @@ def _add_bench(sub: _Subparsers) -> None:
         help="sizes that also run the single-stage baseline (slow)",
     )
     p.add_argument("--batch-cases", type=int, default=3, help="cases in the batch-throughput run (0: none)")
+    p.add_argument(
+        "--dicom-slices",
+        type=int,
+        nargs="*",
+        default=[300],
+        help="sizes that also run the DICOM variant: read the same CT as a DICOM series, write its SEG",
+    )
     p.add_argument("--memory-budget-mb", type=int)
     p.add_argument("--models-dir")
     _add_precision_flag(p)

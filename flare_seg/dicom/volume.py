@@ -379,7 +379,7 @@ def _read_native_into(f: DicomFile, out: np.ndarray, plane: Plane, where: str) -
     try:
         with open(f.path, "rb") as handle:
             handle.seek(f.pixel_offset)
-            got = handle.readinto(memoryview(out).cast("B"))
+            got = handle.readinto(out.data.cast("B"))  # out is a contiguous slice of the volume
     except OSError as e:
         raise DicomInputError(
             f"{where}: {f.path.name}: cannot read the pixel data ({e.strerror or e})"
