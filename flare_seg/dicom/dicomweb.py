@@ -65,7 +65,8 @@ def _ignore_bulk_data(*_args: Any) -> bytes:
 
 
 def choose_study_series(client: Any, study_uid: str) -> SeriesChoice:
-    """Find the study's series by QIDO-RS, read the CT series' metadata, and choose one."""
+    """Find the study's series by QIDO-RS, read the CT series' metadata (other modalities are
+    listed as not chosen without fetching theirs), and choose one."""
     try:
         found = client.search_for_series(study_instance_uid=study_uid)
     except Exception as e:
@@ -74,6 +75,10 @@ def choose_study_series(client: Any, study_uid: str) -> SeriesChoice:
     for item in found:
         series = Dataset.from_json(item, bulk_data_uri_handler=_ignore_bulk_data)
         uid = str(series.get("SeriesInstanceUID", ""))
+        modality = str(series.get("Modality", "") or "")
+        if modality and modality != "CT":  # an SR, a SEG, a PET series...: no need for its metadata
+            headers.append(DicomFile(Path(uid or "series"), series))
+            continue
         try:
             metadata = client.retrieve_series_metadata(study_uid, uid)
         except Exception as e:
