@@ -82,9 +82,7 @@ class SeriesCandidate:
     def label(self) -> str:
         number = f"{self.series_number} " if self.series_number is not None else ""
         description = f"'{self.description}' " if self.description else ""
-        return f"series {number}{description}({self.series_uid or 'no Series Instance UID'})".replace(
-            "  ", " "
-        )
+        return f"series {number}{description}({self.series_uid or 'no Series Instance UID'})"
 
 
 @dataclass(frozen=True)
@@ -336,14 +334,12 @@ def choose_series(candidates: Sequence[SeriesCandidate], where: str) -> SeriesCh
 
 
 def folders_with_dicom(root: Path) -> list[Path]:
-    """``root`` when it holds DICOM files itself, else every folder below it that directly does
-    (one case per folder), in sorted order."""
-    if dicom_files_in(root):
-        return [root]
+    """Every folder, ``root`` included, that directly holds DICOM files (one case per folder), in
+    sorted order."""
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        if here != root and dicom_files_in(here):
+        if dicom_files_in(here):
             found.append(here)
     return sorted(found)

@@ -101,16 +101,18 @@ class DicomVolume:
         return self.source.warnings
 
 
-def read_dicom_volume(folder: Path, max_voxels: int, *, display_name: str | None = None) -> DicomVolume:
-    """Find the series in ``folder`` (and its subfolders), choose one (logged, with the reason) and
-    read it.
+def read_dicom_volume(
+    folder: Path, max_voxels: int, *, display_name: str | None = None, recursive: bool = True
+) -> DicomVolume:
+    """Find the series in ``folder`` (and its subfolders, when ``recursive``), choose one (logged,
+    with the reason) and read it.
 
     Raises:
         DicomInputError: no CT series, or the chosen one cannot make a regular volume.
         InputTooLargeError: more than ``max_voxels`` voxels.
     """
     where = display_name or folder.name
-    candidates, unreadable = discover_series(folder, recursive=True)
+    candidates, unreadable = discover_series(folder, recursive=recursive)
     try:
         choice = choose_series(candidates, where)
         logger.info("%s: chose %s", where, choice.reason)

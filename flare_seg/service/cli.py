@@ -113,6 +113,8 @@ def predict_cases(
     ``output_types``: ``nifti`` and/or ``dicom-seg`` for every case; None gives each case its
     input's default (NIfTI for NIfTI, DICOM SEG for DICOM).
     """
+    if not cases:
+        raise FileNotFoundError("no input cases")
     check_output_dir(output_dir)
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
@@ -157,7 +159,8 @@ def _read_case(segmenter: Any, case: InputCase, max_voxels: int) -> _ReadCase:
         with extracted_zip(case.path, 2 * max_voxels + (256 << 20), display_name=case.display) as root:
             dicom = read_dicom_volume(root, max_voxels, display_name=case.display)
     else:
-        dicom = read_dicom_volume(case.path, max_voxels, display_name=case.display)
+        # one case per folder that holds DICOM files: its subfolders are cases of their own
+        dicom = read_dicom_volume(case.path, max_voxels, display_name=case.display, recursive=False)
     return _ReadCase(dicom.volume, dicom.source, dicom.choice.reason if dicom.choice else None)
 
 

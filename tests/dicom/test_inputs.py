@@ -406,3 +406,13 @@ def test_direct_pixel_reading_equals_decoding(tmp_path: Path, monkeypatch, varia
     assert np.array_equal(fast, general)
     if variant == "slope":
         assert fast.max() > 3000  # 2 * stored - 1024, stored up to 2524
+
+
+def test_a_folder_with_series_of_its_own_and_below_gives_one_case_each(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    _series(root, _geometry(size_xyz=(24, 20, 8)))
+    _series(root / "inner", _geometry(size_xyz=(24, 20, 12)))
+    assert folders_with_dicom(root) == [root, root / "inner"]
+    # read as its own case, the folder's series is the one chosen, not the bigger one below it
+    assert read_dicom_volume(root, MAX_VOXELS, recursive=False).volume.geometry.size_xyz[2] == 8
+    assert read_dicom_volume(root, MAX_VOXELS).volume.geometry.size_xyz[2] == 12
