@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_dicomweb(args: argparse.Namespace) -> int:
     """Segment a study of a DICOMweb server and store the DICOM SEG back into it."""
-    from flare_seg.dicom.dicomweb import DicomWebError, make_client, segment_study
+    from flare_seg.dicom.dicomweb import DicomWebError, credentials_from_env, make_client, segment_study
     from flare_seg.service.settings import load_settings
 
     settings = load_settings(
@@ -125,7 +126,8 @@ def _cmd_dicomweb(args: argparse.Namespace) -> int:
     if save_to is not None and save_to.is_dir():
         raise ValueError(f"--save {save_to} is a folder; give the .dcm file to write")
     settings.check_paths()
-    client = make_client(args.url, timeout_s=args.timeout)
+    headers, basic_auth = credentials_from_env(os.environ)
+    client = make_client(args.url, timeout_s=args.timeout, headers=headers, basic_auth=basic_auth)
     from flare_seg.service.pipeline import Segmenter
 
     segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
@@ -365,7 +367,9 @@ def _add_dicomweb(sub: _Subparsers) -> None:
         help="segment a study of a DICOMweb server (PACS) and store the DICOM SEG back into it",
         description="QIDO-RS finds the study's series; the CT series is chosen (images only, axial, most "
         "slices) and read by WADO-RS; the DICOM SEG (one segment per organ, referencing the series) "
-        "is stored into the same study by STOW-RS.",
+        "is stored into the same study by STOW-RS. Credentials come from the environment: "
+        "FLARE_SEG_DICOMWEB_TOKEN (a bearer token) or FLARE_SEG_DICOMWEB_USER and "
+        "FLARE_SEG_DICOMWEB_PASSWORD (HTTP basic).",
     )
     p.add_argument("study_uid", metavar="STUDY_UID", help="the Study Instance UID")
     p.add_argument("--url", required=True, help="the DICOMweb root, e.g. http://pacs:8042/dicom-web")

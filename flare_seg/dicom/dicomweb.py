@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +50,35 @@ class StudyResult:
     warnings: tuple[str, ...] = ()
 
 
-def make_client(url: str, *, timeout_s: float = 60.0, attempts: int = 3) -> Any:
+TOKEN_ENV = "FLARE_SEG_DICOMWEB_TOKEN"  # a bearer token for the DICOMweb server
+USER_ENV, PASSWORD_ENV = "FLARE_SEG_DICOMWEB_USER", "FLARE_SEG_DICOMWEB_PASSWORD"  # HTTP basic auth
+
+
+def credentials_from_env(env: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """The Authorization header (bearer token) and basic-auth pair the environment gives, if any:
+    credentials come from the environment, never from the command line (which others can see)."""
+    headers = {"Authorization": f"Bearer {env[TOKEN_ENV]}"} if env.get(TOKEN_ENV) else {}
+    user = env.get(USER_ENV)
+    return headers, (user, env.get(PASSWORD_ENV, "")) if user else None
+
+
+def make_client(
+    url: str,
+    *,
+    timeout_s: float = 60.0,
+    attempts: int = 3,
+    headers: Mapping[str, str] | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> Any:
     """A ``dicomweb_client.DICOMwebClient`` for the server's DICOMweb root URL; requests that fail
     for want of the server are tried ``attempts`` times in all (with exponential back-off)."""
+    import requests
     from dicomweb_client.api import DICOMwebClient
 
-    client = DICOMwebClient(url, timeout=timeout_s)
+    session = requests.Session()
+    if basic_auth is not None:
+        session.auth = basic_auth
+    client = DICOMwebClient(url, session=session, headers=dict(headers or {}), timeout=timeout_s)
     client.set_http_retry_params(retry=attempts > 1, max_attempts=max(1, attempts))
     return client
 
@@ -71,6 +94,8 @@ def choose_study_series(client: Any, study_uid: str) -> SeriesChoice:
         found = client.search_for_series(study_instance_uid=study_uid)
     except Exception as e:
         raise DicomWebError(f"study {study_uid}: cannot search its series ({_reason(e)})") from None
+    if not found:
+        raise DicomInputError(f"study {study_uid}: the server holds no series of this study")
     headers: list[DicomFile] = []
     for item in found:
         series = Dataset.from_json(item, bulk_data_uri_handler=_ignore_bulk_data)

@@ -3,13 +3,16 @@ helpers that compare DICOM volumes and SEGs with the NIfTI files in patient coor
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,22 +177,23 @@ class Orthanc:
 _DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    """A real Orthanc with the DICOMweb plugin on a free loopback port, with its own storage."""
+@contextmanager
+def running_orthanc(root: Path, users: dict[str, str] | None = None) -> Iterator[Orthanc]:
+    """A real Orthanc with the DICOMweb plugin on a free loopback port, with its own storage under
+    ``root``; with ``users``, HTTP basic authentication is required. Stopped afterwards."""
     binary = shutil.which("Orthanc")
     if binary is None:
         pytest.skip("Orthanc is not installed (Debian packages orthanc and orthanc-dicomweb)")
     if not _DICOMWEB_PLUGIN.exists():
         pytest.skip(f"the Orthanc DICOMweb plugin is not installed ({_DICOMWEB_PLUGIN})")
-    root = tmp_path_factory.mktemp("orthanc")
     port = _free_port()
     config = {
         "Name": "flare-seg-test",
         "HttpPort": port,
         "DicomServerEnabled": False,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": users is not None,
+        "RegisteredUsers": users or {},
         "StorageDirectory": str(root / "storage"),
         "IndexDirectory": str(root / "index"),
         "Plugins": [str(_DICOMWEB_PLUGIN)],
@@ -201,17 +205,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     process = subprocess.Popen([binary, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/system", timeout=2) as r:
-                    json.load(r)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
-                time.sleep(0.2)
+        _wait_for(url, process, root)
         yield Orthanc(url, f"{url}/dicom-web")
     finally:
         process.terminate()
@@ -223,9 +217,35 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         log.close()
 
 
-def upload_to_orthanc(orthanc: Orthanc, paths: list[Path]) -> None:
+def _wait_for(url: str, process: subprocess.Popen, root: Path) -> None:
+    """Until Orthanc answers on ``url`` (401 counts: it is up, and asks for credentials)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/system", timeout=2) as r:
+                json.load(r)
+            return
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+def upload_to_orthanc(orthanc: Orthanc, paths: list[Path], basic_auth: str | None = None) -> None:
     for path in paths:
         request = urllib.request.Request(f"{orthanc.url}/instances", data=path.read_bytes(), method="POST")
         request.add_header("Content-Type", "application/dicom")
+        if basic_auth is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(basic_auth.encode()).decode())
         with urllib.request.urlopen(request, timeout=30) as r:
             assert r.status == 200

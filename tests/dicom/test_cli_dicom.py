@@ -219,3 +219,26 @@ def test_shipped_models_seg_equals_nifti_mask_on_a_phantom(geometry: str, tmp_pa
     counts = np.bincount(sitk.GetArrayViewFromImage(mask).ravel(), minlength=5)
     assert (counts[1:] > 100).all(), counts  # every organ found
     assert_seg_matches_mask(tmp_path / "out" / "series.seg.dcm", mask)
+
+
+def test_dicomweb_command_with_credentials_from_the_environment(
+    tiny_models: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A PACS that asks for HTTP basic authentication: refused in one line without credentials,
+    segmented with them (given by the environment, never on the command line)."""
+    from tests.dicom.conftest import running_orthanc
+
+    (tmp_path / "orthanc").mkdir()
+    with running_orthanc(tmp_path / "orthanc", users={"flare": "s3cret"}) as server:
+        study = generate_uid()
+        case = write_case(tmp_path / "case", GEOMETRIES["axial"], SeriesOptions(study_uid=study))
+        upload_to_orthanc(server, sorted(case.dicom_dir.iterdir()), basic_auth="flare:s3cret")
+        argv = ["dicomweb", study, "--url", server.dicomweb_url, "--models-dir", str(tiny_models)]
+        monkeypatch.delenv("FLARE_SEG_DICOMWEB_USER", raising=False)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "HTTP 401" in err and err.count("\n") == 0
+        monkeypatch.setenv("FLARE_SEG_DICOMWEB_USER", "flare")
+        monkeypatch.setenv("FLARE_SEG_DICOMWEB_PASSWORD", "s3cret")
+        assert main(argv) == 0
+        assert f"stored in study {study}" in capsys.readouterr().out
