@@ -32,6 +32,7 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("tensorflow", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every module it copies
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
