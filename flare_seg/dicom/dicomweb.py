@@ -121,7 +121,9 @@ def download_series(client: Any, study_uid: str, choice: SeriesChoice, folder: P
     series_uid = choice.chosen.series_uid
     count = 0
     try:
-        for ds in client.iter_series(study_uid, series_uid):
+        # as stored ("transfer-syntax=*"): compressed images are decoded here, and a server that
+        # cannot transcode (Orthanc without a JPEG 2000 codec) still sends them
+        for ds in client.iter_series(study_uid, series_uid, media_types=(("application/dicom", "*"),)):
             uid = sop_instance_uid(ds)
             if uid not in wanted:
                 continue

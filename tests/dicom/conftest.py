@@ -159,6 +159,18 @@ def assert_seg_matches_mask(seg_path: Path, mask_nifti: sitk.Image) -> None:
         )
 
 
+def assert_dciodvfy_clean(path: Path) -> None:
+    """David Clunie's validator (dicom3tools) finds no error in ``path`` (warnings are allowed);
+    skips when it is not installed."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (Debian package dicom3tools)")
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)
+    assert "Segmentation" in output  # it recognized the IOD
+
+
 # ----------------------------------------------------------------------------- Orthanc
 
 

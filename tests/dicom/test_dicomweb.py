@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from flare_seg.dicom.dicomweb import DicomWebError, make_client, segment_study
 from flare_seg.dicom.synth import SeriesOptions, write_ct_series
@@ -27,12 +27,12 @@ from tests.dicom.conftest import (
 )
 
 
-def test_orthanc_round_trip(orthanc: Orthanc, tmp_path: Path) -> None:
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless], ids=["plain", "jpeg2000"])
+def test_orthanc_round_trip(orthanc: Orthanc, tmp_path: Path, syntax: str) -> None:
     study = generate_uid()
-    case = write_case(
-        tmp_path / "case", GEOMETRIES["flipped-rows"], SeriesOptions(study_uid=study, series_number=7)
-    )
-    # a second, smaller CT series and a localizer-like series in the same study: not chosen
+    options = SeriesOptions(study_uid=study, series_number=7, transfer_syntax=syntax)
+    case = write_case(tmp_path / "case", GEOMETRIES["flipped-rows"], options, size_xyz=(64, 48, 10))
+    # a second CT series with fewer slices in the same study: not chosen
     small = Geometry((30, 26, 5), (0.9, 1.3, 5.0), (-40.25, 31.5, -120.0), GEOMETRIES["axial"])
     image, _ = phantom_arrays(small.size_xyz)
     thick = write_ct_series(

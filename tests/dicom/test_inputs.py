@@ -29,6 +29,7 @@ from flare_seg.geometry import Geometry
 from flare_seg.service.io import InputError
 from tests.dicom.conftest import (
     GEOMETRIES,
+    assert_dciodvfy_clean,
     assert_seg_matches_mask,
     phantom_arrays,
     sample_nifti,
@@ -308,6 +309,7 @@ def test_multi_frame_enhanced_ct_and_its_seg(tmp_path: Path) -> None:
     labels = sample_nifti(mask, multi.volume.geometry)
     write_seg_atomic(build_seg(labels, multi.source, model_version="t"), tmp_path / "seg.dcm")
     assert_seg_matches_mask(tmp_path / "seg.dcm", mask)
+    assert_dciodvfy_clean(tmp_path / "seg.dcm")
 
 
 # ----------------------------------------------------------------------------- zip archives
