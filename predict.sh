@@ -9,6 +9,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${FLARE_SEG_MODELS_DIR:=${HERE}/saved_models}"
 export FLARE_SEG_MODELS_DIR
 if command -v flare-seg >/dev/null 2>&1; then
-  exec flare-seg predict "${IN}" "${OUT}"
+  exec flare-seg predict --challenge-layout "${IN}" "${OUT}"
 fi
-exec python3 -m flare_seg.cli predict "${IN}" "${OUT}"
+exec python3 -m flare_seg.cli predict --challenge-layout "${IN}" "${OUT}"

@@ -253,7 +253,22 @@ def run_worker(opts: dict[str, Any]) -> dict[str, Any]:
             out["single_stage_baseline"] = _baseline(segmenter, path, tmp_dir)
         if opts["batch_cases"] > 0:
             out["batch"] = _batch(segmenter, path, opts["batch_cases"], voxels, tmp_dir)
+        if opts.get("dicom"):
+            out["dicom"] = _dicom(segmenter, path, tmp_dir)
     return out
+
+
+def _dicom(segmenter: Any, path: Path, tmp_dir: Path) -> dict[str, Any]:
+    """The DICOM variant of the case: the same CT as a series of 2D files, read against its
+    .nii.gz, segmented, and its mask written as a DICOM SEG (``flare_seg.dicom.benchmark``)."""
+    from flare_seg.dicom.benchmark import dicom_variant
+
+    return dicom_variant(
+        path,
+        tmp_dir,
+        _WORKER_MAX_VOXELS,
+        segment=lambda dicom: segmenter.segment_dicom_volume(dicom).labels_zyx,
+    )
 
 
 def _cold_start(opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -432,6 +447,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             )
         if "batch" in r:
             entry["batch_per_case_s"] = r["batch"]["per_case_s"]
+        if "dicom" in r:
+            entry["dicom_read_vs_nifti"] = r["dicom"]["read_ratio"]
         summary[str(r["slices"])] = entry
     return summary
 
@@ -480,6 +497,16 @@ def format_table(results: list[dict[str, Any]]) -> str:
         "peak MiB, B/vox: above the idle process between cases (after a first case, which leaves the"
         " networks' working memory pooled); 1st B/vox: the first case, above the idle after warm-up"
     )
+    for r in results:
+        if "dicom" in r:
+            d = r["dicom"]
+            lines.append(
+                f"DICOM variant, {r['slices']} slices ({d['files']} files): read {d['read_dicom_s']:.2f} s "
+                f"(.nii.gz {d['read_nifti_s']:.2f} s, {d['read_ratio']:.2f}x), "
+                f"segment {d['segment_s']:.2f} s, "
+                f"SEG build {d['seg_build_s']:.2f} s + write {d['seg_write_s']:.2f} s "
+                f"({d['seg_frames']} frames, {d['seg_mib']:.1f} MiB)"
+            )
     lines.append("stages (s) of the steady-state run:")
     for r in results:
         lines.append(f"  {r['slices']:>4}: " + "  ".join(f"{k} {v:.2f}" for k, v in r["stages_s"].items()))
@@ -498,10 +525,12 @@ def run_bench(
     batch_cases: int = 3,
     batch_slices: list[int] | None = None,
     out_json: Path | None = None,
+    dicom_slices: list[int] | None = None,
 ) -> dict[str, Any]:
     paths = ensure_bench_inputs(work_dir, slice_counts, seed)
     baseline_slices = slice_counts[:1] if baseline_slices is None else baseline_slices
     batch_slices = slice_counts[:1] if batch_slices is None else batch_slices
+    dicom_slices = [n for n in slice_counts if n == 300][:1] if dicom_slices is None else dicom_slices
     results = []
     for n in slice_counts:
         print(f"measuring 512 x 512 x {n} ...", flush=True)
@@ -516,6 +545,7 @@ def run_bench(
                     "precision": precision,
                     "baseline": n in baseline_slices,
                     "batch_cases": batch_cases if n in batch_slices else 0,
+                    "dicom": n in dicom_slices,
                 }
             )
         )

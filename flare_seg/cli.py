@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flare_seg.console import exit_now
 
@@ -31,6 +32,7 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("tensorflow", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every module it copies
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -77,20 +79,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from flare_seg.service.cli import format_report_line, predict_dir
-    from flare_seg.service.pipeline import Segmenter
+    from flare_seg.service.cli import check_output_dir, format_report_line, predict_cases
+    from flare_seg.service.inputs import DICOM_SEG, find_cases, find_challenge_cases, parse_output_types
     from flare_seg.service.settings import load_settings
 
     settings = load_settings(
         models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb, precision=args.precision
     )
+    output_types = parse_output_types(args.output_type)
+    source, output_dir = Path(args.input), Path(args.output_dir)
+    # Everything about the input and output is checked before the models load (seconds).
+    cases = find_challenge_cases(source) if args.challenge_layout else find_cases(source)
+    if output_types and DICOM_SEG in output_types and not any(c.is_dicom for c in cases):
+        raise ValueError(f"--output-type dicom-seg needs DICOM input; {source} holds NIfTI images only")
+    check_output_dir(output_dir)
+    kinds = sorted({c.kind for c in cases})
+    log.info("%d case(s) in %s (%s)", len(cases), source, ", ".join(kinds))
     settings.check_paths()
+    from flare_seg.service.pipeline import Segmenter
+
     segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
-    reports = predict_dir(
-        Path(args.input_dir),
-        Path(args.output_dir),
+    reports = predict_cases(
+        cases,
+        output_dir,
         segmenter,
         max_voxels=settings.max_voxels,
+        output_types=output_types,
         on_case=lambda r: print(format_report_line(r), flush=True),
     )
     failed = [r for r in reports if r.status != "ok"]
@@ -99,6 +113,54 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"summary in {args.output_dir}/summary.json"
     )
     return EXIT_FAILED_CASES if failed else 0
+
+
+def _cmd_dicomweb(args: argparse.Namespace) -> int:
+    """Segment a study of a DICOMweb server and store the DICOM SEG back into it."""
+    from flare_seg.dicom.dicomweb import DicomWebError, credentials_from_env, make_client, segment_study
+    from flare_seg.service.settings import load_settings
+
+    settings = load_settings(
+        models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb, precision=args.precision
+    )
+    save_to = Path(args.save) if args.save else None
+    if save_to is not None and save_to.is_dir():
+        raise ValueError(f"--save {save_to} is a folder; give the .dcm file to write")
+    settings.check_paths()
+    headers, basic_auth = credentials_from_env(os.environ)
+    client = make_client(args.url, timeout_s=args.timeout, headers=headers, basic_auth=basic_auth)
+    from flare_seg.service.pipeline import Segmenter
+
+    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
+    volumes: dict[str, float] = {}
+
+    def segment(dicom: Any) -> Any:
+        result = segmenter.segment_dicom_volume(dicom)
+        volumes.update(result.volumes_ml)
+        return result.labels_zyx
+
+    try:
+        result = segment_study(
+            client,
+            args.study_uid,
+            segment,
+            segmenter.model_version,
+            max_voxels=settings.max_voxels,
+            store=not args.no_store,
+            save_to=save_to,
+        )
+    except DicomWebError as exc:
+        print(f"flare-seg dicomweb: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"series: {result.reason}")
+    for w in result.warnings:
+        print(f"  warning: {w}")
+    print("  ".join(f"{organ} {ml:.1f} mL" for organ, ml in volumes.items()))
+    where = "not stored (--no-store)" if args.no_store else f"stored in study {result.study_uid}"
+    print(f"SEG {result.seg_sop_instance_uid} (series {result.seg_series_uid}) {where}")
+    if save_to is not None:
+        print(f"SEG written to {save_to}")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -132,16 +194,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Segment the bundled example CT with the shipped models and print organ volumes."""
+    from flare_seg.service.inputs import find_cases
     from flare_seg.service.pipeline import Segmenter
     from flare_seg.service.settings import load_settings
 
     settings = load_settings(models_dir=args.models_dir)
+    [case, *more] = find_cases(Path(args.image))  # a NIfTI file, a DICOM series folder or a .zip
+    if more:
+        raise ValueError(
+            f"{args.image} holds {len(more) + 1} cases; demo segments one (use flare-seg predict)"
+        )
     settings.check_paths()
-    example = Path(args.image)
-    if not example.is_file():
-        raise FileNotFoundError(f"example image {example} not found")
     segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
-    result = segmenter.segment_file(example, settings.max_voxels)
+    if case.is_dicom:
+        result = segmenter.segment_dicom(case.path, settings.max_voxels)
+        print(f"series: {result.series}")
+    else:
+        result = segmenter.segment_file(case.path, settings.max_voxels)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.write_mask(out)
@@ -169,6 +238,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         baseline_slices=args.baseline_slices,
         batch_cases=args.batch_cases,
         out_json=Path(args.out),
+        dicom_slices=args.dicom_slices,
     )
     return 0
 
@@ -216,9 +286,28 @@ def _add_export(sub: _Subparsers) -> None:
 
 
 def _add_predict(sub: _Subparsers) -> None:
-    p = sub.add_parser("predict", help="segment every <case>_0000.nii.gz of INPUT_DIR into OUTPUT_DIR")
-    p.add_argument("input_dir")
+    p = sub.add_parser(
+        "predict",
+        help="segment a NIfTI file, a DICOM series folder, a .zip of DICOM, or a folder of any of those",
+        description="Cases: every NIfTI file (any name; <case>_0000.nii.gz gives <case>), every folder that "
+        "holds DICOM files (one series is chosen per folder: CT images, axial, most slices) and every "
+        ".zip of DICOM files. Outputs: <case>.nii.gz and/or <case>.seg.dcm, summary.json, summary.csv.",
+    )
+    p.add_argument("input", help="a NIfTI file, a DICOM series folder, a .zip, or a folder of those")
     p.add_argument("output_dir")
+    p.add_argument(
+        "--output-type",
+        action="append",
+        metavar="nifti|dicom-seg",
+        help="nifti (<case>.nii.gz), dicom-seg (<case>.seg.dcm, DICOM input only) or both; repeat or "
+        "comma-separate for both; default: nifti for NIfTI input, dicom-seg for DICOM input",
+    )
+    p.add_argument(
+        "--challenge-layout",
+        action="store_true",
+        help="only <case>_0000.nii.gz (or .nii) files of the input folder, as the FLARE challenge lays "
+        "them out (predict.sh)",
+    )
     p.add_argument("--models-dir", help="default: $FLARE_SEG_MODELS_DIR or ./saved_models")
     p.add_argument("--memory-budget-mb", type=int, help="bounds slabs and tiles (default 256)")
     _add_precision_flag(p)
@@ -260,15 +349,47 @@ def _add_bench(sub: _Subparsers) -> None:
         help="sizes that also run the single-stage baseline (slow)",
     )
     p.add_argument("--batch-cases", type=int, default=3, help="cases in the batch-throughput run (0: none)")
+    p.add_argument(
+        "--dicom-slices",
+        type=int,
+        nargs="*",
+        default=[300],
+        help="sizes that also run the DICOM variant: read the same CT as a DICOM series, write its SEG",
+    )
     p.add_argument("--memory-budget-mb", type=int)
     p.add_argument("--models-dir")
     _add_precision_flag(p)
     p.set_defaults(func=_cmd_bench)
 
 
+def _add_dicomweb(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "dicomweb",
+        help="segment a study of a DICOMweb server (PACS) and store the DICOM SEG back into it",
+        description="QIDO-RS finds the study's series; the CT series is chosen (images only, axial, most "
+        "slices) and read by WADO-RS; the DICOM SEG (one segment per organ, referencing the series) "
+        "is stored into the same study by STOW-RS. Credentials come from the environment: "
+        "FLARE_SEG_DICOMWEB_TOKEN (a bearer token) or FLARE_SEG_DICOMWEB_USER and "
+        "FLARE_SEG_DICOMWEB_PASSWORD (HTTP basic).",
+    )
+    p.add_argument("study_uid", metavar="STUDY_UID", help="the Study Instance UID")
+    p.add_argument("--url", required=True, help="the DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--save", help="also write the SEG to this .dcm file")
+    p.add_argument("--no-store", action="store_true", help="do not store the SEG on the server")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (default 60)")
+    p.add_argument("--models-dir")
+    p.add_argument("--memory-budget-mb", type=int)
+    _add_precision_flag(p)
+    p.set_defaults(func=_cmd_dicomweb)
+
+
 def _add_demo(sub: _Subparsers) -> None:
     p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")
-    p.add_argument("--image", default="examples/phantom_example_0000.nii.gz")
+    p.add_argument(
+        "--image",
+        default="examples/phantom_example_0000.nii.gz",
+        help="a NIfTI file, a DICOM series folder or a .zip of DICOM files",
+    )
     p.add_argument("--out", default="outputs/phantom_example.nii.gz")
     p.add_argument("--models-dir")
     p.set_defaults(func=_cmd_demo)
@@ -289,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_serve(sub)
     _add_bench(sub)
+    _add_dicomweb(sub)
     _add_demo(sub)
     return parser
 
@@ -301,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     expected: tuple[type[BaseException], ...] = (
         ValueError,
         FileNotFoundError,
+        NotADirectoryError,
         PermissionError,
         ManifestError,
     )

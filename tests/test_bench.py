@@ -22,8 +22,12 @@ def test_bench_ct_has_the_requested_grid_and_is_centred_on_the_phantom():
     assert (arr > 0).mean() > 0.05
 
 
-def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_models, phantom_dataset):
-    path = sorted((phantom_dataset / "TrainingImg").glob("*_0000.nii.gz"))[0]
+def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(
+    tiny_models, phantom_dataset, tmp_path
+):
+    source = sorted((phantom_dataset / "TrainingImg").glob("*_0000.nii.gz"))[0]
+    path = tmp_path / source.name  # the DICOM variant writes its series beside the input
+    path.write_bytes(source.read_bytes())
     image = sitk.ReadImage(str(path))
     result = bench.run_worker(
         {
@@ -34,6 +38,7 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
             "memory_budget_mb": 256,
             "baseline": True,
             "batch_cases": 2,
+            "dicom": True,
         }
     )
     assert result["voxels"] == image.GetNumberOfPixels()
@@ -55,6 +60,10 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     assert memory["steady_peak_above_idle_mib"] == pytest.approx(
         memory["steady_peak_rss_mib"] - memory["steady_idle_rss_mib"], abs=0.11
     )
+    dicom = result["dicom"]  # the same CT as a DICOM series: read, segmented, written as SEG
+    assert dicom["size_xyz"] == list(image.GetSize()) and dicom["files"] == image.GetSize()[2]
+    assert dicom["read_dicom_s"] > 0 and dicom["read_ratio"] > 0 and dicom["seg_frames"] >= 1
+    assert dicom["segment_s"] > 0 and dicom["seg_mib"] > 0
     baseline = result["single_stage_baseline"]
     assert baseline["tiles"] >= 1 and baseline["total_s"] > 0
     assert len(baseline["runs_total_s"]) == 2 and baseline["total_s"] == min(baseline["runs_total_s"])
@@ -67,7 +76,8 @@ def test_worker_measures_a_small_case_and_the_summary_reads_its_figures(tiny_mod
     )
     assert 0.0 <= summary["other_than_io_and_forward_share"] <= 1.0
     table = bench.format_table([result])
-    assert str(result["slices"]) in table and "cold start" in table
+    assert str(result["slices"]) in table and "cold start" in table and "DICOM variant" in table
+    assert summary["dicom_read_vs_nifti"] == dicom["read_ratio"]
     cold = result["cold_start_s"]
     assert cold["first_case_s"] == result["runs"][0]["wall_s"] >= result["steady_state_wall_s"]
     assert cold["time_to_first_mask_s"] == pytest.approx(cold["total_s"] + cold["first_case_s"], abs=2e-3)

@@ -1,8 +1,11 @@
-"""Batch prediction (challenge convention): every ``<case>_0000.nii.gz`` in INPUT_DIR becomes
-``<case>.nii.gz`` in OUTPUT_DIR, plus ``summary.json`` and ``summary.csv`` for the run.
+"""Batch prediction: every case of an input (see ``service.inputs``: NIfTI files of any name, DICOM
+series folders, zips of DICOM) becomes ``<case>.nii.gz`` and/or ``<case>.seg.dcm`` in OUTPUT_DIR,
+plus ``summary.json`` and ``summary.csv`` for the run. ``predict_dir`` keeps the challenge
+convention (every ``<case>_0000.nii.gz`` in INPUT_DIR becomes ``<case>.nii.gz``).
 
-A bad case is reported and skipped; the others still finish; no partial output file is left.
-The next case is read in a background thread while the current one is segmented.
+A bad case is reported and skipped; the others still finish; no partial output file is left (a
+case's outputs are written all or none). The next case is read in a background thread while the
+current one is segmented. For DICOM input the chosen series, and why, is logged and recorded.
 """
 
 from __future__ import annotations
@@ -20,12 +23,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flare_seg.dicom.archive import extracted_zip
+from flare_seg.dicom.seg import build_seg, write_seg_atomic
+from flare_seg.dicom.volume import DicomSource, read_dicom_volume
 from flare_seg.labels import ORGANS
+from flare_seg.service.inputs import (
+    DICOM_SEG,
+    NIFTI,
+    InputCase,
+    find_challenge_cases,
+    output_names,
+    outputs_for,
+)
 from flare_seg.service.io import CtVolume, InputError
 
 log = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = ("_0000.nii.gz", "_0000.nii")
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 
@@ -41,16 +54,17 @@ class CaseReport:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     organs_localized: bool | None = None
     warnings: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # every file written for the case
+    series: str | None = None  # DICOM input: the series segmented, and why it was chosen
 
 
-def find_inputs(input_dir: Path) -> list[tuple[str, Path]]:
-    """(case, path) for every ``<case>_0000.nii.gz`` (or ``.nii``) in ``input_dir``, sorted by case."""
-    found: dict[str, Path] = {}
-    for path in sorted(Path(input_dir).iterdir()):
-        for suffix in INPUT_SUFFIXES:
-            if path.name.endswith(suffix) and len(path.name) > len(suffix):
-                found.setdefault(path.name[: -len(suffix)], path)
-    return sorted(found.items())
+@dataclass
+class _ReadCase:
+    """A case's volume as read (on the reader thread), with its DICOM source when it has one."""
+
+    volume: CtVolume
+    source: DicomSource | None = None
+    series: str | None = None
 
 
 def _warm_up(segmenter: Any) -> None:
@@ -72,39 +86,52 @@ def predict_dir(
     max_voxels: int = 1_500_000_000,
     on_case: Callable[[CaseReport], None] | None = None,
 ) -> list[CaseReport]:
-    """Segment every input case; returns one report per case (in input order)."""
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    inputs = find_inputs(input_dir)
-    if not inputs:
-        raise FileNotFoundError(f"no <case>_0000.nii.gz files in {input_dir}")
+    """The challenge convention: every ``<case>_0000.nii.gz`` of ``input_dir`` -> ``<case>.nii.gz``."""
+    cases = find_challenge_cases(Path(input_dir))
+    return predict_cases(cases, Path(output_dir), segmenter, max_voxels, (NIFTI,), on_case)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` if needed; ``PermissionError`` when it cannot be written."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output {output_dir} is a file, not a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(output_dir, os.W_OK):
         raise PermissionError(f"output folder {output_dir} is not writable")
 
+
+def predict_cases(
+    cases: list[InputCase],
+    output_dir: Path,
+    segmenter: Any,
+    max_voxels: int = 1_500_000_000,
+    output_types: tuple[str, ...] | None = None,
+    on_case: Callable[[CaseReport], None] | None = None,
+) -> list[CaseReport]:
+    """Segment every case; returns one report per case (in input order).
+
+    ``output_types``: ``nifti`` and/or ``dicom-seg`` for every case; None gives each case its
+    input's default (NIfTI for NIfTI, DICOM SEG for DICOM).
+    """
+    if not cases:
+        raise FileNotFoundError("no input cases")
+    check_output_dir(output_dir)
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
-        pending: Future[CtVolume] | None = reader.submit(segmenter.read_volume, inputs[0][1], max_voxels)
+        pending: Future[_ReadCase] | None = reader.submit(_read_case, segmenter, cases[0], max_voxels)
         _warm_up(segmenter)  # while the first case is being read
-        for i, (case, path) in enumerate(inputs):
-            report = CaseReport(case=case, input=path.name)
+        for i, case in enumerate(cases):
+            report = CaseReport(case=case.case, input=case.display)
             t = time.perf_counter()
             current, pending = pending, None
-            if i + 1 < len(inputs):
-                pending = reader.submit(segmenter.read_volume, inputs[i + 1][1], max_voxels)
+            if i + 1 < len(cases):
+                pending = reader.submit(_read_case, segmenter, cases[i + 1], max_voxels)
             try:
                 assert current is not None
-                volume = current.result()
-                current = None  # the future holds the volume too: let it go with ``volume``
-                result = segmenter.segment_volume(volume, release_input=True)
-                del volume
-                out = output_dir / f"{case}.nii.gz"
-                result.write_mask(out)
-                report.status, report.output = "ok", out.name
-                report.volumes_ml = dict(result.volumes_ml)
-                report.organs_localized = result.organs_localized
-                report.warnings = list(result.warnings)
+                read = current.result()
+                current = None  # the future holds the volume too: let it go with ``read``
+                _segment_case(segmenter, case, read, output_dir, outputs_for(case, output_types), report)
+                del read
             except InputError as exc:
                 report.status, report.error = "failed", str(exc)
             except MemoryError:
@@ -113,7 +140,7 @@ def predict_dir(
                     "out of memory: lower the memory budget or free memory",
                 )
             except Exception as exc:  # one bad case must not lose the others
-                log.debug("case %s failed", case, exc_info=True)
+                log.debug("case %s failed", case.case, exc_info=True)
                 report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
             report.seconds = round(time.perf_counter() - t, 3)
             reports.append(report)
@@ -121,6 +148,57 @@ def predict_dir(
                 on_case(report)
     write_summary(output_dir, reports)
     return reports
+
+
+def _read_case(segmenter: Any, case: InputCase, max_voxels: int) -> _ReadCase:
+    """Read one case's volume: NIfTI through the segmenter (which may start work on the way), a
+    DICOM folder or zip through ``dicom.read_dicom_volume`` (the series choice is logged)."""
+    if case.kind == NIFTI:
+        return _ReadCase(segmenter.read_volume(case.path, max_voxels, display_name=case.display))
+    if case.kind == "zip":
+        with extracted_zip(case.path, 2 * max_voxels + (256 << 20), display_name=case.display) as root:
+            dicom = read_dicom_volume(root, max_voxels, display_name=case.display)
+    else:
+        # one case per folder that holds DICOM files: its subfolders are cases of their own
+        dicom = read_dicom_volume(case.path, max_voxels, display_name=case.display, recursive=False)
+    return _ReadCase(dicom.volume, dicom.source, dicom.choice.reason if dicom.choice else None)
+
+
+def _segment_case(
+    segmenter: Any,
+    case: InputCase,
+    read: _ReadCase,
+    output_dir: Path,
+    types: tuple[str, ...],
+    report: CaseReport,
+) -> None:
+    """Segment one read case and write its outputs (all or none), filling in ``report``."""
+    report.series = read.series
+    if DICOM_SEG in types and read.source is None:
+        raise InputError(f"{case.display}: a DICOM SEG needs DICOM input; this is a NIfTI image")
+    result = segmenter.segment_volume(read.volume, release_input=True)
+    read.volume = None  # type: ignore[assignment]
+    names = output_names(case, types)
+    written: list[Path] = []
+    try:
+        for kind, name in zip(types, names, strict=True):
+            out = output_dir / name
+            if kind == NIFTI:
+                result.write_mask(out)
+            else:
+                assert read.source is not None
+                write_seg_atomic(
+                    build_seg(result.labels_zyx, read.source, model_version=result.model_version), out
+                )
+            written.append(out)
+    except BaseException:
+        for out in written:  # no partial set of outputs either
+            out.unlink(missing_ok=True)
+        raise
+    report.status, report.output, report.outputs = "ok", names[0], names
+    report.volumes_ml = dict(result.volumes_ml)
+    report.organs_localized = result.organs_localized
+    report.warnings = [*(read.source.warnings if read.source else ()), *result.warnings]
 
 
 def write_summary(output_dir: Path, reports: list[CaseReport]) -> None:
@@ -160,5 +238,6 @@ def format_report_line(r: CaseReport) -> str:
     if r.status == "ok":
         vols = "  ".join(f"{k} {v:.1f} mL" for k, v in r.volumes_ml.items())
         line = f"{r.case}: ok in {r.seconds:.1f} s  {vols}"
-        return "".join([line, *(f"\n  warning: {w}" for w in r.warnings)])
+        series = [f"\n  series: {r.series}"] if r.series else []
+        return "".join([line, *series, *(f"\n  warning: {w}" for w in r.warnings)])
     return f"{r.case}: FAILED: {r.error}"

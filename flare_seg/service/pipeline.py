@@ -4,6 +4,8 @@ One pipeline behind the batch CLI, the HTTP server and Python::
 
     segmenter = Segmenter.load("saved_models")
     result = segmenter.segment_file(Path("case_0000.nii.gz"))      # or segment_image(sitk.Image)
+    result = segmenter.segment_dicom(Path("dicom_series_dir"))      # a DICOM folder or .zip
+    result.write_seg(Path("case.seg.dcm"))                          # DICOM SEG (DICOM input only)
     labels_zyx = segmenter.segment_array(array_zyx, spacing_mm_zyx)  # numpy in, numpy out
 
 Every forward step has its inverse: ``to_canonical``/``undo_canonical`` for orientation,
@@ -27,6 +29,9 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
+from flare_seg.dicom.archive import extracted_zip, is_zip
+from flare_seg.dicom.seg import build_seg, write_seg_atomic
+from flare_seg.dicom.volume import DicomSource, DicomVolume, read_dicom_volume
 from flare_seg.geometry import (
     AxisMap,
     CanonicalTransform,
@@ -75,6 +80,10 @@ class SegmentationResult:
     # The NIfTI header of the file that was segmented (None for in-memory input): masks are written
     # with its geometry fields byte for byte.
     source_header: NiftiHeader | None = field(default=None, repr=False)
+    # DICOM input: the images the mask was made from (what a DICOM SEG references), and why that
+    # series was chosen.
+    dicom_source: DicomSource | None = field(default=None, repr=False)
+    series: str | None = None
 
     @functools.cached_property
     def mask(self) -> sitk.Image:
@@ -86,6 +95,17 @@ class SegmentationResult:
         """Write the mask atomically as .nii.gz (or .nii); read back by any NIfTI reader, it has
         exactly the grid of the file that was segmented."""
         write_mask_atomic(self.labels_zyx, Path(path), like=self.source_header, geometry=self.geometry)
+
+    def seg_dataset(self) -> Any:
+        """The DICOM SEG of the mask (a ``pydicom.Dataset``): one segment per organ, referencing the
+        source images. DICOM input only (``ValueError`` otherwise)."""
+        if self.dicom_source is None:
+            raise ValueError("a DICOM SEG needs DICOM input: this result was not segmented from DICOM")
+        return build_seg(self.labels_zyx, self.dicom_source, model_version=self.model_version)
+
+    def write_seg(self, path: Path | str) -> None:
+        """Write the DICOM SEG (see ``seg_dataset``) atomically."""
+        write_seg_atomic(self.seg_dataset(), Path(path))
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures (everything but the mask)."""
@@ -144,6 +164,33 @@ class Segmenter:
     def segment_file(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
         """Read a NIfTI file (validated, see ``service.io.read_ct_volume``) and segment it."""
         return self.segment_volume(self.read_volume(Path(path), max_voxels), release_input=True)
+
+    def segment_dicom(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
+        """Segment the CT series of a DICOM folder or .zip (the series is chosen: CT images, axial,
+        most slices; ``result.series`` says which and why); ``result.write_seg`` then writes the
+        DICOM SEG, ``result.write_mask`` a NIfTI mask on the series' grid."""
+        return self.segment_dicom_volume(self.read_dicom(path, max_voxels))
+
+    def read_dicom(self, path: Path | str, max_voxels: int = 1_500_000_000) -> DicomVolume:
+        """Read the chosen series of a DICOM folder or .zip (extracted into a private temporary
+        folder, removed once read)."""
+        path = Path(path)
+        if path.is_file() and is_zip(path):
+            with extracted_zip(path, 2 * max_voxels + (256 << 20)) as root:
+                return read_dicom_volume(root, max_voxels, display_name=path.name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a DICOM folder or a .zip of DICOM files")
+        return read_dicom_volume(path, max_voxels)
+
+    def segment_dicom_volume(self, dicom: DicomVolume) -> SegmentationResult:
+        """Segment a volume read by ``read_dicom`` (its voxels are released as they are used)."""
+        result = self.segment_volume(dicom.volume, release_input=True)
+        return replace(
+            result,
+            dicom_source=dicom.source,
+            series=dicom.choice.reason if dicom.choice else None,
+            warnings=(*dicom.warnings, *result.warnings),
+        )
 
     def read_volume(
         self, path: Path | str, max_voxels: int = 1_500_000_000, *, display_name: str | None = None

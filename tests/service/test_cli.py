@@ -37,7 +37,9 @@ def _workspace(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_predict_writes_good_cases_reports_bad_ones_and_exits_1(tiny_models, tmp_path, capsys):
     inputs, outputs = _workspace(tmp_path)
-    code = main(["predict", str(inputs), str(outputs), "--models-dir", str(tiny_models)])
+    code = main(
+        ["predict", "--challenge-layout", str(inputs), str(outputs), "--models-dir", str(tiny_models)]
+    )
     assert code == 1
     assert sorted(p.name for p in outputs.glob("*.nii.gz")) == [
         "good1.nii.gz",
@@ -68,11 +70,19 @@ def test_predict_writes_good_cases_reports_bad_ones_and_exits_1(tiny_models, tmp
 
 def test_predict_with_no_inputs_or_bad_models_fails_with_one_line(tiny_models, tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    assert (
-        main(["predict", str(tmp_path / "in"), str(tmp_path / "out"), "--models-dir", str(tiny_models)]) == 2
-    )
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no <case>_0000.nii.gz" in err
+    for layout, message in ((["--challenge-layout"], "no <case>_0000.nii.gz"), ([], "no NIfTI image, DICOM")):
+        args = [
+            "predict",
+            *layout,
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            "--models-dir",
+            str(tiny_models),
+        ]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+    sitk.WriteImage(ct_image(), str(tmp_path / "in" / "a_0000.nii.gz"))
     assert main(["predict", str(tmp_path / "in"), str(tmp_path / "out"), "--models-dir", str(tmp_path)]) == 2
     assert "manifest.json" in capsys.readouterr().err
 
@@ -160,12 +170,13 @@ def test_precision_flag_reaches_the_model_loader(monkeypatch, tmp_path: Path, ca
 
     monkeypatch.setattr(pipeline.Segmenter, "load", staticmethod(fake_load))
     (tmp_path / "models").mkdir()
+    sitk.WriteImage(ct_image(), str(tmp_path / "ct.nii.gz"))  # inputs are checked before the models load
     for flag, expected in ((["--precision", "float32"], "float32"), ([], "auto")):
         with pytest.raises(Stop):
             main(
                 [
                     "predict",
-                    str(tmp_path),
+                    str(tmp_path / "ct.nii.gz"),
                     str(tmp_path / "out"),
                     "--models-dir",
                     str(tmp_path / "models"),

@@ -32,6 +32,7 @@ from flare_seg.service.api.schemas import (
 )
 from flare_seg.service.api.service import Service, now
 from flare_seg.service.api.uploads import UPLOAD_FIELD, Upload, check_upload_headers
+from flare_seg.service.inputs import DICOM_SEG, NIFTI, SEG_SUFFIX
 from flare_seg.service.io import InputError
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ _UPLOAD_BODY: dict[str, Any] = {
                         UPLOAD_FIELD: {
                             "type": "string",
                             "format": "binary",
-                            "description": "a 3D CT image, .nii.gz or .nii (NIfTI-1 or -2)",
+                            "description": "a 3D CT image, .nii.gz or .nii (NIfTI-1 or -2), or a .zip "
+                            "of DICOM files (one series is chosen: CT, images only, axial, most slices)",
                         }
                     },
                 }
@@ -70,10 +72,11 @@ public_router = APIRouter(tags=["probes"])
 router = APIRouter(dependencies=[Depends(require_token)], responses={401: ERROR_RESPONSES[401]})
 
 
-def _mask_headers(summary: SegmentationSummary) -> dict[str, str]:
+def _mask_headers(summary: SegmentationSummary, output: str = NIFTI) -> dict[str, str]:
     volumes = {name: round(ml, 3) for name, ml in summary.volumes_ml.items()}
+    suffix = SEG_SUFFIX if output == DICOM_SEG else ".nii.gz"
     return {
-        "Content-Disposition": f'attachment; filename="{summary.case}.nii.gz"',
+        "Content-Disposition": f'attachment; filename="{summary.case}{suffix}"',
         "X-Organ-Volumes-mL": json.dumps(volumes, separators=(",", ":"), ensure_ascii=True),
         "X-Model-Version": summary.model_version.encode("ascii", "replace").decode("ascii"),
         "X-Inference-Seconds": f"{summary.inference_seconds:.3f}",
@@ -81,11 +84,36 @@ def _mask_headers(summary: SegmentationSummary) -> dict[str, str]:
     }
 
 
-def _wants_json(format_: str | None, accept: str) -> bool:
+def _requested(format_: str | None, accept: str) -> str | None:
+    """What the client asked for: "json", "nifti" or "dicom-seg" (the ``format`` parameter, else
+    the Accept header), or None for the input's default (NIfTI for NIfTI, DICOM SEG for DICOM)."""
     if format_ is not None:
-        return format_ == "json"
+        return format_
     accept = accept.lower()
-    return "application/json" in accept and "application/gzip" not in accept
+    if "application/dicom" in accept:
+        return DICOM_SEG
+    if "application/json" in accept and "application/gzip" not in accept:
+        return "json"
+    if "application/gzip" in accept:
+        return NIFTI
+    return None
+
+
+def _mask_output(requested: str | None, upload: Upload) -> str:
+    """The mask encoding for ``upload``: the requested one, or the input's default; 422 for a
+    DICOM SEG of NIfTI input (a SEG references the images it was made from)."""
+    output = requested if requested in (NIFTI, DICOM_SEG) else (DICOM_SEG if upload.is_zip else NIFTI)
+    if output == DICOM_SEG and not upload.is_zip:
+        raise http_error(
+            422,
+            f"{upload.display_name}: a DICOM SEG needs DICOM input (a .zip of the series); "
+            "ask for format=nifti for NIfTI input",
+        )
+    return output
+
+
+def _media_type(output: str) -> str:
+    return "application/dicom" if output == DICOM_SEG else "application/gzip"
 
 
 def _job_urls(request: Request, job_id: str) -> tuple[str, str]:
@@ -158,20 +186,24 @@ async def models(service: ServiceDep) -> JSONResponse:
     "/segment",
     summary="segment one CT image and wait for the result",
     description=(
-        "Upload a 3D CT image (.nii.gz or .nii) in the multipart form field `file`. Answers the uint8 "
-        "label mask as a gzip NIfTI on exactly the input's grid, with the organ volumes in the "
-        "`X-Organ-Volumes-mL` header; or, with `?format=json` (or `Accept: application/json`), a JSON "
-        "summary (volumes, bounding boxes, timings, model version) without the mask."
+        "Upload a 3D CT image (.nii.gz or .nii), or a .zip of DICOM files, in the multipart form field "
+        "`file`. Answers the uint8 label mask on exactly the input's grid, with the organ volumes in the "
+        "`X-Organ-Volumes-mL` header: as a gzip NIfTI (`?format=nifti` or `Accept: application/gzip`; "
+        "the default for NIfTI input) or as a DICOM SEG referencing the source series (`?format=dicom-seg` "
+        "or `Accept: application/dicom`; the default for DICOM input). With `?format=json` (or "
+        "`Accept: application/json`): a JSON summary (volumes, bounding boxes, timings, model version, "
+        "the DICOM series chosen) without the mask."
     ),
     response_model=None,
     responses={
         200: {
             "content": {
                 "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
                 "application/json": {"schema": {"$ref": "#/components/schemas/SegmentationSummary"}},
             },
             "headers": _MASK_HEADERS,
-            "description": "the label mask (.nii.gz), or the JSON summary",
+            "description": "the label mask (.nii.gz or DICOM SEG), or the JSON summary",
         },
         **{code: ERROR_RESPONSES[code] for code in (400, 413, 415, 422, 503)},
     },
@@ -182,17 +214,23 @@ async def segment(
     request: Request,
     service: ServiceDep,
     format_: Annotated[
-        Literal["nifti", "json"] | None,
-        Query(alias="format", description="nifti: the mask (default); json: the summary only"),
+        Literal["nifti", "dicom-seg", "json"] | None,
+        Query(
+            alias="format",
+            description="nifti: the mask as .nii.gz (default for NIfTI input); dicom-seg: the mask as "
+            "DICOM SEG (default for DICOM input); json: the summary only",
+        ),
     ] = None,
 ) -> Response:
     service.require_ready()
     check_upload_headers(request, service.max_upload_bytes)
-    as_json = _wants_json(format_, request.headers.get("accept", ""))
+    requested = _requested(format_, request.headers.get("accept", ""))
+    as_json = requested == "json"
     ticket = service.admit()
     upload: Upload | None = None
     try:
         upload = await service.receive_and_check(request, scan_data=False)
+        output = _mask_output(None if as_json else requested, upload)
         work = functools.partial(
             service.segment_file,
             upload.path,
@@ -200,6 +238,7 @@ async def segment(
             upload.case,
             encode=not as_json,
             result_path=None,
+            output=NIFTI if as_json else output,
         )
         outcome = await asyncio.wrap_future(service.worker.run(ticket, work))
     except (InputError, HTTPException):
@@ -213,7 +252,9 @@ async def segment(
             upload.path.unlink(missing_ok=True)
     if as_json:
         return JSONResponse(outcome.summary.model_dump(mode="json"))
-    return Response(outcome.mask_bytes, media_type="application/gzip", headers=_mask_headers(outcome.summary))
+    return Response(
+        outcome.mask_bytes, media_type=_media_type(output), headers=_mask_headers(outcome.summary, output)
+    )
 
 
 @router.post(
@@ -225,19 +266,37 @@ async def segment(
     openapi_extra=_UPLOAD_BODY,
     tags=["jobs"],
 )
-async def create_job(request: Request, service: ServiceDep) -> JSONResponse:
+async def create_job(
+    request: Request,
+    service: ServiceDep,
+    format_: Annotated[
+        Literal["nifti", "dicom-seg"] | None,
+        Query(
+            alias="format",
+            description="the result's encoding: nifti (default for NIfTI input) or dicom-seg (default "
+            "for DICOM input)",
+        ),
+    ] = None,
+) -> JSONResponse:
     service.require_ready()
     check_upload_headers(request, service.max_upload_bytes)
     ticket = service.admit()
+    upload: Upload | None = None
     try:
         upload = await service.receive_and_check(request)
+        try:
+            output = _mask_output(format_, upload)
+        except HTTPException:
+            upload.path.unlink(missing_ok=True)
+            raise
         job_id = uuid.uuid4().hex
+        suffix = SEG_SUFFIX if output == DICOM_SEG else ".nii.gz"
         job = Job(
             id=job_id,
             case=upload.case,
             display_name=upload.display_name,
             upload_path=upload.path,
-            result_path=service.results_dir / f"{job_id}.nii.gz",
+            result_path=service.results_dir / f"{job_id}{suffix}",
             created_at=now(),
         )
         service.jobs.add(job)
@@ -267,11 +326,15 @@ async def get_job(job_id: str, request: Request, service: ServiceDep) -> JobInfo
     "/jobs/{job_id}/result",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {}}, "headers": _MASK_HEADERS, "description": "the label mask"},
+        200: {
+            "content": {"application/gzip": {}, "application/dicom": {}},
+            "headers": _MASK_HEADERS,
+            "description": "the label mask (.nii.gz, or DICOM SEG when the job was created for one)",
+        },
         404: {"model": ErrorBody, "description": "unknown or expired job"},
         409: {"model": ErrorBody, "description": "the job is not done (queued, running or failed)"},
     },
-    summary="a done job's label mask (.nii.gz)",
+    summary="a done job's label mask (.nii.gz or DICOM SEG)",
     tags=["jobs"],
 )
 async def get_job_result(job_id: str, service: ServiceDep) -> FileResponse:
@@ -285,4 +348,7 @@ async def get_job_result(job_id: str, service: ServiceDep) -> FileResponse:
         raise http_error(409, f"job {job_id} is {status}; poll its status until it is done")
     if not job.result_path.is_file():
         raise http_error(404, f"the result of job {job_id} has expired")
-    return FileResponse(job.result_path, media_type="application/gzip", headers=_mask_headers(summary))
+    output = DICOM_SEG if job.result_path.name.endswith(SEG_SUFFIX) else NIFTI
+    return FileResponse(
+        job.result_path, media_type=_media_type(output), headers=_mask_headers(summary, output)
+    )

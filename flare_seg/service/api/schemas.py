@@ -62,6 +62,9 @@ class SegmentationSummary(BaseModel):
     )
     timings_s: dict[str, float] = Field(description="stage -> seconds")
     inference_seconds: float = Field(description="wall time of the segmentation, seconds")
+    source_series: str | None = Field(
+        None, description="DICOM input: the series segmented, and why it was chosen among the upload's"
+    )
 
 
 class JobStatus(StrEnum):

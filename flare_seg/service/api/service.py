@@ -16,6 +16,9 @@ import anyio.to_thread
 import numpy as np
 from fastapi import Request
 
+from flare_seg.dicom.archive import check_zip, extracted_zip
+from flare_seg.dicom.seg import build_seg, seg_bytes, write_seg_atomic
+from flare_seg.dicom.volume import DicomSource, read_dicom_volume
 from flare_seg.geometry import Geometry
 from flare_seg.service.api.errors import http_error
 from flare_seg.service.api.jobs import InferenceWorker, InMemoryJobStore, Job, JobStore, Ticket
@@ -23,7 +26,9 @@ from flare_seg.service.api.metrics import Metrics
 from flare_seg.service.api.schemas import Box, JobStatus, SegmentationSummary
 from flare_seg.service.api.segmenter import SegmentationResultProtocol, SegmenterFactory, SegmenterProtocol
 from flare_seg.service.api.uploads import Upload, receive_upload
+from flare_seg.service.inputs import DICOM_SEG, NIFTI, SEG_SUFFIX
 from flare_seg.service.io import (
+    CtVolume,
     InputError,
     NiftiHeader,
     image_to_nifti_bytes,
@@ -42,7 +47,7 @@ class Outcome:
     """What one segmentation gives the route or the job that asked for it."""
 
     summary: SegmentationSummary
-    mask_bytes: bytes | None = None  # the encoded mask for synchronous answers
+    mask_bytes: bytes | None = None  # the encoded mask (NIfTI or DICOM SEG) for synchronous answers
 
 
 class Service:
@@ -64,6 +69,12 @@ class Service:
     @property
     def max_upload_bytes(self) -> int:
         return self.settings.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_unzipped_bytes(self) -> int:
+        """The most a .zip upload may unpack to: room for a DICOM series of ``max_voxels`` voxels
+        (two bytes each) and its headers."""
+        return 2 * self.settings.max_voxels + (256 << 20)
 
     @property
     def ready(self) -> bool:
@@ -129,28 +140,50 @@ class Service:
         """
         upload = await receive_upload(request, self.uploads_dir, self.max_upload_bytes)
         try:
-            await anyio.to_thread.run_sync(
-                functools.partial(
+            check: Callable[[], object]
+            if upload.is_zip:  # member names and sizes only: nothing is extracted yet
+                check = functools.partial(
+                    check_zip, upload.path, self.max_unzipped_bytes, display_name=upload.display_name
+                )
+            else:
+                check = functools.partial(
                     validate_nifti,
                     upload.path,
                     self.settings.max_voxels,
                     display_name=upload.display_name,
                     scan_data=scan_data,
                 )
-            )
+            await anyio.to_thread.run_sync(check)
         except BaseException:
             upload.path.unlink(missing_ok=True)
             raise
         return upload
 
     def segment_file(
-        self, upload_path: Path, name: str, case: str, *, encode: bool, result_path: Path | None
+        self,
+        upload_path: Path,
+        name: str,
+        case: str,
+        *,
+        encode: bool,
+        result_path: Path | None,
+        output: str = NIFTI,
     ) -> Outcome:
-        """Read, segment and write or encode one image (runs on the worker thread only)."""
+        """Read, segment and write or encode one image (runs on the worker thread only).
+
+        ``output``: the mask's encoding, ``nifti`` or ``dicom-seg`` (a .zip of DICOM input only).
+        """
         segmenter = self.require_ready()
         start = time.perf_counter()
-        # One decompression straight into the voxel array (CRC checked); the upload was validated.
-        volume = segmenter.read_volume(upload_path, self.settings.max_voxels, display_name=name)
+        source: DicomSource | None = None
+        series: str | None = None
+        if upload_path.suffix == ".zip":
+            volume, source, series = self._read_dicom_zip(upload_path, name)
+        else:
+            if output == DICOM_SEG:
+                raise InputError(f"{name}: a DICOM SEG needs DICOM input (a .zip of the series), not NIfTI")
+            # One decompression straight into the voxel array (CRC checked); the upload was validated.
+            volume = segmenter.read_volume(upload_path, self.settings.max_voxels, display_name=name)
         upload_path.unlink(missing_ok=True)
         geometry, header = volume.geometry, volume.header
         read_s = time.perf_counter() - start
@@ -163,20 +196,40 @@ class Service:
         labels = checked_labels(result, geometry)
 
         start = time.perf_counter()
-        mask_bytes = _store_mask(labels, header, geometry, encode=encode, result_path=result_path)
+        if output == DICOM_SEG and source is not None:
+            mask_bytes = _store_seg(
+                labels, source, result.model_version, encode=encode, result_path=result_path
+            )
+        else:
+            mask_bytes = _store_mask(labels, header, geometry, encode=encode, result_path=result_path)
         write_s = time.perf_counter() - start
         logger.info(
             "segmented %s (%s voxels) in %.2f s", case, "x".join(map(str, geometry.size_xyz)), inference_s
         )
         summary = summarize(result, case, geometry, read_s=read_s, inference_s=inference_s, write_s=write_s)
+        if source is not None:
+            summary.source_series = series
+            summary.warnings = [*source.warnings, *summary.warnings]
         return Outcome(summary=summary, mask_bytes=mask_bytes)
+
+    def _read_dicom_zip(self, path: Path, name: str) -> tuple[CtVolume, DicomSource, str | None]:
+        """The volume of the series chosen in a .zip of DICOM files (extracted into a private
+        temporary folder, removed before this returns), its source record and the choice's reason."""
+        with extracted_zip(path, self.max_unzipped_bytes, display_name=name) as root:
+            dicom = read_dicom_volume(root, self.settings.max_voxels, display_name=name)
+        return dicom.volume, dicom.source, dicom.choice.reason if dicom.choice else None
 
     def run_job(self, job: Job) -> None:
         """Run one job on the worker thread, recording the outcome on the job (never raises)."""
         self.jobs.update(job, status=JobStatus.running, started_at=now())
         try:
             outcome = self.segment_file(
-                job.upload_path, job.display_name, job.case, encode=False, result_path=job.result_path
+                job.upload_path,
+                job.display_name,
+                job.case,
+                encode=False,
+                result_path=job.result_path,
+                output=DICOM_SEG if job.result_path.name.endswith(SEG_SUFFIX) else NIFTI,
             )
         except InputError as e:
             self._finish(job, error=str(e))
@@ -259,6 +312,22 @@ def _store_mask(
     return mask_bytes
 
 
+def _store_seg(
+    labels_zyx: np.ndarray,
+    source: DicomSource,
+    model_version: str,
+    *,
+    encode: bool,
+    result_path: Path | None,
+) -> bytes | None:
+    """Write the DICOM SEG of the mask to ``result_path`` (when given); return its bytes when
+    ``encode``, else None."""
+    seg = build_seg(labels_zyx, source, model_version=model_version)
+    if result_path is not None:
+        write_seg_atomic(seg, result_path)
+    return seg_bytes(seg) if encode else None
+
+
 def summarize(
     result: SegmentationResultProtocol,
     case: str,
@@ -285,4 +354,5 @@ def summarize(
             "write": write_s,
         },
         inference_seconds=inference_s,
+        source_series=None,
     )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 UPLOAD_FIELD = "file"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and small form fields around the file
 _WRITE_BUFFER_BYTES = 1 << 20
 
@@ -35,7 +36,7 @@ _EMPTY_BODY = f"empty request body; expected a multipart upload in the form fiel
 
 @dataclass(frozen=True)
 class Upload:
-    """An upload stored on disk under a uuid name (``path`` ends in .nii.gz or .nii by content)."""
+    """An upload stored on disk under a uuid name (``path`` ends in .nii.gz, .nii or .zip by content)."""
 
     path: Path
     client_filename: str | None
@@ -50,6 +51,11 @@ class Upload:
     def case(self) -> str:
         return case_name(self.client_filename)
 
+    @property
+    def is_zip(self) -> bool:
+        """A .zip (of DICOM files), recognized by its content."""
+        return self.path.suffix == ".zip"
+
 
 def display_name(client_filename: str | None) -> str:
     """The base name of a client's file name, printable and at most 200 characters; 'upload' if none."""
@@ -62,7 +68,7 @@ def case_name(client_filename: str | None) -> str:
     """A safe case name from a client's file name: base name, no .nii/.nii.gz, no nnU-Net ``_0000``
     channel suffix, only ``[A-Za-z0-9._-]``; 'mask' when nothing is left. Never used as a path."""
     base = re.split(r"[\\/]", client_filename or "")[-1]
-    for ext in (".nii.gz", ".nii", ".gz"):
+    for ext in (".nii.gz", ".nii", ".gz", ".zip"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
@@ -250,7 +256,9 @@ class _FileFieldReceiver:
             raise http_error(400, "incomplete multipart/form-data body (was the upload interrupted?)")
         if not self._found:
             raise http_error(
-                422, f"missing form field '{UPLOAD_FIELD}' (the .nii.gz or .nii image to segment)"
+                422,
+                f"missing form field '{UPLOAD_FIELD}' (the .nii.gz or .nii image, or the .zip of a "
+                "DICOM series, to segment)",
             )
         if self._file_bytes == 0:
             raise http_error(422, f"{display_name(self._client_filename)}: the uploaded file is empty")
@@ -266,9 +274,10 @@ class _FileFieldReceiver:
 
     def upload(self) -> Upload:
         """The received file, renamed by its content so that SimpleITK reads it (it picks gzip by
-        the suffix)."""
+        the suffix); a zip archive (of DICOM files) gets .zip."""
         with open(self.part_path, "rb") as f:
-            suffix = ".nii.gz" if f.read(2) == GZIP_MAGIC else ".nii"
+            head = f.read(4)
+        suffix = ".zip" if head in ZIP_MAGICS else ".nii.gz" if head[:2] == GZIP_MAGIC else ".nii"
         path = self.part_path.with_suffix(suffix)
         self.part_path.rename(path)
         return Upload(path=path, client_filename=self._client_filename, size_bytes=self._file_bytes)
