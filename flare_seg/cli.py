@@ -252,7 +252,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Segment the bundled example CT with the shipped models; print organ volumes and, for the
     bundled example, the Dice of each organ against its reference mask."""
-    from flare_seg.resources import EXAMPLE_IMAGE
+    from flare_seg.resources import EXAMPLE_IMAGE, EXAMPLE_REFERENCE_MASK
     from flare_seg.service.inputs import find_cases
     from flare_seg.service.pipeline import Segmenter
     from flare_seg.service.settings import load_settings
