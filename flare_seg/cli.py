@@ -98,6 +98,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     output_types = parse_output_types(args.output_type)
+    options = _output_options(args)  # a bad --organs is a usage error before anything is read
     source, output_dir = Path(args.input), Path(args.output_dir)
     # Everything about the input and output is checked before the models load (seconds).
     cases = find_challenge_cases(source) if args.challenge_layout else find_cases(source)
@@ -107,7 +108,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     kinds = sorted({c.kind for c in cases})
     log.info("%d case(s) in %s (%s)", len(cases), source, ", ".join(kinds))
     settings.check_paths()
-    options = _output_options(args)  # a bad --organs is a usage error before the models load
     from flare_seg.service.pipeline import Segmenter
 
     segmenter = Segmenter.load(
