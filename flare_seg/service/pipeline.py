@@ -279,8 +279,9 @@ class Segmenter:
         box is cropped from it, so the input is never in memory beside the segmentation forward pass
         or the output mask (the batch CLI does this).
 
-        ``organs``: only these labels (see ``labels.parse_organs``): the segmented box is the one
-        around them alone, the mask holds only them, and the figures are only theirs.
+        ``organs``: only these labels (see ``labels.parse_organs``): the mask holds only them (each
+        exactly as in the full segmentation; the others become background) and the figures
+        (volumes, boxes) are only theirs.
         """
         prepared = volume.prepared.get("localization")
         chosen = _chosen_organs(organs)
@@ -316,7 +317,9 @@ class Segmenter:
         vol, spacing = canonical.voxels_zyx, frame.geometry.spacing_mm_zyx
 
         warnings: list[str] = []
-        lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared, organs)
+        # The box stays that of all organs even for a subset: the box of a subset's heatmaps alone is
+        # tighter than those organs and cuts them (the example's liver: 1307 instead of 1390 mL).
+        lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared)
         if not found:
             warnings.append("no organ was localized: the whole image was segmented")
         for warning in warnings:
@@ -429,10 +432,9 @@ class Segmenter:
         timings: dict[str, float],
         warnings: list[str],
         prepared: _PreparedLocalization | None = None,
-        organs: tuple[int, ...] = tuple(ORGANS),
     ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """The box of ``organs`` in canonical edge coordinates (lo, hi), and whether any of them was
-        found. Appends to ``warnings`` when the image does not look like a CT in Hounsfield units."""
+        """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found.
+        Appends to ``warnings`` when the image does not look like a CT in Hounsfield units."""
         t = time.perf_counter()
         c = self.contract
         crop = self._localization_crop(vol.shape, spacing)
@@ -453,8 +455,6 @@ class Segmenter:
         timings["localization_preprocess_s"] = time.perf_counter() - t
         t = time.perf_counter()
         heat = self.models.localization(x)[LOCALIZATION_OUTPUT][0, : shape[0], : shape[1], : shape[2]]
-        if len(organs) < len(ORGANS):  # heatmap channel k - 1 is organ k: the box of these alone
-            heat = tf.gather(heat, [k - 1 for k in organs], axis=-1)
         start, stop, found = self.models.tf_utils.box_from_heatmaps(heat, tf.constant(c.heatmap_threshold))
         lo = crop.out_edge_to_source_edge(start.numpy())
         hi = crop.out_edge_to_source_edge(stop.numpy())
