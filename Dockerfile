@@ -15,10 +15,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    TF_CPP_MIN_LOG_LEVEL=1 \
     TF_FORCE_GPU_ALLOW_GROWTH=true \
-    KERAS_HOME=/tmp/.keras \
-    FLARE_SEG_MODELS_DIR=/app/saved_models
+    KERAS_HOME=/tmp/.keras
 
 # An unprivileged user; the code and the models stay owned by root (read-only for it).
 ARG APP_UID=10001
@@ -37,12 +35,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && python -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The package carries the shipped models and the example CT (package data), as any install does.
 COPY README.md ./
 COPY flare_seg ./flare_seg
 RUN python -m pip install --no-cache-dir --no-deps . \
+    && rm -rf /app/flare_seg /app/build /app/flare_seg.egg-info \
     && flare-seg --help > /dev/null
 
-COPY saved_models ./saved_models
 COPY --chmod=0755 predict.sh ./predict.sh
 
 USER ${APP_UID}:${APP_UID}

@@ -5,10 +5,8 @@
 set -euo pipefail
 IN="${1:-/workspace/inputs}"
 OUT="${2:-/workspace/outputs}"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-: "${FLARE_SEG_MODELS_DIR:=${HERE}/saved_models}"
-export FLARE_SEG_MODELS_DIR
+# Models: $FLARE_SEG_MODELS_DIR if set, else those installed with the package.
 if command -v flare-seg >/dev/null 2>&1; then
   exec flare-seg predict --challenge-layout "${IN}" "${OUT}"
 fi
-exec python3 -m flare_seg.cli predict --challenge-layout "${IN}" "${OUT}"
+exec python3 -m flare_seg predict --challenge-layout "${IN}" "${OUT}"

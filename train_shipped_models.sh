@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces saved_models/: phantoms -> localization -> segmentation -> export -> evaluation on
+# Reproduces flare_seg/saved_models/ (the models shipped in the package): phantoms -> localization -> segmentation -> export -> evaluation on
 # phantoms of an unseen seed -> export again with the evaluation recorded in the manifest.
 # With real FLARE21 data, point DATA at it and skip the synth steps.
 #
@@ -23,9 +23,9 @@ if [ ! -d "${DATA}/TrainingImg" ]; then
   done
   cp "${WORK}/phantoms_1000/dataset.json" "${DATA}/dataset.json"
 fi
-flare-seg train-localization "${DATA}" --run-dir "${WORK}/runs/localization" --config configs/localization.yaml
-flare-seg train-segmentation "${DATA}" --run-dir "${WORK}/runs/segmentation" --config configs/segmentation.yaml
-flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" --out saved_models
+flare-seg train-localization "${DATA}" --run-dir "${WORK}/runs/localization" --config configs/localization.yaml --cache-dir "${WORK}/cache"
+flare-seg train-segmentation "${DATA}" --run-dir "${WORK}/runs/segmentation" --config configs/segmentation.yaml --cache-dir "${WORK}/cache"
+flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" --out flare_seg/saved_models --force
 if [ ! -d "${TEST}/TrainingImg" ]; then
   flare-seg synth "${TEST}" --cases 20 --seed 3000 --workers 2
 fi
@@ -34,5 +34,5 @@ cp -f "${TEST}"/TrainingImg/*_0000.nii.gz "${WORK}/test_inputs/"
 flare-seg predict "${WORK}/test_inputs" "${WORK}/test_predictions"
 flare-seg evaluate "${WORK}/test_predictions" "${TEST}/TrainingMask"
 flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" \
-  --out saved_models --evaluation "${WORK}/test_predictions/evaluation.json" \
+  --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" \
   --notes "Trained on synthetic phantoms (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases), not on FLARE21 data; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."

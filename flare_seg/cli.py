@@ -21,17 +21,23 @@ EXIT_FAILED_CASES = 1
 EXIT_USAGE = 2
 
 if TYPE_CHECKING:  # what ``ArgumentParser.add_subparsers`` returns
+    from flare_seg.service.outputs import OutputOptions
+
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    from flare_seg import tf_logging
+
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("tensorflow", "absl", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # TensorFlow's own lines only with -v (set before anything imports it).
+    tf_logging.configure(verbose)
+    if not verbose:
+        tf_logging.quiet_tensorflow_import()
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every module it copies
 
 
@@ -57,7 +63,8 @@ def _cmd_train(task: str):
         from flare_seg.training.train import train
 
         config = load_config(task, args.config, steps=args.steps, seed=args.seed)  # type: ignore[arg-type]
-        result = train(Path(args.data_dir), Path(args.run_dir), config)
+        cache_dir = Path(args.cache_dir) if args.cache_dir else None
+        result = train(Path(args.data_dir), Path(args.run_dir), config, cache_dir=cache_dir)
         print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, indent=2))
         return 0
 
@@ -73,6 +80,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         Path(args.out),
         evaluation_json=Path(args.evaluation) if args.evaluation else None,
         notes=args.notes,
+        overwrite=args.force,
     )
     print(f"exported models {manifest['model_version']} to {args.out}")
     return 0
@@ -84,9 +92,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from flare_seg.service.settings import load_settings
 
     settings = load_settings(
-        models_dir=args.models_dir, memory_budget_mb=args.memory_budget_mb, precision=args.precision
+        models_dir=args.models_dir,
+        memory_budget_mb=args.memory_budget_mb,
+        precision=args.precision,
+        device=args.device,
     )
     output_types = parse_output_types(args.output_type)
+    options = _output_options(args)  # a bad --organs is a usage error before anything is read
     source, output_dir = Path(args.input), Path(args.output_dir)
     # Everything about the input and output is checked before the models load (seconds).
     cases = find_challenge_cases(source) if args.challenge_layout else find_cases(source)
@@ -98,15 +110,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     settings.check_paths()
     from flare_seg.service.pipeline import Segmenter
 
-    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
-    reports = predict_cases(
-        cases,
-        output_dir,
-        segmenter,
-        max_voxels=settings.max_voxels,
-        output_types=output_types,
-        on_case=lambda r: print(format_report_line(r), flush=True),
+    segmenter = Segmenter.load(
+        settings.models_dir, settings.memory_budget_mb, settings.precision, device=settings.device
     )
+    with _CaseProgress(len(cases)) as progress:
+        reports = predict_cases(
+            cases,
+            output_dir,
+            segmenter,
+            max_voxels=settings.max_voxels,
+            output_types=output_types,
+            on_case=lambda r: progress.case_done(format_report_line(r), r.status),
+            options=options,
+        )
     failed = [r for r in reports if r.status != "ok"]
     print(
         f"{len(reports) - len(failed)} succeeded, {len(failed)} failed; "
@@ -131,7 +147,9 @@ def _cmd_dicomweb(args: argparse.Namespace) -> int:
     client = make_client(args.url, timeout_s=args.timeout, headers=headers, basic_auth=basic_auth)
     from flare_seg.service.pipeline import Segmenter
 
-    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
+    segmenter = Segmenter.load(
+        settings.models_dir, settings.memory_budget_mb, settings.precision, device=settings.device
+    )
     volumes: dict[str, float] = {}
 
     def segment(dicom: Any) -> Any:
@@ -163,6 +181,37 @@ def _cmd_dicomweb(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CaseProgress:
+    """Report lines on stdout; with stderr on a terminal and several cases, a progress bar too."""
+
+    def __init__(self, total: int) -> None:
+        from flare_seg.progress import Progress, stderr_is_terminal
+
+        self.bar = Progress(total, "predict", "case") if total > 1 and stderr_is_terminal() else None
+
+    def case_done(self, line: str, status: str) -> None:
+        if self.bar is None:
+            print(line, flush=True)
+            return
+        self.bar.write(line)
+        self.bar.update(last=status)
+
+    def __enter__(self) -> _CaseProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _output_options(args: argparse.Namespace) -> OutputOptions:
+    from flare_seg.labels import parse_organs
+    from flare_seg.service.outputs import OutputOptions
+
+    organs = parse_organs(args.organs) if args.organs else None
+    return OutputOptions(args.statistics, args.preview, args.split_masks, organs)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flare_seg.evaluation import evaluate_dirs
 
@@ -181,9 +230,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flare_seg.service.settings import load_settings
 
     settings = load_settings(
-        host=args.host, port=args.port, models_dir=args.models_dir, precision=args.precision
+        host=args.host,
+        port=args.port,
+        models_dir=args.models_dir,
+        precision=args.precision,
+        device=args.device,
     )
     settings.check_paths()
+    if settings.device == "gpu":  # before binding the port: a missing GPU is a usage error
+        from flare_seg.device import select_device
+
+        select_device("gpu")
     try:
         serve(settings)
     except ModelLoadError as exc:
@@ -193,19 +250,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Segment the bundled example CT with the shipped models and print organ volumes."""
+    """Segment the bundled example CT with the shipped models; print organ volumes and, for the
+    bundled example, the Dice of each organ against its reference mask."""
+    from flare_seg.resources import EXAMPLE_IMAGE, EXAMPLE_REFERENCE_MASK
     from flare_seg.service.inputs import find_cases
     from flare_seg.service.pipeline import Segmenter
     from flare_seg.service.settings import load_settings
 
-    settings = load_settings(models_dir=args.models_dir)
-    [case, *more] = find_cases(Path(args.image))  # a NIfTI file, a DICOM series folder or a .zip
+    settings = load_settings(models_dir=args.models_dir, device=args.device)
+    image = args.image or EXAMPLE_IMAGE
+    [case, *more] = find_cases(image)  # a NIfTI file, a DICOM series folder or a .zip
     if more:
-        raise ValueError(
-            f"{args.image} holds {len(more) + 1} cases; demo segments one (use flare-seg predict)"
-        )
+        raise ValueError(f"{image} holds {len(more) + 1} cases; demo segments one (use flare-seg predict)")
     settings.check_paths()
-    segmenter = Segmenter.load(settings.models_dir, settings.memory_budget_mb, settings.precision)
+    segmenter = Segmenter.load(
+        settings.models_dir, settings.memory_budget_mb, settings.precision, device=settings.device
+    )
     if case.is_dicom:
         result = segmenter.segment_dicom(case.path, settings.max_voxels)
         print(f"series: {result.series}")
@@ -215,10 +275,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result.write_mask(out)
     print(f"mask written to {out} (models {result.model_version})")
+    dice = _dice_against(result.labels_zyx, EXAMPLE_REFERENCE_MASK) if args.image is None else {}
     for organ, ml in result.volumes_ml.items():
-        print(f"  {organ:<9} {ml:9.1f} mL")
+        score = f"   Dice {dice[organ]:.3f} against the reference mask" if organ in dice else ""
+        print(f"  {organ:<9} {ml:9.1f} mL{score}")
     print(f"  total time {sum(result.timings_s.values()):.1f} s")
     return 0
+
+
+def _dice_against(labels_zyx: Any, reference: Path) -> dict[str, float]:
+    """Per-organ Dice of ``labels_zyx`` against the label file ``reference`` (same grid)."""
+    import SimpleITK as sitk
+
+    from flare_seg.evaluation import dice
+    from flare_seg.labels import ORGANS
+
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+    return {name: dice(labels_zyx == k, truth == k) for k, name in ORGANS.items()}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -252,6 +325,25 @@ def _add_precision_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        help="where the networks run: auto (default) = a GPU if TensorFlow sees one; gpu = require one "
+        "(also $FLARE_SEG_DEVICE)",
+    )
+
+
+def _add_verbosity(p: argparse.ArgumentParser, in_subcommand: bool) -> None:
+    """-v/-q before or after the subcommand (after it, an unset flag keeps the value from before)."""
+    default: Any = argparse.SUPPRESS if in_subcommand else False
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging, TensorFlow's too"
+    )
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
 def _add_synth(sub: _Subparsers) -> None:
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the FLARE21 layout")
     p.add_argument("out_dir")
@@ -270,8 +362,13 @@ def _add_train(sub: _Subparsers, task: str) -> None:
     p.add_argument("data_dir", help="dataset in the FLARE21 layout (TrainingImg/, TrainingMask/)")
     p.add_argument("--run-dir", default=f"runs/{task}", help="checkpoints, config, metrics")
     p.add_argument("--config", type=Path, help="YAML file of training settings")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="total steps (a larger value on resume extends the run)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--cache-dir",
+        help="where the resampled cases are cached (default RUN_DIR/cache; give both runs the same "
+        "folder to share it)",
+    )
     p.set_defaults(func=_cmd_train(task))
 
 
@@ -279,9 +376,10 @@ def _add_export(sub: _Subparsers) -> None:
     p = sub.add_parser("export", help="export the three SavedModels and the manifest")
     p.add_argument("--localization-run", default="runs/localization")
     p.add_argument("--segmentation-run", default="runs/segmentation")
-    p.add_argument("--out", default="saved_models")
+    p.add_argument("--out", default="saved_models", help="models folder to write")
     p.add_argument("--evaluation", help="evaluation.json of the full pipeline, recorded in the manifest")
     p.add_argument("--notes", help="free text recorded in the manifest")
+    p.add_argument("--force", action="store_true", help="replace the models in --out if it exists")
     p.set_defaults(func=_cmd_export)
 
 
@@ -308,9 +406,27 @@ def _add_predict(sub: _Subparsers) -> None:
         help="only <case>_0000.nii.gz (or .nii) files of the input folder, as the FLARE challenge lays "
         "them out (predict.sh)",
     )
-    p.add_argument("--models-dir", help="default: $FLARE_SEG_MODELS_DIR or ./saved_models")
+    p.add_argument("--models-dir", help="default: $FLARE_SEG_MODELS_DIR, else the packaged models")
     p.add_argument("--memory-budget-mb", type=int, help="bounds slabs and tiles (default 256)")
     _add_precision_flag(p)
+    _add_device_flag(p)
+    p.add_argument(
+        "--statistics",
+        action="store_true",
+        help="per organ: volume, voxel count, HU mean and std, box and centroid (LPS mm): "
+        "<case>_statistics.json and statistics.csv",
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="<case>_preview.png: axial, coronal and sagittal views with the organs",
+    )
+    p.add_argument("--organs", help="only these organs, comma-separated (e.g. liver,spleen)")
+    p.add_argument(
+        "--split-masks",
+        action="store_true",
+        help="also one binary mask per organ: <case>_masks/<organ>.nii.gz",
+    )
     p.set_defaults(func=_cmd_predict)
 
 
@@ -329,6 +445,7 @@ def _add_serve(sub: _Subparsers) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--models-dir")
     _add_precision_flag(p)
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -387,11 +504,12 @@ def _add_demo(sub: _Subparsers) -> None:
     p = sub.add_parser("demo", help="segment the bundled example CT and print organ volumes")
     p.add_argument(
         "--image",
-        default="examples/phantom_example_0000.nii.gz",
-        help="a NIfTI file, a DICOM series folder or a .zip of DICOM files",
+        type=Path,
+        help="a NIfTI file, a DICOM series folder or a .zip of DICOM files (default: the packaged example)",
     )
     p.add_argument("--out", default="outputs/phantom_example.nii.gz")
     p.add_argument("--models-dir")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -400,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flare-seg", description="Two-stage abdominal CT organ segmentation."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbosity(parser, in_subcommand=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     for task in ("localization", "segmentation"):
@@ -412,23 +530,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_dicomweb(sub)
     _add_demo(sub)
+    for subcommand in sub.choices.values():
+        _add_verbosity(subcommand, in_subcommand=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    _setup_logging(args.verbose, args.quiet)
     from flare_seg.contract import ManifestError
+    from flare_seg.training.interrupt import TrainingInterrupted
 
     expected: tuple[type[BaseException], ...] = (
         ValueError,
         FileNotFoundError,
         NotADirectoryError,
+        FileExistsError,
         PermissionError,
         ManifestError,
     )
     try:
         return int(args.func(args))
+    except TrainingInterrupted as exc:
+        print(f"flare-seg {args.command}: {exc}", file=sys.stderr)
+        return 130
     except expected as exc:
         if args.verbose:
             log.exception("failed")

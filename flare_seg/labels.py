@@ -15,3 +15,16 @@ def organ_name(label: int) -> str:
         return ORGANS[label]
     except KeyError:
         raise ValueError(f"unknown organ label {label}; known: {sorted(ORGANS)}") from None
+
+
+def parse_organs(text: str) -> tuple[int, ...]:
+    """Labels of a comma-separated list of organ names (``"liver,spleen"`` -> ``(1, 3)``), in label
+    order, without repeats; raises ValueError naming an unknown organ."""
+    by_name = {name: label for label, name in ORGANS.items()}
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"no organ given; choose from {', '.join(ORGANS.values())}")
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown organ {unknown[0]!r}; choose from {', '.join(ORGANS.values())}")
+    return tuple(sorted({by_name[n] for n in names}))

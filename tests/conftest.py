@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_MODELS = REPO / "saved_models"
+SHIPPED_MODELS = REPO / "flare_seg" / "saved_models"  # shipped inside the package
+EXAMPLES = REPO / "flare_seg" / "examples"
 
 
 @pytest.fixture(scope="session")

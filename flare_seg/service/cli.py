@@ -36,6 +36,8 @@ from flare_seg.service.inputs import (
     outputs_for,
 )
 from flare_seg.service.io import CtVolume, InputError
+from flare_seg.service.outputs import STATISTICS_CSV, CaseExtras, OutputOptions, write_case_extras
+from flare_seg.statistics import OrganStatistics, write_statistics_csv
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class CaseReport:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     organs_localized: bool | None = None
     warnings: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)  # every file written for the case
+    outputs: list[str] = field(default_factory=list)  # every file written for the case (extras too)
     series: str | None = None  # DICOM input: the series segmented, and why it was chosen
 
 
@@ -85,10 +87,11 @@ def predict_dir(
     segmenter: Any,
     max_voxels: int = 1_500_000_000,
     on_case: Callable[[CaseReport], None] | None = None,
+    options: OutputOptions | None = None,
 ) -> list[CaseReport]:
     """The challenge convention: every ``<case>_0000.nii.gz`` of ``input_dir`` -> ``<case>.nii.gz``."""
     cases = find_challenge_cases(Path(input_dir))
-    return predict_cases(cases, Path(output_dir), segmenter, max_voxels, (NIFTI,), on_case)
+    return predict_cases(cases, Path(output_dir), segmenter, max_voxels, (NIFTI,), on_case, options)
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -107,15 +110,19 @@ def predict_cases(
     max_voxels: int = 1_500_000_000,
     output_types: tuple[str, ...] | None = None,
     on_case: Callable[[CaseReport], None] | None = None,
+    options: OutputOptions | None = None,
 ) -> list[CaseReport]:
     """Segment every case; returns one report per case (in input order).
 
     ``output_types``: ``nifti`` and/or ``dicom-seg`` for every case; None gives each case its
-    input's default (NIfTI for NIfTI, DICOM SEG for DICOM).
+    input's default (NIfTI for NIfTI, DICOM SEG for DICOM). ``options``: the organ subset and the
+    extra outputs (statistics, previews, split masks; see ``service.outputs``).
     """
     if not cases:
         raise FileNotFoundError("no input cases")
     check_output_dir(output_dir)
+    options = options or OutputOptions()
+    statistics: list[tuple[str, dict[str, OrganStatistics]]] = []
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
         pending: Future[_ReadCase] | None = reader.submit(_read_case, segmenter, cases[0], max_voxels)
@@ -130,8 +137,11 @@ def predict_cases(
                 assert current is not None
                 read = current.result()
                 current = None  # the future holds the volume too: let it go with ``read``
-                _segment_case(segmenter, case, read, output_dir, outputs_for(case, output_types), report)
+                types = outputs_for(case, output_types)
+                stats = _segment_case(segmenter, case, read, output_dir, types, report, options)
                 del read
+                if stats is not None:
+                    statistics.append((case.case, stats))
             except InputError as exc:
                 report.status, report.error = "failed", str(exc)
             except MemoryError:
@@ -147,6 +157,8 @@ def predict_cases(
             if on_case:
                 on_case(report)
     write_summary(output_dir, reports)
+    if options.statistics:
+        write_statistics_csv(output_dir / STATISTICS_CSV, statistics)
     return reports
 
 
@@ -171,12 +183,15 @@ def _segment_case(
     output_dir: Path,
     types: tuple[str, ...],
     report: CaseReport,
-) -> None:
-    """Segment one read case and write its outputs (all or none), filling in ``report``."""
+    options: OutputOptions,
+) -> dict[str, OrganStatistics] | None:
+    """Segment one read case and write its outputs (all or none), filling in ``report``; then the
+    extras of ``options``. Returns the case's statistics when asked for."""
     report.series = read.series
     if DICOM_SEG in types and read.source is None:
         raise InputError(f"{case.display}: a DICOM SEG needs DICOM input; this is a NIfTI image")
-    result = segmenter.segment_volume(read.volume, release_input=True)
+    result = segmenter.segment_volume(read.volume, release_input=not options.needs_ct, organs=options.organs)
+    ct_zyx = read.volume.array_zyx if options.needs_ct else None
     read.volume = None  # type: ignore[assignment]
     names = output_names(case, types)
     written: list[Path] = []
@@ -199,6 +214,22 @@ def _segment_case(
     report.volumes_ml = dict(result.volumes_ml)
     report.organs_localized = result.organs_localized
     report.warnings = [*(read.source.warnings if read.source else ()), *result.warnings]
+    extras = _extras_or_warning(output_dir, case.case, result, ct_zyx, options, report)
+    report.outputs = [*names, *extras.files]
+    return extras.statistics
+
+
+def _extras_or_warning(
+    output_dir: Path, case: str, result: Any, ct_zyx: Any, options: OutputOptions, report: CaseReport
+) -> CaseExtras:
+    """``write_case_extras``; if it fails, the mask (already written) stays good and the case says
+    what is missing in a warning."""
+    try:
+        return write_case_extras(output_dir, case, result, ct_zyx, options)
+    except Exception as exc:
+        log.debug("extra outputs of %s failed", case, exc_info=True)
+        report.warnings.append(f"the statistics, preview or split masks could not be written: {exc}")
+        return CaseExtras()
 
 
 def write_summary(output_dir: Path, reports: list[CaseReport]) -> None:

@@ -382,25 +382,19 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
                 f"({header.dims_xyz} {header.datatype} voxels)"
             )
         return
-    total = 0
+    counter = _InflatedCounter()
     try:
-        with _gzip_lib.open(path, "rb") as f:
-            while True:
-                chunk = f.read(_READ_CHUNK_BYTES)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > needed + _TRAILING_SLACK_BYTES:
-                    logger.warning(
-                        "%s: more decompressed data than the header describes; ignoring the rest", name
-                    )
-                    return
+        total = counter.count(path, needed + _TRAILING_SLACK_BYTES)
+        if total > needed + _TRAILING_SLACK_BYTES:
+            logger.warning("%s: more decompressed data than the header describes; ignoring the rest", name)
+            return
     except EOFError:
         raise InputError(
-            f"{name}: truncated gzip file (the stream ends after {total} of {needed} bytes; "
+            f"{name}: truncated gzip file (the stream ends after {counter.total} of {needed} bytes; "
             f"was the upload or copy interrupted?)"
         ) from None
     except (gzip.BadGzipFile, zlib.error, _inflate_lib.error) as e:
+        total = counter.total
         raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
     except OSError as e:
         raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
@@ -409,6 +403,38 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
             f"{name}: truncated file: {total} decompressed bytes, but its header describes {needed} bytes "
             f"({header.dims_xyz} {header.datatype} voxels)"
         )
+
+
+class _InflatedCounter:
+    """Counts a gzip file's decompressed bytes (every member) without keeping them: 1 MiB of input
+    and at most 1 MiB of output at a time. ``total`` is the count so far, also after an error, so
+    that a truncated file's message says how much it does hold."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def count(self, path: Path, limit: int) -> int:
+        """The decompressed size, or a number above ``limit`` as soon as it passes it.
+
+        Raises:
+            EOFError: the stream ends before its gzip trailer.
+            zlib.error (or ISA-L's): corrupt data.
+        """
+        with open(path, "rb") as f:
+            pending = f.read(_READ_CHUNK_BYTES)
+            while pending:  # one gzip member per turn
+                inflater = _inflate_lib.decompressobj(31)
+                while not inflater.eof:
+                    if not pending:
+                        pending = f.read(_READ_CHUNK_BYTES)
+                        if not pending:
+                            raise EOFError("compressed stream ended before the end-of-stream marker")
+                    self.total += len(inflater.decompress(pending, _READ_CHUNK_BYTES))
+                    pending = inflater.unconsumed_tail
+                    if self.total > limit:
+                        return self.total
+                pending = inflater.unused_data or f.read(_READ_CHUNK_BYTES)
+        return self.total
 
 
 def validate_nifti(

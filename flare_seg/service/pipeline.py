@@ -2,7 +2,7 @@
 
 One pipeline behind the batch CLI, the HTTP server and Python::
 
-    segmenter = Segmenter.load("saved_models")
+    segmenter = Segmenter.load()      # the packaged models, or Segmenter.load("my_models")
     result = segmenter.segment_file(Path("case_0000.nii.gz"))      # or segment_image(sitk.Image)
     result = segmenter.segment_dicom(Path("dicom_series_dir"))      # a DICOM folder or .zip
     result.write_seg(Path("case.seg.dcm"))                          # DICOM SEG (DICOM input only)
@@ -20,6 +20,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from flare_seg.contract import LOCALIZATION_OUTPUT, SEGMENTATION_OUTPUT
+from flare_seg.device import select_device
 from flare_seg.dicom.archive import extracted_zip, is_zip
 from flare_seg.dicom.seg import build_seg, write_seg_atomic
 from flare_seg.dicom.volume import DicomSource, DicomVolume, read_dicom_volume
@@ -51,8 +53,11 @@ from flare_seg.grid import (
     resample_crop,
 )
 from flare_seg.labels import ORGANS
+from flare_seg.preview import write_preview
+from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.models import LoadedModels, load_models
+from flare_seg.statistics import OrganStatistics, organ_statistics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,20 @@ class SegmentationResult:
         """Write the DICOM SEG (see ``seg_dataset``) atomically."""
         write_seg_atomic(self.seg_dataset(), Path(path))
 
+    @property
+    def organs(self) -> dict[int, str]:
+        """The organs this result is about (all, or the subset asked for): label -> name."""
+        return {k: name for k, name in ORGANS.items() if name in self.volumes_ml}
+
+    def statistics(self, ct_zyx: np.ndarray) -> dict[str, OrganStatistics]:
+        """Per-organ statistics (``flare_seg.statistics``) on the CT that was segmented, e.g.
+        ``volume.array_zyx`` after ``segment_volume(volume)`` (which keeps it)."""
+        return organ_statistics(self.labels_zyx, ct_zyx, self.geometry, self.organs)
+
+    def write_preview(self, path: Path | str, ct_zyx: np.ndarray, title: str = "") -> None:
+        """The preview PNG (``flare_seg.preview``) of this result on the CT that was segmented."""
+        write_preview(Path(path), ct_zyx, self.labels_zyx, self.geometry, self.organs, title, self.volumes_ml)
+
     def summary(self) -> dict[str, Any]:
         """JSON-able figures (everything but the mask)."""
         return {
@@ -132,9 +151,17 @@ class Segmenter:
         self._warmed_up = False
 
     @classmethod
-    def load(cls, models_dir: Path | str, memory_budget_mb: int = 256, precision: str = "auto") -> Segmenter:
-        """Load the models of ``models_dir``; ``precision``: "auto" (mixed float16 on GPUs with
-        float16 tensor cores, float32 elsewhere) or "float32"."""
+    def load(
+        cls,
+        models_dir: Path | str = PACKAGED_MODELS_DIR,
+        memory_budget_mb: int = 256,
+        precision: str = "auto",
+        device: str = "auto",
+    ) -> Segmenter:
+        """Load the models of ``models_dir`` (default: the models installed with the package);
+        ``precision``: "auto" (mixed float16 on GPUs with float16 tensor cores, float32 elsewhere)
+        or "float32"; ``device``: "auto", "cpu" or "gpu" (see ``flare_seg.device``)."""
+        select_device(device)
         return cls(load_models(Path(models_dir), precision), memory_budget_mb)
 
     @property
@@ -161,9 +188,13 @@ class Segmenter:
         arr[2:14, 6:26, 4:28] = 40
         self.segment_array(arr, (8.0, 4.0, 4.0))
 
-    def segment_file(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
-        """Read a NIfTI file (validated, see ``service.io.read_ct_volume``) and segment it."""
-        return self.segment_volume(self.read_volume(Path(path), max_voxels), release_input=True)
+    def segment_file(
+        self, path: Path | str, max_voxels: int = 1_500_000_000, organs: Collection[int] | None = None
+    ) -> SegmentationResult:
+        """Read a NIfTI file (validated, see ``service.io.read_ct_volume``) and segment it
+        (``organs``: see ``segment_volume``)."""
+        volume = self.read_volume(Path(path), max_voxels)
+        return self.segment_volume(volume, release_input=True, organs=organs)
 
     def segment_dicom(self, path: Path | str, max_voxels: int = 1_500_000_000) -> SegmentationResult:
         """Segment the CT series of a DICOM folder or .zip (the series is chosen: CT images, axial,
@@ -238,23 +269,30 @@ class Segmenter:
         # A view of the image's buffer (``image`` outlives the call); ``_segment`` converts to int16.
         return self._segment(sitk.GetArrayViewFromImage(image), original)
 
-    def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResult:
+    def segment_volume(
+        self, volume: CtVolume, release_input: bool = False, organs: Collection[int] | None = None
+    ) -> SegmentationResult:
         """Segment a ``CtVolume`` (voxels (z, y, x) in HU and their geometry), as read by
         ``service.io.read_ct_volume``; the mask has exactly ``volume.geometry``.
 
         ``release_input=True`` hands the voxels over: ``volume.array_zyx`` is dropped as soon as the
         box is cropped from it, so the input is never in memory beside the segmentation forward pass
         or the output mask (the batch CLI does this).
+
+        ``organs``: only these labels (see ``labels.parse_organs``): the mask holds only them (each
+        exactly as in the full segmentation; the others become background) and the figures
+        (volumes, boxes) are only theirs.
         """
         prepared = volume.prepared.get("localization")
+        chosen = _chosen_organs(organs)
         if not release_input:
-            result = self._segment(volume.array_zyx, volume.geometry, prepared)
+            result = self._segment(volume.array_zyx, volume.geometry, prepared, chosen)
         else:
             array, volume.array_zyx = volume.array_zyx, None  # type: ignore[assignment]
             volume.prepared.pop("localization", None)
             holder = [array]
             del array
-            result = self._segment(holder, volume.geometry, prepared)
+            result = self._segment(holder, volume.geometry, prepared, chosen)
         return replace(result, source_header=volume.header) if volume.header is not None else result
 
     def _segment(
@@ -262,6 +300,7 @@ class Segmenter:
         array_zyx: np.ndarray | list[np.ndarray],
         original: Geometry,
         prepared: _PreparedLocalization | None = None,
+        organs: tuple[int, ...] = tuple(ORGANS),
     ) -> SegmentationResult:
         """The pipeline on voxels in the input's own layout (only read). Given as a one-element list,
         the list is emptied once the voxels are no longer needed, freeing them if nobody else holds
@@ -278,6 +317,8 @@ class Segmenter:
         vol, spacing = canonical.voxels_zyx, frame.geometry.spacing_mm_zyx
 
         warnings: list[str] = []
+        # The box stays that of all organs even for a subset: the box of a subset's heatmaps alone is
+        # tighter than those organs and cuts them (the example's liver: 1307 instead of 1390 mL).
         lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared)
         if not found:
             warnings.append("no organ was localized: the whole image was segmented")
@@ -293,8 +334,10 @@ class Segmenter:
         del x
 
         t = time.perf_counter()
-        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original)
-        volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in ORGANS.items()}
+        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original, organs)
+        names = {k: ORGANS[k] for k in organs}
+        volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in names.items()}
+        organ_boxes = {name: organ_boxes[name] for name in names.values()}
         timings["postprocess_s"] = time.perf_counter() - t
         geometry = frame.geometry
         roi = _box_mm(geometry, np.asarray(crop.start_zyx, float), np.asarray(crop.stop_zyx, float))
@@ -341,10 +384,16 @@ class Segmenter:
         )
 
     def _back_to_grid(
-        self, scores: list[tf.Tensor], crop: GridCrop, frame: _CanonicalFrame, original: Geometry
+        self,
+        scores: list[tf.Tensor],
+        crop: GridCrop,
+        frame: _CanonicalFrame,
+        original: Geometry,
+        organs: tuple[int, ...] = tuple(ORGANS),
     ) -> tuple[np.ndarray, dict[str, BoxMM | None], dict[int, int]]:
         """Labels on the input's own grid from the box's class scores (a one-element list, emptied
-        as soon as the labels are written), with each organ's LPS box and voxel count."""
+        as soon as the labels are written), with each organ's LPS box and voxel count; labels not
+        in ``organs`` become background."""
         if frame.axes is not None:
             labels_original = np.zeros(original.shape_zyx, np.uint8)
             labels = frame.axes.view(labels_original)  # written in canonical order, stored in the input's
@@ -352,6 +401,8 @@ class Segmenter:
             labels = np.zeros(frame.geometry.shape_zyx, np.uint8)
         self._scores_to_labels(scores.pop(), crop, labels)
         region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
+        if len(organs) < len(ORGANS):
+            _keep_only(region, organs)
         # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
         organ_boxes, counts = self._organ_boxes(region, crop, frame.geometry)
         del region
@@ -597,6 +648,24 @@ def _reorient(
         frame = _CanonicalFrame(Geometry.of(image), None, transform)
     timings["reorient_s"] = time.perf_counter() - t
     return canonical, frame
+
+
+def _chosen_organs(organs: Collection[int] | None) -> tuple[int, ...]:
+    if organs is None:
+        return tuple(ORGANS)
+    chosen = tuple(sorted(set(int(k) for k in organs)))
+    unknown = [k for k in chosen if k not in ORGANS]
+    if not chosen or unknown:
+        raise ValueError(f"organs must be labels among {sorted(ORGANS)}, not {list(organs)}")
+    return chosen
+
+
+def _keep_only(labels: np.ndarray, organs: tuple[int, ...], slab: int = 16) -> None:
+    """Set every label not in ``organs`` to background, in place, slab by slab."""
+    keep = np.zeros(256, np.uint8)
+    keep[list(organs)] = list(organs)
+    for a in range(0, labels.shape[0], slab):
+        labels[a : a + slab] = keep[labels[a : a + slab]]
 
 
 def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray) -> BoxMM:

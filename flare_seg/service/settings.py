@@ -7,11 +7,14 @@ with a ``SettingsError`` that names the environment variable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flare_seg.resources import PACKAGED_MODELS_DIR
 
 ENV_PREFIX = "FLARE_SEG_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,7 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     models_dir: Path = Field(
-        Path("saved_models"), description="folder holding the SavedModels and their manifest"
+        default_factory=lambda: PACKAGED_MODELS_DIR,
+        description="folder holding the SavedModels and their manifest; default: the models "
+        "installed with the package",
     )
     memory_budget_mb: int = Field(
         256,
@@ -41,6 +46,11 @@ class Settings(BaseSettings):
         "auto",
         description="network arithmetic: auto = mixed float16 on GPUs with float16 tensor cores "
         "(compute capability >= 7.0), float32 elsewhere; float32 = always float32",
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where the networks run: auto = a GPU when TensorFlow sees one; cpu; gpu = require "
+        "one (a clear error at start-up when there is none)",
     )
     max_upload_mb: int = Field(2048, ge=1, description="largest accepted upload (MiB)")
     max_voxels: int = Field(1_500_000_000, ge=1, description="largest accepted image, in voxels (x*y*z)")
@@ -60,6 +70,8 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", min_length=1, description="address the server binds to")
     port: int = Field(8000, ge=1, le=65535, description="TCP port the server listens on")
     log_level: str = Field("info", description="one of debug, info, warning, error")
+    # Where models_dir came from, for messages: "--models-dir", the variable, or the package.
+    _models_dir_source: str = PrivateAttr(default="")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -78,6 +90,16 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @property
+    def models_dir_source(self) -> str:
+        """Where ``models_dir`` was set: "--models-dir" (an override, i.e. the command's flag),
+        "FLARE_SEG_MODELS_DIR", or "packaged" (the default: the models installed with the package)."""
+        if self._models_dir_source:
+            return self._models_dir_source
+        if f"{ENV_PREFIX}MODELS_DIR" in os.environ:
+            return f"{ENV_PREFIX}MODELS_DIR"
+        return "packaged" if self.models_dir == PACKAGED_MODELS_DIR else "models_dir"
+
     def check_paths(self) -> None:
         """Check the paths at start-up (not at import): models_dir must be an existing folder and
         work_dir, when set, a folder that exists or can be created.
@@ -85,10 +107,17 @@ class Settings(BaseSettings):
         Raises:
             SettingsError: naming the offending environment variable.
         """
-        if not self.models_dir.exists():
-            raise SettingsError(f"{ENV_PREFIX}MODELS_DIR: {self.models_dir} does not exist")
-        if not self.models_dir.is_dir():
-            raise SettingsError(f"{ENV_PREFIX}MODELS_DIR: {self.models_dir} is not a directory")
+        source = self.models_dir_source
+        if source == "packaged":
+            if not (self.models_dir / "manifest.json").is_file():
+                raise SettingsError(
+                    f"the models installed with flare-seg are missing ({self.models_dir}): reinstall "
+                    f"the package, or give a models folder with --models-dir or {ENV_PREFIX}MODELS_DIR"
+                )
+        elif not self.models_dir.exists():
+            raise SettingsError(f"{source}: models folder {self.models_dir} does not exist")
+        elif not self.models_dir.is_dir():
+            raise SettingsError(f"{source}: {self.models_dir} is not a folder")
         if self.work_dir is not None:
             try:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -112,17 +141,24 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as e:
         raise SettingsError(_describe(e, set(given))) from None
+    if "models_dir" in given:
+        settings._models_dir_source = "--models-dir"
+    return settings
 
 
 def _describe(error: ValidationError, overridden: set[str]) -> str:
-    lines = []
+    """One line (the commands print only the first): each bad setting's variable, value and rule,
+    e.g. ``FLARE_SEG_QUEUE_SIZE='0': must be greater than or equal to 1``."""
+    parts = []
     for item in error.errors(include_url=False):
         field = str(item["loc"][0]) if item["loc"] else "?"
         source = f"setting {field!r}" if field in overridden else f"{ENV_PREFIX}{field.upper()}"
         value = item.get("input")
-        shown = "" if field == "api_token" or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{source}: {item['msg']}{shown}")
-    return "invalid settings:\n  " + "\n  ".join(lines)
+        shown = "" if field == "api_token" or isinstance(value, dict) else f"={value!r}"
+        rule = str(item["msg"]).removeprefix("Value error, ")
+        rule = rule.replace("Input should be", "must be", 1).replace("Input should", "must", 1)
+        parts.append(f"{source}{shown}: {rule}")
+    return "invalid settings: " + "; ".join(parts)

@@ -91,3 +91,18 @@ def load_config(task: Task, path: Path | None = None, **overrides: Any) -> Train
     if "filters" in values:
         values["filters"] = tuple(int(f) for f in values["filters"])
     return replace(TrainConfig(task=task), **values)
+
+
+# Settings that a resumed run may change without it being another run: how long it trains (a
+# longer ``--steps`` extends it) and how often it logs and saves.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every"})
+
+
+def changed_settings(previous_yaml: str, config: TrainConfig) -> list[str]:
+    """The settings of ``config`` that differ from a run's saved ``config.yaml`` text, other than
+    those in ``RESUMABLE_CHANGES``, as ``name: old -> new``."""
+    previous = yaml.safe_load(previous_yaml) or {}
+    current = yaml.safe_load(config.to_yaml())
+    names = sorted((set(previous) | set(current)) - RESUMABLE_CHANGES)
+    changed = [n for n in names if previous.get(n) != current.get(n)]
+    return [f"{n}: {previous.get(n)!r} -> {current.get(n)!r}" for n in changed]

@@ -43,6 +43,9 @@ from flare_seg.training.train import restore_model
 
 log = logging.getLogger(__name__)
 
+# A network whose validation Dice is below this for an organ has not learnt it (or at all).
+NEAR_ZERO_DICE = 0.05
+
 
 def serving_call(model: keras.Model, output_name: str) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """What an exported network's serving endpoint computes: ``model`` in inference mode, its
@@ -82,12 +85,20 @@ def export_models(
     contract: ModelContract | None = None,
     evaluation_json: Path | None = None,
     notes: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the three SavedModels and the manifest into ``out_dir``; returns the manifest.
 
-    Everything is written into ``<out_dir>.exporting`` first, which then replaces ``out_dir``."""
+    Everything is written into ``<out_dir>.exporting`` first, which then replaces ``out_dir``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before any work).
+    """
     contract = contract or ModelContract()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists: give --force to replace the models in it")
     tmp = out_dir.with_name(out_dir.name + ".exporting")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -101,6 +112,8 @@ def export_models(
         runs[name] = _export_run(name, run, channels, output, tmp, contract)
 
     tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
+    for warning in near_zero_dice_warnings(runs):
+        log.warning("%s", warning)
     manifest = _manifest(runs, contract, evaluation_json, notes)
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
     _replace_dir(tmp, out_dir)
@@ -159,6 +172,22 @@ def _replace_dir(new: Path, target: Path) -> None:
     new.rename(target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def near_zero_dice_warnings(runs: dict[str, Any]) -> list[str]:
+    """One sentence per exported network whose recorded validation Dice is near 0 for some organ."""
+    warnings = []
+    for name, run in runs.items():
+        dice = ((run.get("validation") or {}).get("dice")) or {}
+        low = {organ: float(d) for organ, d in dice.items() if float(d) < NEAR_ZERO_DICE}
+        if low:
+            shown = ", ".join(f"{organ} {d:.3f}" for organ, d in low.items())
+            warnings.append(
+                f"the {name} network's validation Dice is near 0 ({shown}, step "
+                f"{run.get('checkpoint_step')}): these models will not find those organs; train longer "
+                f"or check the training data"
+            )
+    return warnings
 
 
 def _check_reload(

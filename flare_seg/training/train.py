@@ -19,17 +19,21 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+import yaml
 
 from flare_seg.contract import SEGMENTATION_INPUT_CHANNELS, ModelContract
 from flare_seg.labels import NUM_CLASSES, NUM_ORGANS, ORGANS
+from flare_seg.progress import Progress
 from flare_seg.training import tf_utils
-from flare_seg.training.config import TrainConfig
+from flare_seg.training.config import TrainConfig, changed_settings
 from flare_seg.training.data import PreparedCase, list_cases, prepare_dataset
+from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
 from flare_seg.training.networks import localization_net, spatial_configuration_net
 
 log = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
+FEW_TRAINING_CASES = 5  # fewer training cases than this after the validation split: a warning
 
 
 def build_model(config: TrainConfig, pool_dtype: str | None = None) -> keras.Model:
@@ -247,9 +251,18 @@ def _strategy() -> tf.distribute.Strategy:
 
 
 def train(
-    data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract | None = None
+    data_dir: Path,
+    run_dir: Path,
+    config: TrainConfig,
+    contract: ModelContract | None = None,
+    *,
+    cache_dir: Path | None = None,
 ) -> RunResult:
     """Train ``config.task`` on a FLARE21-layout dataset into ``run_dir`` (resuming if it has checkpoints).
+
+    The resampled cases are cached in ``cache_dir`` (default ``run_dir/cache``; never inside the
+    dataset, which may be read-only). SIGINT or SIGTERM saves a checkpoint after the current step
+    and raises ``TrainingInterrupted``.
 
     Stages: record the config, prepare and split the cases, build (or restore) the model and its
     optimizer, run the steps from the task's sample stream, validate and record the metrics."""
@@ -257,7 +270,8 @@ def train(
     run_dir = Path(run_dir)
     _record_config(run_dir, config)
     keras.utils.set_random_seed(config.seed)
-    train_cases, val_cases = _prepare_cases(Path(data_dir), run_dir, config, contract)
+    cache = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
+    train_cases, val_cases = _prepare_cases(Path(data_dir), run_dir, config, contract, cache)
     state = _training_state(run_dir, config)
     seed = config.seed + int(state.step_var.numpy())
     samples, loss_fn, signature = _task_samples(train_cases, config, contract, seed)
@@ -282,15 +296,22 @@ def _record_config(run_dir: Path, config: TrainConfig) -> None:
     saved_config = run_dir / "config.yaml"
     if saved_config.exists() and tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
         previous = saved_config.read_text()
-        if previous != config.to_yaml():
-            log.warning("resuming %s with a changed config; the new one is recorded", run_dir)
+        changed = changed_settings(previous, config)
+        if changed:
+            log.warning(
+                "resuming %s with a changed config (%s); the new one is recorded", run_dir, "; ".join(changed)
+            )
+        old_steps = (yaml.safe_load(previous) or {}).get("steps")
+        if old_steps is not None and old_steps != config.steps:
+            log.info("resuming %s: %d steps in all instead of %d", run_dir, config.steps, old_steps)
     saved_config.write_text(config.to_yaml())
 
 
 def _prepare_cases(
-    data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract
+    data_dir: Path, run_dir: Path, config: TrainConfig, contract: ModelContract, cache_dir: Path
 ) -> tuple[list[PreparedCase], list[PreparedCase]]:
-    """The prepared training and validation cases (the last ``val_cases``); recorded in ``data.json``."""
+    """The prepared training and validation cases (the last ``val_cases``); recorded in ``data.json``.
+    Warns when fewer than ``FEW_TRAINING_CASES`` are left for training."""
     cases = list_cases(data_dir)
     if len(cases) <= config.val_cases:
         raise ValueError(f"{len(cases)} cases: need more than val_cases={config.val_cases}")
@@ -298,7 +319,7 @@ def _prepare_cases(
     t0 = time.time()
     prepared = prepare_dataset(
         data_dir,
-        data_dir / ".flare_seg_cache",
+        cache_dir,
         contract,
         module,
         progress=lambda i, n, name: log.info("prepared %d/%d %s", i, n, name),
@@ -306,6 +327,14 @@ def _prepare_cases(
     log.info("prepared %d cases in %.0f s", len(prepared), time.time() - t0)
     split = len(prepared) - config.val_cases
     train_cases, val_cases = prepared[:split], prepared[split:]
+    if len(train_cases) < FEW_TRAINING_CASES:
+        log.warning(
+            "only %d of %d cases are left for training after holding out val_cases=%d for validation: "
+            "the network will hardly generalize; add cases or lower val_cases",
+            len(train_cases),
+            len(prepared),
+            config.val_cases,
+        )
     dataset_meta = _dataset_provenance(data_dir, train_cases, val_cases)
     (run_dir / "data.json").write_text(json.dumps(dataset_meta, indent=2))
     return train_cases, val_cases
@@ -395,30 +424,30 @@ def _run_steps(
     batches: Iterator[tuple[Any, Any]],
     config: TrainConfig,
 ) -> None:
-    """From the restored step to ``config.steps``: log the loss and speed every ``log_every``
-    steps, checkpoint every ``checkpoint_every`` steps and at the end."""
+    """From the restored step to ``config.steps``: show the loss and speed (a bar on a terminal;
+    otherwise a line after the first step, every ``log_every`` steps and at least every 30 s),
+    checkpoint every ``checkpoint_every`` steps and at the end. On SIGINT/SIGTERM: checkpoint
+    after the current step, then ``TrainingInterrupted``."""
     start_step = int(state.step_var.numpy())
-    t_start, recent = time.time(), []
-    for step in range(start_step, config.steps):
-        x, y = next(batches)
-        recent.append(float(distributed_step(x, y)))
-        state.step_var.assign(step + 1)
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            done = step + 1 - start_step
-            rate = done / (time.time() - t_start)
-            eta = (config.steps - step - 1) / max(rate, 1e-9)
-            log.info(
-                "%s step %d/%d loss %.4f  %.2f steps/s  eta %s",
-                config.task,
-                step + 1,
-                config.steps,
-                float(np.mean(recent)),
-                rate,
-                time.strftime("%H:%M:%S", time.gmtime(eta)),
-            )
-            recent = []
-        if (step + 1) % config.checkpoint_every == 0:
-            state.manager.save(checkpoint_number=step + 1)
+    log.info("%s: steps %d to %d (the first compiles the graph)", config.task, start_step + 1, config.steps)
+    recent: list[float] = []
+    with (
+        StopOnSignal() as stop,
+        Progress(config.steps, config.task, "step", initial=start_step, logger=log) as progress,
+    ):
+        for step in range(start_step, config.steps):
+            x, y = next(batches)
+            recent.append(float(distributed_step(x, y)))
+            state.step_var.assign(step + 1)
+            due = (step + 1) % config.log_every == 0
+            progress.update(log_now=due, loss=float(np.mean(recent)))
+            if due:
+                recent = []
+            if stop.requested:
+                state.manager.save(checkpoint_number=step + 1)
+                raise TrainingInterrupted(Path(state.manager.directory).parent, step + 1, stop.signal_name)
+            if (step + 1) % config.checkpoint_every == 0:
+                state.manager.save(checkpoint_number=step + 1)
     state.manager.save(checkpoint_number=int(state.step_var.numpy()))
 
 

@@ -164,7 +164,7 @@ def test_precision_flag_reaches_the_model_loader(monkeypatch, tmp_path: Path, ca
     class Stop(Exception):
         pass
 
-    def fake_load(models_dir, memory_budget_mb=256, precision="auto"):
+    def fake_load(models_dir, memory_budget_mb=256, precision="auto", device="auto"):
         seen.append(precision)
         raise Stop
 

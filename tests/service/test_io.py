@@ -401,3 +401,31 @@ def test_array_mask_is_written_on_its_geometry(tmp_path: Path) -> None:
         image_to_nifti_bytes(labels)
     assert not (tmp_path / "none.nii.gz").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_truncated_gzip_reports_the_bytes_it_holds_like_the_reader(tmp_path) -> None:
+    """The server's check (``validate_nifti``) and the batch reader give the same, true count."""
+    import re
+
+    from flare_seg.service.io import InputError, read_ct_volume, validate_nifti
+
+    rng = np.random.default_rng(0)
+    full_path = tmp_path / "full.nii.gz"
+    voxels = rng.integers(-1000, 1000, (40, 96, 96)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(full_path))
+    full = full_path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    messages = []
+    for check in (
+        lambda: validate_nifti(cut, 10**9, scan_data=True),
+        lambda: validate_nifti(cut, 10**9, scan_data=False),
+        lambda: read_ct_volume(cut, 10**9),
+    ):
+        with pytest.raises(InputError) as info:
+            check()
+        messages.append(str(info.value))
+    counts = [re.search(r"ends after (\d+) of (\d+) bytes", m).groups() for m in messages]
+    assert len(set(counts)) == 1, messages
+    got, needed = (int(v) for v in counts[0])
+    assert 0.3 * needed < got < needed

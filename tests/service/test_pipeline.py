@@ -243,3 +243,39 @@ def test_organ_boxes_and_counts_match_a_direct_count():
         lo, hi = where.min(axis=0) + crop.start_zyx, where.max(axis=0) + 1 + crop.start_zyx
         assert boxes[name] == _box_mm(geometry, lo.astype(float), hi.astype(float))
     assert boxes["spleen"] is None and counts[3] == 0
+
+
+def test_organ_subset_writes_only_those_labels_and_their_figures(tiny_segmenter, tmp_path):
+    """``organs``: the mask holds only the chosen labels and the figures are only theirs."""
+    from flare_seg.service.io import read_ct_volume
+
+    path = tmp_path / "c_0000.nii.gz"
+    sitk.WriteImage(ct_image(), str(path))
+    full = tiny_segmenter.segment_volume(read_ct_volume(path, 10**9))
+    volume = read_ct_volume(path, 10**9)
+    part = tiny_segmenter.segment_volume(volume, organs=(1, 3))  # keeps volume.array_zyx
+    assert set(np.unique(part.labels_zyx)) <= {0, 1, 3}
+    assert list(part.volumes_ml) == ["liver", "spleen"] and list(part.organ_boxes_mm) == ["liver", "spleen"]
+    chosen = np.isin(full.labels_zyx, (1, 3))
+    np.testing.assert_array_equal(part.labels_zyx, np.where(chosen, full.labels_zyx, 0))
+    voxel_ml = part.geometry.voxel_volume_ml
+    for k, name in ((1, "liver"), (3, "spleen")):
+        assert part.volumes_ml[name] == round(np.count_nonzero(part.labels_zyx == k) * voxel_ml, 3)
+    stats = part.statistics(volume.array_zyx)  # the Python API's statistics and preview
+    assert list(stats) == ["liver", "spleen"]
+    counts = [int(np.count_nonzero(part.labels_zyx == k)) for k in (1, 3)]
+    assert [s.voxel_count for s in stats.values()] == counts
+    part.write_preview(tmp_path / "p.png", volume.array_zyx, title="c")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="organs must be labels"):
+        tiny_segmenter.segment_volume(read_ct_volume(path, 10**9), organs=(9,))
+
+
+def test_parse_organs():
+    from flare_seg.labels import parse_organs
+
+    assert parse_organs("spleen, Liver,liver") == (1, 3)
+    with pytest.raises(ValueError, match="unknown organ 'livr'; choose from liver, kidney, spleen, pancreas"):
+        parse_organs("livr")
+    with pytest.raises(ValueError, match="no organ"):
+        parse_organs(" , ")

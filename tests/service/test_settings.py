@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service import settings as settings_module
 from flare_seg.service.settings import Settings, SettingsError, load_settings
 
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 
 def test_defaults() -> None:
     s = load_settings()
-    assert s.models_dir == Path("saved_models")
+    assert s.models_dir == PACKAGED_MODELS_DIR and s.models_dir_source == "packaged"
+    assert (s.models_dir / "manifest.json").is_file()
     assert (s.memory_budget_mb, s.max_upload_mb, s.max_voxels) == (256, 2048, 1_500_000_000)
     assert (s.queue_size, s.job_ttl_s) == (4, 3600)
     assert s.work_dir is None and s.api_token is None
@@ -61,9 +63,17 @@ def test_bad_environment_names_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError) as info:
         load_settings()
-    assert variable in str(info.value)
-    assert message in str(info.value)
-    assert repr(value) in str(info.value)
+    text = str(info.value)
+    assert "\n" not in text  # the commands print the first line only
+    assert f"{variable}={value!r}: " in text
+    assert message in text
+
+
+def test_queue_size_zero_names_variable_value_and_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLARE_SEG_QUEUE_SIZE", "0")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == "invalid settings: FLARE_SEG_QUEUE_SIZE='0': must be greater than or equal to 1"
 
 
 def test_bad_override_names_the_setting() -> None:
@@ -80,14 +90,22 @@ def test_token_value_never_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> N
     assert "12345" not in str(info.value)
 
 
-def test_check_paths(tmp_path: Path) -> None:
+def test_check_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(SettingsError, match=r"FLARE_SEG_MODELS_DIR: .* does not exist"):
+    with pytest.raises(SettingsError, match=r"^--models-dir: models folder .*nope does not exist"):
         load_settings(models_dir=missing).check_paths()
     a_file = tmp_path / "f"
     a_file.write_text("x")
-    with pytest.raises(SettingsError, match=r"FLARE_SEG_MODELS_DIR: .* is not a directory"):
+    with pytest.raises(SettingsError, match=r"^--models-dir: .* is not a folder"):
         load_settings(models_dir=a_file).check_paths()
+    monkeypatch.setenv("FLARE_SEG_MODELS_DIR", str(missing))
+    with pytest.raises(SettingsError, match=r"^FLARE_SEG_MODELS_DIR: models folder .*nope does not exist"):
+        load_settings().check_paths()
+    monkeypatch.delenv("FLARE_SEG_MODELS_DIR")
+    load_settings().check_paths()  # the packaged models
+    monkeypatch.setattr(settings_module, "PACKAGED_MODELS_DIR", missing)
+    with pytest.raises(SettingsError, match=r"models installed with flare-seg are missing"):
+        load_settings().check_paths()
     with pytest.raises(SettingsError, match="FLARE_SEG_WORK_DIR"):
         load_settings(models_dir=tmp_path, work_dir=a_file / "sub").check_paths()
     work = tmp_path / "work" / "deeper"

@@ -32,3 +32,12 @@ def test_config_yaml_round_trips(tmp_path):
     c = load_config("localization", steps=11)
     raw = yaml.safe_load(c.to_yaml())
     assert load_config(raw.pop("task"), None, **raw) == c
+
+
+def test_changed_settings_ignore_a_longer_run_but_not_other_changes():
+    from flare_seg.training.config import changed_settings
+
+    first = load_config("segmentation", steps=100)
+    assert changed_settings(first.to_yaml(), load_config("segmentation", steps=500, log_every=5)) == []
+    changed = changed_settings(first.to_yaml(), load_config("segmentation", steps=500, learning_rate=1e-4))
+    assert changed == [f"learning_rate: {first.learning_rate!r} -> 0.0001"]

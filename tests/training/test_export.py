@@ -83,3 +83,37 @@ def test_a_tampered_manifest_is_refused(tiny_models, tmp_path):
     shutil.rmtree(copy / "segmentation")
     with pytest.raises(ManifestError, match="not a SavedModel"):
         load_models(copy)
+
+
+def test_export_refuses_to_overwrite_without_force_and_warns_on_near_zero_dice(tiny_runs, tmp_path, caplog):
+    import logging
+
+    import pytest
+
+    from flare_seg.training.export import export_models
+
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--force"):
+        export_models(tiny_runs[0], tiny_runs[1], out)
+    assert (out / "keep.txt").read_text() == "mine" and not (out / MANIFEST_NAME).exists()
+    assert not list(tmp_path.glob("*.exporting"))  # refused before any work
+    with caplog.at_level(logging.WARNING, logger="flare_seg.training.export"):
+        export_models(tiny_runs[0], tiny_runs[1], out, overwrite=True)
+    assert (out / MANIFEST_NAME).is_file() and not (out / "keep.txt").exists()
+    # Two training steps: the networks have learnt nothing, and the export says so.
+    warned = [r.getMessage() for r in caplog.records if "validation Dice is near 0" in r.getMessage()]
+    assert warned and any("segmentation network" in w for w in warned)
+
+
+def test_near_zero_dice_warnings_only_for_low_organs():
+    from flare_seg.training.export import near_zero_dice_warnings
+
+    runs = {
+        "segmentation": {"checkpoint_step": 900, "validation": {"dice": {"liver": 0.93, "pancreas": 0.01}}},
+        "localization": {"checkpoint_step": 100, "validation": {"dice": {"liver": 0.8}}},
+        "other": {"validation": None},
+    }
+    (warning,) = near_zero_dice_warnings(runs)
+    assert "segmentation network" in warning and "pancreas 0.010" in warning and "liver" not in warning

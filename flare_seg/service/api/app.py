@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from flare_seg import __version__
+from flare_seg.service.api.access_log import log_probes_at_debug
+from flare_seg.service.api.docs import add_offline_docs
 from flare_seg.service.api.errors import input_error_handler, validation_error_handler
 from flare_seg.service.api.metrics import Metrics, MetricsMiddleware
 from flare_seg.service.api.routes import public_router, router
@@ -62,7 +64,10 @@ def create_app(
         version=__version__,
         summary="Abdominal CT organ segmentation (liver, kidney, spleen, pancreas)",
         lifespan=_lifespan(settings, metrics, segmenter_factory or load_pipeline_segmenter, on_load_failure),
+        docs_url=None,  # served by add_offline_docs, with local assets
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
@@ -147,6 +152,7 @@ def serve(settings: Settings, segmenter_factory: SegmenterFactory | None = None)
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    log_probes_at_debug()  # after uvicorn.Config, which sets up uvicorn's loggers
     server.run()
     if failures:
         raise ModelLoadError(

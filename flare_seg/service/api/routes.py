@@ -68,15 +68,26 @@ _MASK_HEADERS = {
     },
 }
 
+_STATISTICS_HELP = (
+    "true: the JSON summary also has per-organ statistics (voxel count, volume, HU mean and standard "
+    "deviation, box and centroid in LPS mm)"
+)
+
 public_router = APIRouter(tags=["probes"])
 router = APIRouter(dependencies=[Depends(require_token)], responses={401: ERROR_RESPONSES[401]})
 
 
+def mask_filename(case: str, output: str = NIFTI) -> str:
+    """The mask's download name: ``<case>_mask.nii.gz``, or ``<case>.seg.dcm`` for a DICOM SEG;
+    never the uploaded file's own name (the case is that name without its extension), so
+    ``curl -OJ`` next to the CT cannot overwrite it."""
+    return f"{case}{SEG_SUFFIX}" if output == DICOM_SEG else f"{case}_mask.nii.gz"
+
+
 def _mask_headers(summary: SegmentationSummary, output: str = NIFTI) -> dict[str, str]:
     volumes = {name: round(ml, 3) for name, ml in summary.volumes_ml.items()}
-    suffix = SEG_SUFFIX if output == DICOM_SEG else ".nii.gz"
     return {
-        "Content-Disposition": f'attachment; filename="{summary.case}{suffix}"',
+        "Content-Disposition": f'attachment; filename="{mask_filename(summary.case, output)}"',
         "X-Organ-Volumes-mL": json.dumps(volumes, separators=(",", ":"), ensure_ascii=True),
         "X-Model-Version": summary.model_version.encode("ascii", "replace").decode("ascii"),
         "X-Inference-Seconds": f"{summary.inference_seconds:.3f}",
@@ -221,6 +232,7 @@ async def segment(
             "DICOM SEG (default for DICOM input); json: the summary only",
         ),
     ] = None,
+    statistics: Annotated[bool, Query(description=_STATISTICS_HELP)] = False,
 ) -> Response:
     service.require_ready()
     check_upload_headers(request, service.max_upload_bytes)
@@ -239,6 +251,7 @@ async def segment(
             encode=not as_json,
             result_path=None,
             output=NIFTI if as_json else output,
+            statistics=statistics,
         )
         outcome = await asyncio.wrap_future(service.worker.run(ticket, work))
     except (InputError, HTTPException):
@@ -277,6 +290,7 @@ async def create_job(
             "for DICOM input)",
         ),
     ] = None,
+    statistics: Annotated[bool, Query(description=_STATISTICS_HELP)] = False,
 ) -> JSONResponse:
     service.require_ready()
     check_upload_headers(request, service.max_upload_bytes)
@@ -300,7 +314,7 @@ async def create_job(
             created_at=now(),
         )
         service.jobs.add(job)
-        service.worker.run(ticket, functools.partial(service.run_job, job))
+        service.worker.run(ticket, functools.partial(service.run_job, job, statistics=statistics))
     finally:
         ticket.release_unless_submitted()
     status_url, result_url = _job_urls(request, job.id)

@@ -43,6 +43,18 @@ class Box(BaseModel):
         return cls(min_mm_xyz=_point_mm_xyz(box[0]), max_mm_xyz=_point_mm_xyz(box[1]))
 
 
+class OrganStatisticsInfo(BaseModel):
+    """One organ's figures (``?statistics=true``): positions in LPS mm, (x, y, z) order."""
+
+    label: int
+    voxel_count: int
+    volume_ml: float
+    hu_mean: float | None = Field(description="mean HU of the organ's voxels; null if absent")
+    hu_std: float | None = Field(description="standard deviation of HU; null if absent")
+    box_mm: Box | None = Field(description="box holding the organ's voxels (their edges); null if absent")
+    centroid_mm_xyz: tuple[float, float, float] | None = Field(description="centre of mass; null if absent")
+
+
 class SegmentationSummary(BaseModel):
     case: str = Field(description="case name derived from the upload's file name")
     model_version: str
@@ -64,6 +76,9 @@ class SegmentationSummary(BaseModel):
     inference_seconds: float = Field(description="wall time of the segmentation, seconds")
     source_series: str | None = Field(
         None, description="DICOM input: the series segmented, and why it was chosen among the upload's"
+    )
+    statistics: dict[str, OrganStatisticsInfo] | None = Field(
+        None, description="per-organ statistics, with ?statistics=true (else null)"
     )
 
 

@@ -77,6 +77,6 @@ def load_pipeline_segmenter(settings: Settings) -> SegmenterProtocol:
     settings.check_paths()
     pipeline = importlib.import_module("flare_seg.service.pipeline")
     segmenter: SegmenterProtocol = pipeline.Segmenter.load(
-        settings.models_dir, settings.memory_budget_mb, settings.precision
+        settings.models_dir, settings.memory_budget_mb, settings.precision, settings.device
     )
     return segmenter

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -20,10 +21,11 @@ from flare_seg.dicom.archive import check_zip, extracted_zip
 from flare_seg.dicom.seg import build_seg, seg_bytes, write_seg_atomic
 from flare_seg.dicom.volume import DicomSource, read_dicom_volume
 from flare_seg.geometry import Geometry
+from flare_seg.labels import ORGANS
 from flare_seg.service.api.errors import http_error
 from flare_seg.service.api.jobs import InferenceWorker, InMemoryJobStore, Job, JobStore, Ticket
 from flare_seg.service.api.metrics import Metrics
-from flare_seg.service.api.schemas import Box, JobStatus, SegmentationSummary
+from flare_seg.service.api.schemas import Box, JobStatus, OrganStatisticsInfo, SegmentationSummary
 from flare_seg.service.api.segmenter import SegmentationResultProtocol, SegmenterFactory, SegmenterProtocol
 from flare_seg.service.api.uploads import Upload, receive_upload
 from flare_seg.service.inputs import DICOM_SEG, NIFTI, SEG_SUFFIX
@@ -36,6 +38,7 @@ from flare_seg.service.io import (
     write_mask_atomic,
 )
 from flare_seg.service.settings import Settings
+from flare_seg.statistics import organ_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +171,13 @@ class Service:
         encode: bool,
         result_path: Path | None,
         output: str = NIFTI,
+        statistics: bool = False,
     ) -> Outcome:
         """Read, segment and write or encode one image (runs on the worker thread only).
 
         ``output``: the mask's encoding, ``nifti`` or ``dicom-seg`` (a .zip of DICOM input only).
+        ``statistics``: add the per-organ statistics to the summary (the CT's voxels are then kept
+        until the labels are done).
         """
         segmenter = self.require_ready()
         start = time.perf_counter()
@@ -189,9 +195,10 @@ class Service:
         read_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        result = segmenter.segment_volume(volume, release_input=True)
+        result = segmenter.segment_volume(volume, release_input=not statistics)
         inference_s = time.perf_counter() - start
         self.metrics.inference_seconds.observe(inference_s)
+        stats = _statistics(result, volume.array_zyx, geometry) if statistics else None
         del volume
         labels = checked_labels(result, geometry)
 
@@ -207,6 +214,8 @@ class Service:
             "segmented %s (%s voxels) in %.2f s", case, "x".join(map(str, geometry.size_xyz)), inference_s
         )
         summary = summarize(result, case, geometry, read_s=read_s, inference_s=inference_s, write_s=write_s)
+        if stats is not None:
+            summary = summary.model_copy(update={"statistics": stats})
         if source is not None:
             summary.source_series = series
             summary.warnings = [*source.warnings, *summary.warnings]
@@ -219,7 +228,7 @@ class Service:
             dicom = read_dicom_volume(root, self.settings.max_voxels, display_name=name)
         return dicom.volume, dicom.source, dicom.choice.reason if dicom.choice else None
 
-    def run_job(self, job: Job) -> None:
+    def run_job(self, job: Job, statistics: bool = False) -> None:
         """Run one job on the worker thread, recording the outcome on the job (never raises)."""
         self.jobs.update(job, status=JobStatus.running, started_at=now())
         try:
@@ -230,6 +239,7 @@ class Service:
                 encode=False,
                 result_path=job.result_path,
                 output=DICOM_SEG if job.result_path.name.endswith(SEG_SUFFIX) else NIFTI,
+                statistics=statistics,
             )
         except InputError as e:
             self._finish(job, error=str(e))
@@ -328,6 +338,24 @@ def _store_seg(
     return seg_bytes(seg) if encode else None
 
 
+def _statistics(result: Any, ct_zyx: Any, geometry: Geometry) -> dict[str, OrganStatisticsInfo]:
+    """The summary's per-organ statistics of ``result`` on the CT's voxels ``ct_zyx``."""
+    organs = {k: name for k, name in ORGANS.items() if name in result.volumes_ml}
+    stats = organ_statistics(result.labels_zyx, ct_zyx, geometry, organs)
+    return {
+        name: OrganStatisticsInfo(
+            label=s.label,
+            voxel_count=s.voxel_count,
+            volume_ml=s.volume_ml,
+            hu_mean=s.hu_mean,
+            hu_std=s.hu_std,
+            box_mm=Box.of(s.box_mm),
+            centroid_mm_xyz=s.centroid_mm,
+        )
+        for name, s in stats.items()
+    }
+
+
 def summarize(
     result: SegmentationResultProtocol,
     case: str,
@@ -348,11 +376,13 @@ def summarize(
         roi_box_mm=Box.of_corners(result.roi_box_mm),
         organs_localized=getattr(result, "organs_localized", None),
         warnings=list(getattr(result, "warnings", ())),
+        # Rounded to 0.1 ms: never an exponent form (6.5e-07) in the JSON.
         timings_s={
-            **{k: float(v) for k, v in result.timings_s.items()},
-            "read": read_s,
-            "write": write_s,
+            **{k: round(float(v), 4) for k, v in result.timings_s.items()},
+            "read_s": round(read_s, 4),
+            "write_s": round(write_s, 4),
         },
-        inference_seconds=inference_s,
+        inference_seconds=round(inference_s, 4),
         source_series=None,
+        statistics=None,
     )

@@ -212,6 +212,13 @@ class _FileFieldReceiver:
     async def _on_part_headers(self, headers: dict[bytes, bytes]) -> None:
         _, options = parse_options_header(headers.get(b"content-disposition", b""))
         if options.get(b"name") != UPLOAD_FIELD.encode():
+            if b"filename" in options:  # a file in another field: say so now, whatever its size
+                field = options.get(b"name", b"").decode("utf-8", "replace")[:100]
+                raise http_error(
+                    422,
+                    f"missing form field '{UPLOAD_FIELD}': the file came in the field {field!r}; "
+                    f"send it as '{UPLOAD_FIELD}' (curl -F {UPLOAD_FIELD}=@ct.nii.gz)",
+                )
             return
         if self._found:
             raise http_error(422, f"more than one '{UPLOAD_FIELD}' field; upload one image")

@@ -5,6 +5,7 @@ With a fake segmenter (no TensorFlow, no models)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -81,6 +82,22 @@ def test_docs_and_openapi(client: TestClient) -> None:
     for path in ("/segment", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/result", "/health", "/ready"):
         assert path in spec["paths"]
     assert "multipart/form-data" in spec["paths"]["/segment"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_this_server(client: TestClient, page: str) -> None:
+    """No CDN: every script and stylesheet of the docs pages is a local path this server answers."""
+    html = client.get(page).text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) + re.findall(r"url: *'([^']+)'", html)
+    assert urls and not [u for u in urls if "://" in u or u.startswith("//")], urls
+    scripts = [u for u in urls if u.endswith(".js")]
+    assert scripts, html
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        if url.endswith(".js"):
+            assert len(response.content) > 100_000  # the real bundle, not a placeholder
+    assert "fonts.googleapis" not in html
 
 
 def test_no_api_module_creates_an_app_or_settings_at_import() -> None:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 
 def test_auth(tmp_path: Path, ct_bytes: bytes) -> None:
     with running(make_settings(tmp_path, api_token="t0ken")) as client:
-        for path in ("/health", "/ready", "/docs", "/openapi.json"):
+        public = ("/health", "/ready", "/docs", "/redoc", "/docs-static/swagger-ui.css", "/openapi.json")
+        for path in public:
             assert client.get(path).status_code == 200, path
         protected = (("GET", "/metrics"), ("GET", "/models"), ("GET", "/jobs/x"), ("POST", "/segment"))
         for method, path in protected:

@@ -55,7 +55,7 @@ def test_jobs_flow(tmp_path: Path, ct_bytes: bytes) -> None:
         result = client.get(created["result_url"])
         assert result.status_code == 200
         assert result.headers["content-type"] == "application/gzip"
-        assert 'filename="abdomen.nii.gz"' in result.headers["content-disposition"]
+        assert 'filename="abdomen_mask.nii.gz"' in result.headers["content-disposition"]
         assert json.loads(result.headers["x-organ-volumes-ml"])["liver"] > 0
         mask = read_mask(result.content, tmp_path)
         assert mask.GetDirection() == sitk.ReadImage(str(tmp_path / "case01_0000.nii.gz")).GetDirection()
@@ -165,3 +165,15 @@ def test_job_store_get_returns_a_consistent_copy(tmp_path: Path) -> None:
     again = store.get("j1")
     assert again is not None and (again.status, again.error) == (JobStatus.failed, "boom")
     assert store.get("nope") is None
+
+
+def test_job_with_statistics(client: TestClient, ct_bytes: bytes) -> None:
+    created = client.post("/jobs?statistics=true", **upload(ct_bytes, "abdomen_0000.nii.gz")).json()
+    wait_until(lambda: client.get(created["status_url"]).json()["status"] == "done")
+    summary = client.get(created["status_url"]).json()["summary"]
+    assert summary["statistics"]["liver"]["voxel_count"] > 0
+    liver = summary["statistics"]["liver"]
+    assert liver["volume_ml"] == pytest.approx(summary["volumes_ml"]["liver"], abs=1e-3)
+    plain = client.post("/jobs", **upload(ct_bytes, "b_0000.nii.gz")).json()
+    wait_until(lambda: client.get(plain["status_url"]).json()["status"] == "done")
+    assert client.get(plain["status_url"]).json()["summary"]["statistics"] is None

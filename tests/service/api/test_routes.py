@@ -33,7 +33,7 @@ def test_segment_returns_mask_with_exact_geometry(client: TestClient, ct_file: P
     response = client.post("/segment", **upload(ct_file.read_bytes()))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/gzip"
-    assert response.headers["content-disposition"] == 'attachment; filename="case01.nii.gz"'
+    assert response.headers["content-disposition"] == 'attachment; filename="case01_mask.nii.gz"'
     assert response.headers["x-model-version"] == "fake-1.0"
     assert float(response.headers["x-inference-seconds"]) >= 0
     volumes = json.loads(response.headers["x-organ-volumes-ml"])
@@ -59,7 +59,7 @@ def test_segment_accepts_uncompressed_nii(client: TestClient, tmp_path: Path) ->
     sitk.WriteImage(make_ct(), str(path), useCompression=False)
     response = client.post("/segment", **upload(path.read_bytes(), "plain.nii"))
     assert response.status_code == 200, response.text
-    assert response.headers["content-disposition"] == 'attachment; filename="plain.nii.gz"'
+    assert response.headers["content-disposition"] == 'attachment; filename="plain_mask.nii.gz"'
     assert read_mask(response.content, tmp_path).GetSize() == make_ct().GetSize()
 
 
@@ -78,7 +78,8 @@ def test_segment_json_mode(client: TestClient, ct_bytes: bytes, how: str) -> Non
     liver_box = body["organ_boxes_mm"]["liver"]
     assert set(liver_box) == {"min_mm_xyz", "max_mm_xyz"} and len(liver_box["min_mm_xyz"]) == 3
     assert set(body["roi_box_mm"]) == {"min_mm_xyz", "max_mm_xyz"}
-    assert {"localization", "segmentation", "read", "write"} <= set(body["timings_s"])
+    assert {"localization", "segmentation", "read_s", "write_s"} <= set(body["timings_s"])
+    assert all(v == round(v, 4) and "e" not in str(v) for v in body["timings_s"].values())
     assert body["size_xyz"] == list(make_ct().GetSize())
     assert body["inference_seconds"] >= 0
     assert body["warnings"] == []
@@ -135,3 +136,31 @@ def test_segment_with_the_real_pipeline(tmp_path: Path, request: pytest.FixtureR
         summary = client.post("/segment?format=json", **upload(path.read_bytes())).json()
         assert summary["model_version"] == segmenter.model_version
         assert client.get("/models").json() == jsonable_encoder(segmenter.manifest)
+
+
+@pytest.mark.parametrize("upload_name", ["ct.nii.gz", "ct_0000.nii.gz", "ct.nii", "x_mask.nii.gz", "a b.nii"])
+def test_mask_download_name_is_never_the_upload_name(upload_name: str) -> None:
+    """The name ``curl -OJ`` saves the mask under differs from the CT's, so it cannot overwrite it."""
+    from flare_seg.service.api.routes import mask_filename
+    from flare_seg.service.api.uploads import case_name
+
+    name = mask_filename(case_name(upload_name))
+    assert name != upload_name and name.endswith("_mask.nii.gz")
+
+
+def test_json_summary_with_statistics(client: TestClient, ct_file: Path) -> None:
+    """``?statistics=true``: per-organ statistics in the JSON summary, from the CT's own voxels."""
+    plain = client.post("/segment?format=json", **upload(ct_file.read_bytes()))
+    assert plain.status_code == 200 and plain.json()["statistics"] is None
+    response = client.post("/segment?format=json&statistics=true", **upload(ct_file.read_bytes()))
+    assert response.status_code == 200, response.text
+    stats = response.json()["statistics"]
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_file)))
+    liver = ct > 100  # what the fake segmenter calls liver
+    assert stats["liver"]["voxel_count"] == int(liver.sum())
+    assert stats["liver"]["hu_mean"] == pytest.approx(float(ct[liver].mean()), abs=0.01)
+    assert stats["liver"]["hu_std"] == pytest.approx(float(ct[liver].std()), abs=0.01)
+    assert set(stats["liver"]["box_mm"]) == {"min_mm_xyz", "max_mm_xyz"}
+    assert len(stats["liver"]["centroid_mm_xyz"]) == 3
+    assert stats["kidney"]["voxel_count"] == 0 and stats["kidney"]["box_mm"] is None
+    assert stats["liver"]["volume_ml"] == pytest.approx(response.json()["volumes_ml"]["liver"], abs=1e-3)

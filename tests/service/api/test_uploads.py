@@ -129,6 +129,16 @@ def test_corrupt_data_is_422_for_both_endpoints(tmp_path: Path) -> None:
         assert not list(service.uploads_dir.iterdir()) and not service.jobs.jobs
 
 
+def test_file_in_the_wrong_field_is_422_whatever_its_size(client: TestClient) -> None:
+    """``curl -F image=@ct.nii.gz``: the documented 422, not a 413 about other form fields."""
+    big = b"\x1f\x8b" + bytes(3 * 2**20)  # larger than any allowance for small form fields
+    response = client.post("/segment", files={"image": ("ct.nii.gz", big)})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("missing form field 'file'") and "'image'" in detail
+    assert not list(service_of(client).uploads_dir.iterdir())
+
+
 def test_request_shape_errors(client: TestClient, ct_bytes: bytes) -> None:
     cases = {
         "missing field": (
