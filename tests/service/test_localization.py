@@ -112,7 +112,9 @@ def test_an_organ_far_in_height_from_the_others_is_dropped():
 
 def test_no_heatmap_above_the_threshold_gives_the_whole_grid_without_a_plan_warning():
     plan = plan_localization(np.full((16, 20, 24, 4), 0.2, np.float32), SPACING, 0.5)
-    assert not plan.found and plan.warnings == () and plan.missing == ("liver", "kidney", "spleen", "pancreas")
+    assert (
+        not plan.found and plan.warnings == () and plan.missing == ("liver", "kidney", "spleen", "pancreas")
+    )
     np.testing.assert_array_equal(plan.lo_zyx, (0, 0, 0))
     np.testing.assert_array_equal(plan.hi_zyx, (16, 20, 24))
 
