@@ -54,7 +54,7 @@ def _cmd_train(task: str):
         from flare_seg.training.config import load_config
         from flare_seg.training.train import train
 
-        config = load_config(task, args.config, steps=args.steps, seed=args.seed)  # type: ignore[arg-type]
+        config = load_config(task, args.config, steps=args.steps, seed=args.seed, init_from=args.init_from)  # type: ignore[arg-type]
         result = train(Path(args.data_dir), Path(args.run_dir), config)
         print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, indent=2))
         return 0
@@ -202,6 +202,11 @@ def _add_train(sub: _Subparsers, task: str) -> None:
     p.add_argument("--config", type=Path, help="YAML file of training settings")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--init-from",
+        help=f"initial weights of a fresh run: an exported network folder (e.g. saved_models/{task}) "
+        "or a run directory",
+    )
     p.set_defaults(func=_cmd_train(task))
 
 
