@@ -36,7 +36,16 @@ def _setup_logging(verbose: bool) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from flare_seg.training.phantom import PhantomOptions, write_dataset
 
-    options = PhantomOptions(size=args.size, oblique_probability=args.oblique_probability)
+    try:
+        options = PhantomOptions(
+            size=args.size,
+            oblique_probability=args.oblique_probability,
+            iliac_wings=args.iliac_wings,
+            hu_spread_hu=args.hu_spread_hu,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     names = write_dataset(
         Path(args.out_dir),
         args.cases,
@@ -191,6 +200,17 @@ def _add_synth(sub: _Subparsers) -> None:
         "--size", choices=["full", "small"], default="full", help="full: 512x512-ish; small: for tests"
     )
     p.add_argument("--oblique-probability", type=float, default=0.0)
+    p.add_argument(
+        "--iliac-wings",
+        action="store_true",
+        help="a bony pelvis (iliac wings, femoral necks, gluteal muscles)",
+    )
+    p.add_argument(
+        "--hu-spread-hu",
+        type=float,
+        default=0.0,
+        help="SD of per-case soft-tissue HU offsets, with fatty liver and pancreas (0: textbook ranges)",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 
