@@ -79,6 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         Path(args.segmentation_run),
         Path(args.out),
         evaluation_json=Path(args.evaluation) if args.evaluation else None,
+        real_ct_evaluation_json=Path(args.real_ct_evaluation) if args.real_ct_evaluation else None,
         notes=args.notes,
     )
     print(f"exported models {manifest['model_version']} to {args.out}")
@@ -236,6 +237,11 @@ def _add_export(sub: _Subparsers) -> None:
     p.add_argument("--segmentation-run", default="runs/segmentation")
     p.add_argument("--out", default="saved_models")
     p.add_argument("--evaluation", help="evaluation.json of the full pipeline, recorded in the manifest")
+    p.add_argument(
+        "--real-ct-evaluation",
+        help="evaluation.json of the full pipeline on real CT (measured only, never trained on), "
+        "recorded in the manifest",
+    )
     p.add_argument("--notes", help="free text recorded in the manifest")
     p.set_defaults(func=_cmd_export)
 

@@ -83,3 +83,22 @@ def test_a_tampered_manifest_is_refused(tiny_models, tmp_path):
     shutil.rmtree(copy / "segmentation")
     with pytest.raises(ManifestError, match="not a SavedModel"):
         load_models(copy)
+
+
+def test_evaluations_on_phantoms_and_real_ct_are_recorded_apart(tiny_runs, tmp_path):
+    from flare_seg.training.export import export_models
+
+    phantoms, real = tmp_path / "phantoms.json", tmp_path / "real.json"
+    phantoms.write_text(json.dumps({"mean": {"liver": {"dice": 0.9}}}))
+    real.write_text(json.dumps({"mean": {"liver": {"dice": 0.7}}}))
+    manifest = export_models(
+        tiny_runs[0],
+        tiny_runs[1],
+        tmp_path / "models",
+        evaluation_json=phantoms,
+        real_ct_evaluation_json=real,
+    )
+    on_disk = json.loads((tmp_path / "models" / MANIFEST_NAME).read_text())
+    assert on_disk["evaluation"]["mean"]["liver"]["dice"] == 0.9
+    assert on_disk["evaluation_real_ct"]["mean"]["liver"]["dice"] == 0.7
+    assert manifest["evaluation_real_ct"] == on_disk["evaluation_real_ct"]
