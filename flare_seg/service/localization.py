@@ -17,8 +17,11 @@ branch reads positions relative to the box centre, puts organs in the wrong plac
    dropped (it may be anywhere near the others); and falls back to the whole volume, with a
    warning, when no organ is left.
 
-An organ cut off at the scan's edge is normal (a scan that starts below the diaphragm cuts the
-liver and spleen): it is never judged too small, and its box simply ends at the edge.
+An organ cut off at the scan's top or bottom is normal (a scan that starts below the diaphragm cuts
+the liver and spleen): it is never judged too small, its region to segment ends at the edge, and
+the organs' box, whose centre anchors the segmentation network's position channels, is extended
+past the edge to the organ's typical length, so that the missing part does not pull the centre
+towards the middle of the scan.
 
 Everything is in edge coordinates of the localization grid ((z, y, x), voxel ``i`` covers
 [i, i + 1)), as in ``flare_seg.grid``.
@@ -52,6 +55,9 @@ KIDNEY_PAIR_MIN_MASS = 0.15  # the second kidney blob holds at least this fracti
 KIDNEY_PAIR_MIN_APART_MM = 50.0  # ... lies this far to the side of it
 KIDNEY_PAIR_MAX_HEIGHT_MM = 100.0  # ... and this close in height
 GROW_MM = 40.0  # region grown on every side when an organ is missing or was dropped
+# Typical adult cranio-caudal length (mm) of each organ's label ("kidney": both kidneys, the right
+# one lower). An organ cut off at the scan's top or bottom face is extended to it, for the box only.
+TYPICAL_LENGTH_MM = {"liver": 150.0, "kidney": 120.0, "spleen": 110.0, "pancreas": 60.0}
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,8 @@ class LocalizationPlan:
     """What the segmentation stage uses: the organs' box (its centre anchors the position
     channels), the region to segment, and what went wrong on the way."""
 
-    lo_zyx: np.ndarray  # organs' box, edge coordinates of the localization grid
-    hi_zyx: np.ndarray
+    lo_zyx: np.ndarray  # organs' box, edge coordinates of the localization grid; along z, organs cut
+    hi_zyx: np.ndarray  # off at the scan's top or bottom are extended past it to a typical length
     region_lo_zyx: np.ndarray  # region to segment (the box, grown when an organ is missing)
     region_hi_zyx: np.ndarray
     found: bool  # False: no plausible organ; box and region are the whole grid
@@ -115,12 +121,14 @@ def plan_localization(
         if dropped:
             warnings.append("no organ was localized plausibly: the whole image was segmented")
         return LocalizationPlan(*whole, *whole, False, (), tuple(dropped), tuple(missing), tuple(warnings))
-    lo = np.min([o.lo_zyx for o in kept], axis=0)
-    hi = np.max([o.hi_zyx for o in kept], axis=0)
-    region_lo, region_hi = lo.copy(), hi.copy()
+    region_lo = np.min([o.lo_zyx for o in kept], axis=0)
+    region_hi = np.max([o.hi_zyx for o in kept], axis=0)
+    boxes = [_extend_cut_organ(o, spacing, shape) for o in kept]
+    lo = np.min([b[0] for b in boxes], axis=0)
+    hi = np.max([b[1] for b in boxes], axis=0)
     if dropped or missing:
         grow = GROW_MM / spacing
-        region_lo, region_hi = np.maximum(lo - grow, 0.0), np.minimum(hi + grow, shape)
+        region_lo, region_hi = np.maximum(region_lo - grow, 0.0), np.minimum(region_hi + grow, shape)
         if dropped:
             warnings.append(
                 f"the segmented region was grown by {GROW_MM:.0f} mm around the organs that were "
@@ -129,6 +137,25 @@ def plan_localization(
     return LocalizationPlan(
         lo, hi, region_lo, region_hi, True, kept, tuple(dropped), tuple(missing), tuple(warnings)
     )
+
+
+def _extend_cut_organ(
+    organ: OrganLocation, spacing: np.ndarray, shape: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The organ's box, extended beyond the scan's top or bottom face to the organ's typical
+    length when the organ reaches that face and is shorter: the box of the whole organ, as far as
+    it can be told, so that a scan starting below the diaphragm (or ending above the kidneys'
+    lower poles) does not move the organs' box centre by half the missing part."""
+    lo, hi = np.asarray(organ.lo_zyx, float), np.asarray(organ.hi_zyx, float)
+    missing = TYPICAL_LENGTH_MM[organ.name] / spacing[0] - (hi[0] - lo[0])
+    if missing > 0:
+        if hi[0] >= shape[0] and lo[0] > 0:
+            hi = hi.copy()
+            hi[0] += missing
+        elif lo[0] <= 0 and hi[0] < shape[0]:
+            lo = lo.copy()
+            lo[0] -= missing
+    return lo, hi
 
 
 def _locate_organ(name: str, heat: np.ndarray, spacing: np.ndarray, threshold: float) -> OrganLocation | None:

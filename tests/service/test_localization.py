@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flare_seg.service.localization import GROW_MM, plan_localization
+from flare_seg.service.localization import GROW_MM, TYPICAL_LENGTH_MM, plan_localization
 
 SPACING = (6.0, 6.0, 6.0)
 ORGAN_INDEX = {"liver": 0, "kidney": 1, "spleen": 2, "pancreas": 3}
@@ -67,14 +67,35 @@ def test_a_false_positive_blob_far_from_the_organ_does_not_stretch_the_box():
     assert plan.warnings == ()
 
 
-def test_an_organ_cut_off_at_the_top_of_the_scan_keeps_its_box_at_the_edge():
-    """A scan that starts below the diaphragm: the liver and spleen reach the top face."""
-    organs = dict(ABDOMEN, liver=(30, 60, 8, 30, 6, 30), spleen=(40, 60, 22, 34, 44, 54))
+def test_an_organ_cut_off_at_the_top_of_the_scan_extends_the_box_but_not_the_region():
+    """A scan that starts below the diaphragm: the liver (120 mm seen) and spleen reach the top face.
+    The region to segment ends at the edge; the organs' box runs on to the liver's typical 150 mm,
+    so its centre is where it would be had the scan shown the whole liver."""
+    organs = dict(ABDOMEN, liver=(40, 60, 8, 30, 6, 30), spleen=(45, 60, 22, 34, 44, 54))
     plan = plan_localization(heatmaps(organs=organs), SPACING, 0.5)
     assert plan.found and plan.warnings == ()
     liver = next(o for o in plan.organs if o.name == "liver")
     assert liver.touches_edge and liver.hi_zyx[0] == 60
-    assert plan.hi_zyx[0] == 60 and plan.lo_zyx[0] == 22
+    assert plan.region_hi_zyx[0] == 60 and plan.region_lo_zyx[0] == 22
+    assert plan.hi_zyx[0] == pytest.approx(40 + TYPICAL_LENGTH_MM["liver"] / 6.0)
+    assert plan.lo_zyx[0] == 22
+
+
+def test_an_organ_long_enough_or_inside_the_scan_is_not_extended():
+    organs = dict(ABDOMEN, liver=(30, 60, 8, 30, 6, 30))  # 180 mm seen: longer than typical
+    plan = plan_localization(heatmaps(organs=organs), SPACING, 0.5)
+    assert plan.hi_zyx[0] == 60
+    np.testing.assert_array_equal(
+        plan_localization(heatmaps(), SPACING, 0.5).hi_zyx, box_of(*all_boxes(ABDOMEN))[1]
+    )
+
+
+def test_kidneys_cut_off_at_the_bottom_extend_the_box_downwards():
+    organs = dict(ABDOMEN, kidney=[(0, 12, 26, 34, 14, 22), (0, 14, 26, 34, 40, 48)])
+    heat = heatmaps(organs=organs)
+    plan = plan_localization(heat, SPACING, 0.5)
+    assert plan.region_lo_zyx[0] == 0
+    assert plan.lo_zyx[0] == pytest.approx(14 - TYPICAL_LENGTH_MM["kidney"] / 6.0)
 
 
 def test_a_heatmap_spanning_more_than_an_organ_can_is_dropped_and_the_region_grown():
