@@ -12,7 +12,10 @@ to HU values, before windowing. With probability ``appearance_prob`` a sample ge
    slices, soft kernels, partial volume);
 4. a smooth additive bias field (up to ``bias_field_hu``; beam hardening, cupping) on the body;
 5. correlated noise: white noise blurred in-plane (a reconstruction kernel's texture) with an SD
-   of up to ``correlated_noise_hu`` after the blur.
+   of up to ``correlated_noise_hu`` after the blur;
+6. darker bone: HU above 150 compressed towards 150 by up to ``bone_darkening`` (a fraction), as in
+   osteopenic or thick-slice scans, where a vertebral body is no brighter than an enhanced kidney
+   (applied first, on the clean sample).
 
 Air (below -500 HU) is left out of 1, 2 and 4, so the body outline and the lungs stay where they are.
 """
@@ -27,6 +30,7 @@ from scipy import ndimage
 # Curve knots (HU). The ends stay fixed so air, dense bone and padding are not moved.
 _CURVE_KNOTS_HU = np.array([-1100.0, -150.0, -60.0, 0.0, 40.0, 80.0, 130.0, 200.0, 320.0, 700.0, 3100.0])
 _AIR_BELOW_HU = -500.0
+_BONE_FROM_HU = 150.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Appearance:
     blur_sigma_vox: float = 0.0  # largest Gaussian blur, in voxels of the sample's grid
     bias_field_hu: float = 0.0  # largest amplitude of the smooth bias field
     correlated_noise_hu: float = 0.0  # largest SD of the correlated noise
+    bone_darkening: float = 0.0  # largest fraction by which HU above 150 are compressed towards 150
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prob <= 1.0:
@@ -52,6 +57,8 @@ class Appearance:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"appearance {name} must be >= 0, not {getattr(self, name)}")
+        if not 0.0 <= self.bone_darkening < 1.0:
+            raise ValueError(f"appearance bone_darkening must lie in [0, 1), not {self.bone_darkening}")
 
 
 def random_tissue_curve(rng: np.random.Generator, amplitude_hu: float) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +102,10 @@ def randomize_appearance(
     if appearance.prob <= 0.0 or rng.random() >= appearance.prob:
         return hu
     out = np.asarray(hu, np.float32).copy()
+    if appearance.bone_darkening > 0:
+        keep = np.float32(1.0 - rng.uniform(0.0, appearance.bone_darkening))
+        dense = out > _BONE_FROM_HU
+        out[dense] = _BONE_FROM_HU + (out[dense] - _BONE_FROM_HU) * keep
     tissue = out > _AIR_BELOW_HU
     if labels is not None and appearance.organ_shift_hu > 0:
         for k in np.unique(labels):

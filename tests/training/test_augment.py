@@ -127,3 +127,15 @@ def test_a_run_starts_from_the_weights_of_an_exported_network_or_a_run(tiny_runs
         )
     with pytest.raises(FileNotFoundError, match="neither"):
         initialize_weights(model, tmp_path, config)
+
+
+def test_bone_darkening_compresses_only_dense_values_towards_150_hu():
+    hu = np.linspace(-1000, 1500, 2500, dtype=np.float32).reshape(25, 10, 10)
+    out = randomize_appearance(np.random.default_rng(8), hu, None, Appearance(prob=1.0, bone_darkening=0.6))
+    soft = hu <= 150
+    np.testing.assert_array_equal(out[soft], hu[soft])
+    keep = (out[hu > 150] - 150) / (hu[hu > 150] - 150)
+    assert np.allclose(keep, keep[0], atol=1e-4) and 0.4 <= keep[0] <= 1.0
+    assert np.all(np.diff(out.ravel()) >= -1e-3)
+    with pytest.raises(ValueError, match="bone_darkening"):
+        Appearance(bone_darkening=1.0)
