@@ -11,7 +11,11 @@
 # 2. real-CT fine-tuning: both networks start from the base weights and train on with appearance
 #    randomization (configs/*_finetune.yaml) on the first phantom set plus a set with the bony
 #    pelvis and wider soft-tissue intensities (synth --iliac-wings --hu-spread-hu 15); export to
-#    saved_models; evaluation on phantoms of an unseen seed; export again with it in the manifest.
+#    saved_models; evaluation on phantoms of an unseen seed and on the real development CT (if
+#    REAL_CT holds it; measured only); export again with both in the manifest. The fine-tuned
+#    weights came from this stage on a 2-core CPU with the localization net first 1000 steps on the
+#    first phantom set alone, then resumed on both sets to step 1600; run straight through, it
+#    gives models of the same kind.
 #
 # With real FLARE21 data, point DATA (and FT_DATA) at it and skip the synth steps.
 set -euo pipefail
@@ -30,7 +34,16 @@ link_sets() {  # link_sets OUT SET...: one FLARE21-layout folder of symbolic lin
       ln -sf "$(cd "${WORK}/${set}/${sub}" && pwd)"/*.nii.gz "${out}/${sub}/"
     done
   done
-  cp "${WORK}/$1/dataset.json" "${out}/dataset.json"
+  # one dataset.json describing every set (recorded in the manifest as the training data)
+  python3 - "${out}/dataset.json" "${@/#/${WORK}/}" <<'PY'
+import json, sys
+sets = [json.load(open(f"{d}/dataset.json")) for d in sys.argv[2:]]
+merged = {"generator": sets[0]["generator"], "seeds": [s["seed"] for s in sets],
+          "options_by_seed": {str(s["seed"]): s["options"] for s in sets}, "labels": sets[0]["labels"],
+          "case_seeds": {k: v for s in sets for k, v in s["case_seeds"].items()},
+          "case_info": {k: v for s in sets for k, v in s["case_info"].items()}}
+json.dump(merged, open(sys.argv[1], "w"), indent=2)
+PY
 }
 
 # --- stage 1: base models
@@ -67,6 +80,17 @@ mkdir -p "${WORK}/test_inputs"
 cp -f "${TEST}"/TrainingImg/*_0000.nii.gz "${WORK}/test_inputs/"
 flare-seg predict "${WORK}/test_inputs" "${WORK}/test_predictions"
 flare-seg evaluate "${WORK}/test_predictions" "${TEST}/TrainingMask"
+# --- and on the real development CT, measured only (never trained on, nor used to choose a model)
+REAL_CT="${REAL_CT:-../shared/realct}"
+REAL_EVAL=()
+if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
+  mkdir -p "${WORK}/real_inputs" "${WORK}/real_labels"
+  cp -f "${REAL_CT}/example_ct.nii.gz" "${WORK}/real_inputs/example_ct_0000.nii.gz"
+  cp -f "${REAL_CT}/example_ct_labels.nii.gz" "${WORK}/real_labels/example_ct.nii.gz"
+  flare-seg predict "${WORK}/real_inputs" "${WORK}/real_predictions"
+  flare-seg evaluate "${WORK}/real_predictions" "${WORK}/real_labels"
+  REAL_EVAL=(--real-ct-evaluation "${WORK}/real_predictions/evaluation.json")
+fi
 flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" \
-  --out saved_models --evaluation "${WORK}/test_predictions/evaluation.json" \
+  --out saved_models --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
   --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
