@@ -44,7 +44,16 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from flare_seg.training.phantom import PhantomOptions, write_dataset
 
-    options = PhantomOptions(size=args.size, oblique_probability=args.oblique_probability)
+    try:
+        options = PhantomOptions(
+            size=args.size,
+            oblique_probability=args.oblique_probability,
+            iliac_wings=args.iliac_wings,
+            hu_spread_hu=args.hu_spread_hu,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     names = write_dataset(
         Path(args.out_dir),
         args.cases,
@@ -62,7 +71,7 @@ def _cmd_train(task: str):
         from flare_seg.training.config import load_config
         from flare_seg.training.train import train
 
-        config = load_config(task, args.config, steps=args.steps, seed=args.seed)  # type: ignore[arg-type]
+        config = load_config(task, args.config, steps=args.steps, seed=args.seed, init_from=args.init_from)  # type: ignore[arg-type]
         cache_dir = Path(args.cache_dir) if args.cache_dir else None
         result = train(Path(args.data_dir), Path(args.run_dir), config, cache_dir=cache_dir)
         print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, indent=2))
@@ -79,6 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         Path(args.segmentation_run),
         Path(args.out),
         evaluation_json=Path(args.evaluation) if args.evaluation else None,
+        real_ct_evaluation_json=Path(args.real_ct_evaluation) if args.real_ct_evaluation else None,
         notes=args.notes,
         overwrite=args.force,
     )
@@ -353,6 +363,17 @@ def _add_synth(sub: _Subparsers) -> None:
         "--size", choices=["full", "small"], default="full", help="full: 512x512-ish; small: for tests"
     )
     p.add_argument("--oblique-probability", type=float, default=0.0)
+    p.add_argument(
+        "--iliac-wings",
+        action="store_true",
+        help="a bony pelvis (iliac wings, femoral necks, gluteal muscles)",
+    )
+    p.add_argument(
+        "--hu-spread-hu",
+        type=float,
+        default=0.0,
+        help="SD of per-case soft-tissue HU offsets, with fatty liver and pancreas (0: textbook ranges)",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 
@@ -369,6 +390,11 @@ def _add_train(sub: _Subparsers, task: str) -> None:
         help="where the resampled cases are cached (default RUN_DIR/cache; give both runs the same "
         "folder to share it)",
     )
+    p.add_argument(
+        "--init-from",
+        help=f"initial weights of a fresh run: an exported network folder (e.g. saved_models/{task}) "
+        "or a run directory",
+    )
     p.set_defaults(func=_cmd_train(task))
 
 
@@ -378,6 +404,11 @@ def _add_export(sub: _Subparsers) -> None:
     p.add_argument("--segmentation-run", default="runs/segmentation")
     p.add_argument("--out", default="saved_models", help="models folder to write")
     p.add_argument("--evaluation", help="evaluation.json of the full pipeline, recorded in the manifest")
+    p.add_argument(
+        "--real-ct-evaluation",
+        help="evaluation.json of the full pipeline on real CT (measured only, never trained on), "
+        "recorded in the manifest",
+    )
     p.add_argument("--notes", help="free text recorded in the manifest")
     p.add_argument("--force", action="store_true", help="replace the models in --out if it exists")
     p.set_defaults(func=_cmd_export)

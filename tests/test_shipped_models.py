@@ -64,3 +64,11 @@ def test_shipped_models_score_like_their_record_on_unseen_phantoms(shipped):
     means = {organ: float(np.mean(v)) for organ, v in scores.items()}
     for organ, fresh in means.items():
         assert fresh >= recorded[organ]["dice"] - TOLERANCE, (organ, means, recorded)
+
+
+def test_manifest_records_the_real_ct_apart_from_the_phantoms():
+    real = _manifest()["evaluation_real_ct"]
+    assert "never trained on" in real["case"]
+    assert list(real["cases"]) == ["example_ct"]
+    for organ in ORGANS.values():
+        assert 0.0 <= real["mean"][organ]["dice"] <= 1.0 and 0.0 <= real["mean"][organ]["nsd"] <= 1.0

@@ -56,6 +56,7 @@ from flare_seg.labels import ORGANS
 from flare_seg.preview import write_preview
 from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
+from flare_seg.service.localization import LocalizationPlan, plan_localization
 from flare_seg.service.models import LoadedModels, load_models
 from flare_seg.statistics import OrganStatistics, organ_statistics
 
@@ -319,13 +320,16 @@ class Segmenter:
         warnings: list[str] = []
         # The box stays that of all organs even for a subset: the box of a subset's heatmaps alone is
         # tighter than those organs and cuts them (the example's liver: 1307 instead of 1390 mL).
-        lo, hi, found = self._localize(vol, spacing, timings, warnings, prepared)
-        if not found:
+        located = self._localize(vol, spacing, timings, warnings, prepared)
+        lo, hi, found = located.lo_zyx, located.hi_zyx, located.found
+        if not found and not located.dropped:
             warnings.append("no organ was localized: the whole image was segmented")
         for warning in warnings:
             log.warning("%s", warning)
 
-        crop = self._segmentation_crop(lo, hi, found, frame.geometry.shape_zyx, spacing)
+        crop = self._segmentation_crop(
+            located.region_lo_zyx, located.region_hi_zyx, found, frame.geometry.shape_zyx, spacing
+        )
         x = self._segmentation_input(vol, crop, (lo + hi) / 2.0, timings)
         if holder is not None:  # the input is not needed any more: free it before the forward pass
             holder.clear()
@@ -432,9 +436,10 @@ class Segmenter:
         timings: dict[str, float],
         warnings: list[str],
         prepared: _PreparedLocalization | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """The organs' box in canonical edge coordinates (lo, hi), and whether any organ was found.
-        Appends to ``warnings`` when the image does not look like a CT in Hounsfield units."""
+    ) -> LocalizationPlan:
+        """The organs' box and the region to segment, in canonical edge coordinates (see
+        ``service.localization``). Appends to ``warnings`` when the image does not look like a CT in
+        Hounsfield units or when a heatmap was implausible."""
         t = time.perf_counter()
         c = self.contract
         crop = self._localization_crop(vol.shape, spacing)
@@ -455,11 +460,16 @@ class Segmenter:
         timings["localization_preprocess_s"] = time.perf_counter() - t
         t = time.perf_counter()
         heat = self.models.localization(x)[LOCALIZATION_OUTPUT][0, : shape[0], : shape[1], : shape[2]]
-        start, stop, found = self.models.tf_utils.box_from_heatmaps(heat, tf.constant(c.heatmap_threshold))
-        lo = crop.out_edge_to_source_edge(start.numpy())
-        hi = crop.out_edge_to_source_edge(stop.numpy())
+        plan = plan_localization(heat.numpy(), crop.out_spacing_mm_zyx, c.heatmap_threshold)
+        warnings.extend(plan.warnings)
         timings["localization_forward_s"] = time.perf_counter() - t
-        return lo, hi, bool(found.numpy())
+        return replace(
+            plan,
+            lo_zyx=crop.out_edge_to_source_edge(plan.lo_zyx),
+            hi_zyx=crop.out_edge_to_source_edge(plan.hi_zyx),
+            region_lo_zyx=crop.out_edge_to_source_edge(plan.region_lo_zyx),
+            region_hi_zyx=crop.out_edge_to_source_edge(plan.region_hi_zyx),
+        )
 
     def _segmentation_input(
         self, vol: np.ndarray, crop: GridCrop, centre_edge_zyx: np.ndarray, timings: dict[str, float]

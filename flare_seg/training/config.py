@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 
 from flare_seg.labels import ORGANS
+from flare_seg.training.augment import Appearance
 
 Task = Literal["localization", "segmentation"]
 
@@ -38,6 +39,12 @@ class TrainConfig:
     # contrast-enhanced scan into one that looks unenhanced, so organs must be told apart by shape
     # and position rather than by their enhancement
     contrast_compression_prob: float = 0.0
+    # augmentation: appearance randomization (flare_seg.training.augment.Appearance fields: prob,
+    # organ_shift_hu, tissue_curve_hu, blur_sigma_vox, bias_field_hu, correlated_noise_hu)
+    appearance: dict[str, float] = field(default_factory=dict)
+    # initial weights of a fresh run (no checkpoint yet): an exported network (e.g.
+    # saved_models/localization) or another run's directory (its latest checkpoint)
+    init_from: str | None = None
     val_cases: int = 3  # last cases (by name) held out for validation
     seed: int = 0
     log_every: int = 25
@@ -60,6 +67,10 @@ class TrainConfig:
             raise ValueError(f"organ_sampling_weights: unknown {sorted(unknown)}, not in {sorted(organs)}")
         if any(not (float(w) >= 0.0) for w in self.organ_sampling_weights.values()):
             raise ValueError(f"organ_sampling_weights must be >= 0, not {self.organ_sampling_weights}")
+        try:
+            Appearance(**self.appearance)
+        except TypeError as exc:
+            raise ValueError(f"appearance: {exc}") from None
 
     def to_yaml(self) -> str:
         d = asdict(self)

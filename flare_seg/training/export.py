@@ -85,12 +85,16 @@ def export_models(
     contract: ModelContract | None = None,
     evaluation_json: Path | None = None,
     notes: str | None = None,
+    real_ct_evaluation_json: Path | None = None,
     *,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the three SavedModels and the manifest into ``out_dir``; returns the manifest.
 
-    Everything is written into ``<out_dir>.exporting`` first, which then replaces ``out_dir``.
+    ``evaluation_json``: the full pipeline's figures on unseen phantoms; ``real_ct_evaluation_json``:
+    those on real CT, which no training or model-selection step uses (both ``flare-seg evaluate``
+    output; recorded as ``evaluation`` and ``evaluation_real_ct``). Everything is written into
+    ``<out_dir>.exporting`` first, which then replaces ``out_dir``.
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before any work).
@@ -114,7 +118,7 @@ def export_models(
     tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
     for warning in near_zero_dice_warnings(runs):
         log.warning("%s", warning)
-    manifest = _manifest(runs, contract, evaluation_json, notes)
+    manifest = _manifest(runs, contract, evaluation_json, notes, real_ct_evaluation_json)
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
     _replace_dir(tmp, out_dir)
     return manifest
@@ -142,7 +146,11 @@ def _export_run(
 
 
 def _manifest(
-    runs: dict[str, Any], contract: ModelContract, evaluation_json: Path | None, notes: str | None
+    runs: dict[str, Any],
+    contract: ModelContract,
+    evaluation_json: Path | None,
+    notes: str | None,
+    real_ct_evaluation_json: Path | None = None,
 ) -> dict[str, Any]:
     """The manifest: format, versions, contract, signatures, training runs and their data."""
     data = runs[SEGMENTATION_DIR].get("data") or {}
@@ -158,6 +166,7 @@ def _manifest(
         "training": runs,
         "training_data": data.get("dataset", {"data_dir": data.get("data_dir")}),
         "evaluation": _read_json(Path(evaluation_json)) if evaluation_json else None,
+        "evaluation_real_ct": _read_json(Path(real_ct_evaluation_json)) if real_ct_evaluation_json else None,
         "notes": notes,
     }
 

@@ -25,6 +25,7 @@ from flare_seg.contract import SEGMENTATION_INPUT_CHANNELS, ModelContract
 from flare_seg.labels import NUM_CLASSES, NUM_ORGANS, ORGANS
 from flare_seg.progress import Progress
 from flare_seg.training import tf_utils
+from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
 from flare_seg.training.data import PreparedCase, list_cases, prepare_dataset
 from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
@@ -71,6 +72,28 @@ def restore_model(run_dir: Path, config: TrainConfig) -> tuple[keras.Model, int]
     return model, int(step.numpy())
 
 
+def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) -> None:
+    """Copy weights into ``model`` from an exported network (a SavedModel folder such as
+    ``saved_models/localization``) or from a run directory's latest checkpoint, matched by name;
+    every weight must be found with the same shape."""
+    if (source / "checkpoints").is_dir():
+        trained, _ = restore_model(source, config)
+        values = {w.path: w.numpy() for w in trained.weights}
+    elif (source / "saved_model.pb").is_file():
+        loaded = tf.saved_model.load(str(source))
+        values = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    else:
+        raise FileNotFoundError(f"init_from {source}: neither an exported network nor a run directory")
+    for weight in model.weights:
+        value = values.get(weight.path)
+        if value is None or value.shape != tuple(weight.shape):
+            found = None if value is None else value.shape
+            raise ValueError(
+                f"init_from {source}: weight {weight.path} {tuple(weight.shape)} not found ({found})"
+            )
+        weight.assign(value)
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -108,7 +131,10 @@ def compress_contrast(hu: np.ndarray, offset_hu: float, slope: float) -> np.ndar
     return out
 
 
-def _augment_hu(rng: np.random.Generator, hu: np.ndarray, config: TrainConfig) -> np.ndarray:
+def _augment_hu(
+    rng: np.random.Generator, hu: np.ndarray, config: TrainConfig, labels: np.ndarray | None = None
+) -> np.ndarray:
+    hu = randomize_appearance(rng, hu, labels, Appearance(**config.appearance))
     if rng.random() < config.contrast_compression_prob:
         hu = compress_contrast(hu, rng.uniform(0.0, 30.0), rng.uniform(0.12, 0.5))
     scale = rng.uniform(1 - config.intensity_scale, 1 + config.intensity_scale)
@@ -124,9 +150,9 @@ def localization_samples(
     rng = np.random.default_rng(seed)
     while True:
         case = cases[rng.integers(len(cases))]
-        x = tf_utils.normalize_localization(tf.constant(_augment_hu(rng, case.loc_image, config)), contract)[
-            0
-        ]
+        organs = np.where(case.loc_target.max(axis=-1) > 0.5, case.loc_target.argmax(axis=-1) + 1, 0)
+        hu = _augment_hu(rng, case.loc_image, config, organs)
+        x = tf_utils.normalize_localization(tf.constant(hu), contract)[0]
         target = np.zeros((*x.shape[:3], case.loc_target.shape[-1]), np.float32)
         d, h, w = case.loc_target.shape[:3]
         target[:d, :h, :w] = case.loc_target
@@ -162,7 +188,7 @@ def segmentation_patch(
     box_centre_mm = case.organ_box_mm.mean(axis=0) + rng.normal(0.0, config.centre_jitter_mm, 3)
     centre_in_patch_mm = box_centre_mm - start * spacing
     x = tf_utils.normalize_segmentation(
-        tf.constant(_augment_hu(rng, hu, config)),
+        tf.constant(_augment_hu(rng, hu, config, labels)),
         tf.constant(spacing, tf.float32),
         tf.constant(centre_in_patch_mm, tf.float32),
         contract,
@@ -372,6 +398,9 @@ def _training_state(run_dir: Path, config: TrainConfig) -> _TrainingState:
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
         log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    elif config.init_from:
+        initialize_weights(model, Path(config.init_from), config)
+        log.info("initialized %s from %s", config.task, config.init_from)
     return _TrainingState(strategy, model, optimizer, step_var, manager, mixed)
 
 

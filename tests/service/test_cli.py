@@ -197,8 +197,10 @@ def test_predict_reports_an_image_that_is_not_in_hounsfield_units(tiny_models, t
     assert main(["predict", str(inputs), str(outputs), "--models-dir", str(tiny_models)]) == 0
     assert (outputs / "raw.nii.gz").is_file()  # segmented all the same, with the warning beside it
     cases = {c["case"]: c for c in json.loads((outputs / "summary.json").read_text())["cases"]}
-    assert cases["hu"]["warnings"] == []
-    assert len(cases["raw"]["warnings"]) == 1 and "Hounsfield" in cases["raw"]["warnings"][0]
+    # (the tiny random-weight models may add warnings about implausible heatmaps to both)
+    assert not [w for w in cases["hu"]["warnings"] if "Hounsfield" in w]
+    raw = [w for w in cases["raw"]["warnings"] if "Hounsfield" in w]
+    assert len(raw) == 1
     out = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(out) if line.startswith("raw: ok"))
     assert out[at + 1].startswith("  warning: the image holds no air")

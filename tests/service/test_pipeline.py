@@ -19,6 +19,12 @@ DIRECTIONS = {
 }
 
 
+def _hu_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
+    """The warnings about the input's units (the tiny random-weight models also draw warnings
+    about implausible heatmaps, which these tests do not look at)."""
+    return [w for w in warnings if "Hounsfield" in w]
+
+
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))
 def test_mask_has_exactly_the_input_geometry(tiny_segmenter, name):
     image = ct_image(direction=DIRECTIONS[name])
@@ -46,17 +52,19 @@ def test_uint16_input_is_accepted(tiny_segmenter):
     image = sitk.Cast(sitk.Clamp(ct_image(), sitk.sitkInt16, 0, 3000), sitk.sitkUInt16)
     result = tiny_segmenter.segment_image(image)
     assert Geometry.of(result.mask) == Geometry.of(image)
-    assert len(result.warnings) == 1 and "no air" in result.warnings[0]  # air clamped to 0
+    hu = _hu_warnings(result.warnings)
+    assert len(hu) == 1 and "no air" in hu[0]  # air clamped to 0
 
 
 def test_an_image_that_is_not_in_hounsfield_units_gets_a_warning(tiny_segmenter):
     """A CT stored without its rescale intercept (air at 0 instead of -1000) is segmented, but the
     result says that its mask means nothing; a CT in HU gets no warning."""
     ct = ct_image()
-    assert tiny_segmenter.segment_image(ct).warnings == ()
+    assert _hu_warnings(tiny_segmenter.segment_image(ct).warnings) == []
     shifted = tiny_segmenter.segment_image(sitk.Cast(ct + 1024, sitk.sitkInt16))
-    assert len(shifted.warnings) == 1
-    assert "lowest value is 24 " in shifted.warnings[0] and "Hounsfield" in shifted.warnings[0]
+    hu = _hu_warnings(shifted.warnings)
+    assert len(hu) == 1
+    assert "lowest value is 24 " in hu[0] and "Hounsfield" in hu[0]
     assert shifted.summary()["warnings"] == list(shifted.warnings)
 
 

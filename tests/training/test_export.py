@@ -117,3 +117,22 @@ def test_near_zero_dice_warnings_only_for_low_organs():
     }
     (warning,) = near_zero_dice_warnings(runs)
     assert "segmentation network" in warning and "pancreas 0.010" in warning and "liver" not in warning
+
+
+def test_evaluations_on_phantoms_and_real_ct_are_recorded_apart(tiny_runs, tmp_path):
+    from flare_seg.training.export import export_models
+
+    phantoms, real = tmp_path / "phantoms.json", tmp_path / "real.json"
+    phantoms.write_text(json.dumps({"mean": {"liver": {"dice": 0.9}}}))
+    real.write_text(json.dumps({"mean": {"liver": {"dice": 0.7}}}))
+    manifest = export_models(
+        tiny_runs[0],
+        tiny_runs[1],
+        tmp_path / "models",
+        evaluation_json=phantoms,
+        real_ct_evaluation_json=real,
+    )
+    on_disk = json.loads((tmp_path / "models" / MANIFEST_NAME).read_text())
+    assert on_disk["evaluation"]["mean"]["liver"]["dice"] == 0.9
+    assert on_disk["evaluation_real_ct"]["mean"]["liver"]["dice"] == 0.7
+    assert manifest["evaluation_real_ct"] == on_disk["evaluation_real_ct"]

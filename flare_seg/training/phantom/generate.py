@@ -21,7 +21,7 @@ from flare_seg.training.phantom.acquisition import (
     sample_reconstruction,
     to_int16,
 )
-from flare_seg.training.phantom.anatomy import Anatomy, build_anatomy
+from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
 from flare_seg.training.phantom.appearance import add_noise, sample_appearance
 from flare_seg.training.phantom.body import paint_body
 from flare_seg.training.phantom.canvas import Canvas
@@ -33,6 +33,7 @@ from flare_seg.training.phantom.params import (
     PhantomOptions,
     case_rngs,
 )
+from flare_seg.training.phantom.variety import add_bony_pelvis, spread_appearance, variety_rng
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,13 @@ def generate_case_with_info(
     started = time.perf_counter()
     rng_anatomy, rng_grid, rng_hu, rng_noise = case_rngs(seed)
     appearance = sample_appearance(rng_hu)
-    anatomy = build_anatomy(rng_anatomy, appearance)
+    rng_variety = variety_rng(seed)
+    if options.hu_spread_hu > 0:
+        appearance = spread_appearance(rng_variety, appearance, options.hu_spread_hu)
+    builder = AnatomyBuilder(rng_anatomy, appearance)
+    anatomy = builder.build()
+    if options.iliac_wings:
+        anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
     grid, fov, flips, oblique = sample_grid(
         rng_grid, options, anatomy.body.skin_radius_max(), anatomy.kidney_bottom_z
     )

@@ -33,11 +33,18 @@ class PhantomOptions:
     flip_probability: probability that each of the three grid axes is flipped in the direction matrix.
     oblique_probability: probability of composing a 5-15 degree rotation about a random axis into the
         direction matrix.
+    iliac_wings: draw the bony pelvis (iliac wings as thick plates, femoral necks and trochanters,
+        gluteal muscles; ``phantom.pelvis``) instead of a thin shell in the muscle wall.
+    hu_spread_hu: SD (HU) of a per-case offset of each soft tissue's mean HU, with a soft-tissue
+        contrast scale and sometimes a fatty liver or pancreas (``phantom.variety``); 0 keeps the
+        textbook ranges.
     """
 
     size: Literal["full", "small"] = "full"
     flip_probability: float = 0.5
     oblique_probability: float = 0.0
+    iliac_wings: bool = False
+    hu_spread_hu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -46,6 +53,8 @@ class PhantomOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        if not 0.0 <= self.hu_spread_hu <= 100.0:
+            raise ValueError(f"hu_spread_hu must lie in [0, 100], got {self.hu_spread_hu!r}")
 
 
 DEFAULT_OPTIONS = PhantomOptions()

@@ -49,7 +49,13 @@ def test_write_dataset_writes_the_flare_layout(
     assert meta["seed"] == 5
     assert meta["cases"] == names
     assert meta["labels"] == {str(k): v for k, v in LABELS.items()}
-    assert meta["options"] == {"size": "small", "flip_probability": 0.5, "oblique_probability": 0.0}
+    assert meta["options"] == {
+        "size": "small",
+        "flip_probability": 0.5,
+        "oblique_probability": 0.0,
+        "iliac_wings": False,
+        "hu_spread_hu": 0.0,
+    }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
         image = sitk.ReadImage(str(root / "TrainingImg" / f"{name}_0000.nii.gz"))

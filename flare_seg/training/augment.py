@@ -1,0 +1,127 @@
+"""Appearance randomization of training samples (SynthSeg-style): the networks should learn the
+organs' shape and context, not the phantoms' exact intensities, noise or sharpness.
+
+Applied on the resampled training grid (~6 mm for localization, ~2 mm for segmentation patches),
+to HU values, before windowing. With probability ``appearance_prob`` a sample gets, in order:
+
+1. a random HU offset per organ (inside its label), so that no organ is known by its HU alone;
+2. a random monotone HU curve over the soft-tissue range (knots from -150 to 700 HU moved by up to
+   ``tissue_curve_hu``), which changes every tissue's contrast with its neighbours at once, as
+   contrast phases, scanners and kernels do;
+3. a Gaussian blur of up to ``blur_sigma_vox`` voxels (in-plane and, independently, along z: thick
+   slices, soft kernels, partial volume);
+4. a smooth additive bias field (up to ``bias_field_hu``; beam hardening, cupping) on the body;
+5. correlated noise: white noise blurred in-plane (a reconstruction kernel's texture) with an SD
+   of up to ``correlated_noise_hu`` after the blur;
+6. darker bone: HU above 150 compressed towards 150 by up to ``bone_darkening`` (a fraction), as in
+   osteopenic or thick-slice scans, where a vertebral body is no brighter than an enhanced kidney
+   (applied first, on the clean sample).
+
+Air (below -500 HU) is left out of 1, 2 and 4, so the body outline and the lungs stay where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# Curve knots (HU). The ends stay fixed so air, dense bone and padding are not moved.
+_CURVE_KNOTS_HU = np.array([-1100.0, -150.0, -60.0, 0.0, 40.0, 80.0, 130.0, 200.0, 320.0, 700.0, 3100.0])
+_AIR_BELOW_HU = -500.0
+_BONE_FROM_HU = 150.0
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """How strongly samples are randomized (all zero: unchanged)."""
+
+    prob: float = 0.0
+    organ_shift_hu: float = 0.0  # SD of the per-organ offset
+    tissue_curve_hu: float = 0.0  # largest move of a curve knot
+    blur_sigma_vox: float = 0.0  # largest Gaussian blur, in voxels of the sample's grid
+    bias_field_hu: float = 0.0  # largest amplitude of the smooth bias field
+    correlated_noise_hu: float = 0.0  # largest SD of the correlated noise
+    bone_darkening: float = 0.0  # largest fraction by which HU above 150 are compressed towards 150
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"appearance prob must lie in [0, 1], not {self.prob}")
+        for name in (
+            "organ_shift_hu",
+            "tissue_curve_hu",
+            "blur_sigma_vox",
+            "bias_field_hu",
+            "correlated_noise_hu",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"appearance {name} must be >= 0, not {getattr(self, name)}")
+        if not 0.0 <= self.bone_darkening < 1.0:
+            raise ValueError(f"appearance bone_darkening must lie in [0, 1), not {self.bone_darkening}")
+
+
+def random_tissue_curve(rng: np.random.Generator, amplitude_hu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (x, y) of a random monotone (non-decreasing) HU curve with fixed ends."""
+    x = _CURVE_KNOTS_HU
+    y = x.copy()
+    y[1:-1] += rng.uniform(-amplitude_hu, amplitude_hu, len(x) - 2)
+    y = np.maximum.accumulate(y)  # monotone: tissue order is kept
+    return x, y
+
+
+def smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], amplitude: float, nodes: int = 4
+) -> np.ndarray:
+    """A smooth random field in [-amplitude, amplitude] over ``shape``: uniform noise on a coarse
+    grid of ``nodes`` per axis, interpolated cubically."""
+    coarse = rng.uniform(-1.0, 1.0, (nodes,) * len(shape))
+    zoom = [n / nodes for n in shape]
+    field = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
+    field = field[tuple(slice(0, n) for n in shape)]
+    peak = float(np.abs(field).max()) or 1.0
+    return (field / peak * amplitude).astype(np.float32)
+
+
+def correlated_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], sd_hu: float, sigma_vox: float
+) -> np.ndarray:
+    """Gaussian noise blurred in-plane by ``sigma_vox`` (axes 1 and 2), rescaled to SD ``sd_hu``."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    if sigma_vox > 0:
+        noise = ndimage.gaussian_filter(noise, (0.0, sigma_vox, sigma_vox), truncate=3.0)
+    sd = float(noise.std()) or 1.0
+    return noise * np.float32(sd_hu / sd)
+
+
+def randomize_appearance(
+    rng: np.random.Generator, hu: np.ndarray, labels: np.ndarray | None, appearance: Appearance
+) -> np.ndarray:
+    """``hu`` (float32, any 3-D shape) with a random appearance; ``labels`` (same shape, organ
+    labels > 0) for the per-organ offsets. Returns a new array; see the module docstring."""
+    if appearance.prob <= 0.0 or rng.random() >= appearance.prob:
+        return hu
+    out = np.asarray(hu, np.float32).copy()
+    if appearance.bone_darkening > 0:
+        keep = np.float32(1.0 - rng.uniform(0.0, appearance.bone_darkening))
+        dense = out > _BONE_FROM_HU
+        out[dense] = _BONE_FROM_HU + (out[dense] - _BONE_FROM_HU) * keep
+    tissue = out > _AIR_BELOW_HU
+    if labels is not None and appearance.organ_shift_hu > 0:
+        for k in np.unique(labels):
+            if k > 0:
+                out[labels == k] += np.float32(rng.normal(0.0, appearance.organ_shift_hu))
+    if appearance.tissue_curve_hu > 0:
+        x, y = random_tissue_curve(rng, appearance.tissue_curve_hu)
+        out[tissue] = np.interp(out[tissue], x, y).astype(np.float32)
+    if appearance.blur_sigma_vox > 0:
+        s_xy = rng.uniform(0.0, appearance.blur_sigma_vox)
+        s_z = rng.uniform(0.0, appearance.blur_sigma_vox)
+        out = ndimage.gaussian_filter(out, (s_z, s_xy, s_xy), truncate=3.0)
+    if appearance.bias_field_hu > 0:
+        amplitude = rng.uniform(0.0, appearance.bias_field_hu)
+        out += smooth_field(rng, out.shape, amplitude) * tissue
+    if appearance.correlated_noise_hu > 0:
+        sd = rng.uniform(0.0, appearance.correlated_noise_hu)
+        out += correlated_noise(rng, out.shape, sd, rng.uniform(0.0, 1.2))
+    return out

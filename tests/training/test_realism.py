@@ -1,0 +1,93 @@
+"""Realism statistics on small synthetic volumes with known intensities, noise and shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from flare_seg.training.realism import main, measure
+
+
+def _case(noise_sd: float, blur_vox: float, flip: bool, seed: int = 0) -> tuple[sitk.Image, sitk.Image]:
+    """A 3 mm body with fat, a 'liver' block at 60 HU, a 'kidney' block at 150 HU, and noise."""
+    rng = np.random.default_rng(seed)
+    hu = np.full((40, 60, 70), -1000.0, np.float32)
+    hu[2:-2, 8:-8, 6:-6] = -100.0  # fat
+    hu[5:35, 15:45, 12:40] = 60.0  # liver, 30 x 30 x 28 voxels
+    hu[10:20, 30:40, 45:55] = 150.0  # kidney
+    noise = rng.normal(0.0, 1.0, hu.shape)
+    if blur_vox > 0:
+        noise = ndimage.gaussian_filter(noise, (0, blur_vox, blur_vox))
+    hu += (noise / noise.std() * noise_sd).astype(np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[5:35, 15:45, 12:40] = 1
+    labels[10:20, 30:40, 45:55] = 2
+    if flip:  # stored flipped in x with a direction that says so: the same anatomy
+        hu, labels = hu[:, :, ::-1].copy(), labels[:, :, ::-1].copy()
+    images = []
+    for arr in (hu, labels):
+        image = sitk.GetImageFromArray(arr)
+        image.SetSpacing((3.0, 3.0, 3.0))
+        if flip:
+            image.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+        images.append(image)
+    return images[0], images[1]
+
+
+def test_intensities_shapes_and_noise_are_measured():
+    stats = measure(*_case(noise_sd=10.0, blur_vox=0.0, flip=False))
+    assert stats["liver HU p50"] == pytest.approx(60.0, abs=1.5)
+    assert stats["kidney HU p50"] == pytest.approx(150.0, abs=2.0)
+    assert stats["fat HU p50"] == pytest.approx(-100.0, abs=2.0)
+    assert stats["liver volume mL"] == pytest.approx(30 * 30 * 28 * 0.027, rel=1e-6)
+    assert stats["liver extent x mm"] == pytest.approx(84.0)
+    assert stats["kidney centroid x - body mm"] > 30.0  # the kidney block lies on the +x (left) side
+    # white noise: the high-pass residual keeps (26/27)^0.5 of the SD; correlation under one voxel
+    assert stats["noise SD (liver, high-pass)"] == pytest.approx(10.0 * np.sqrt(26 / 27), rel=0.05)
+    assert stats["noise corr. length mm"] < 3.0
+    assert "spleen volume mL" not in stats  # absent organs have no rows
+
+
+def test_correlated_noise_has_a_longer_correlation_length_and_flips_do_not_matter():
+    white = measure(*_case(noise_sd=10.0, blur_vox=0.0, flip=False))
+    smooth = measure(*_case(noise_sd=10.0, blur_vox=1.5, flip=False))
+    assert smooth["noise corr. length mm"] > white["noise corr. length mm"] + 1.0
+    flipped = measure(*_case(noise_sd=10.0, blur_vox=0.0, flip=True))
+    assert flipped["kidney centroid x - body mm"] == pytest.approx(
+        white["kidney centroid x - body mm"], abs=1e-6
+    )
+
+
+def test_the_command_prints_a_table_of_real_against_phantoms(tmp_path: Path, capsys):
+    real_image, real_labels = _case(noise_sd=20.0, blur_vox=0.0, flip=False, seed=1)
+    sitk.WriteImage(real_image, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(real_labels, str(tmp_path / "labels.nii.gz"))
+    for sub in ("TrainingImg", "TrainingMask"):
+        (tmp_path / "ph" / sub).mkdir(parents=True)
+    for i in range(2):
+        image, labels = _case(noise_sd=5.0, blur_vox=0.0, flip=bool(i), seed=10 + i)
+        sitk.WriteImage(image, str(tmp_path / "ph" / "TrainingImg" / f"p{i}_0000.nii.gz"))
+        sitk.WriteImage(labels, str(tmp_path / "ph" / "TrainingMask" / f"p{i}.nii.gz"))
+    code = main(
+        [
+            "--real",
+            str(tmp_path / "ct.nii.gz"),
+            str(tmp_path / "labels.nii.gz"),
+            "--phantoms",
+            str(tmp_path / "ph"),
+        ]
+    )
+    assert code == 0
+    rows = {line[:34].strip(): line[34:].split() for line in capsys.readouterr().out.splitlines()[2:]}
+    real, p50 = float(rows["noise SD (liver, high-pass)"][0]), float(rows["noise SD (liver, high-pass)"][1])
+    assert real == pytest.approx(2 * np.sqrt(26 / 27) * 10, rel=0.1) and p50 < real / 2
+    assert rows["noise SD (liver, high-pass)"][-1] == "100%"  # above every phantom
+
+
+def test_an_empty_phantom_directory_is_a_usage_error(tmp_path: Path, capsys):
+    assert main(["--real", "a.nii.gz", "b.nii.gz", "--phantoms", str(tmp_path)]) == 2
+    assert "no phantom cases" in capsys.readouterr().err
