@@ -175,3 +175,14 @@ def test_an_interrupt_does_not_wait_for_the_read_of_the_next_case(tmp_path: Path
         assert json.loads((tmp_path / "out" / "summary.json").read_text())["cases"] == []
     finally:
         release.set()
+
+
+def test_a_single_input_file_is_never_overwritten_by_its_mask(
+    tmp_path: Path, fake_models: Callable[[BatchFake], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``flare-seg predict scan.nii.gz .`` in the scan's folder: the mask would be scan.nii.gz."""
+    before = _cases(tmp_path, "scan.nii.gz")
+    code = main(["predict", str(tmp_path / "scan.nii.gz"), str(tmp_path), *fake_models(BatchFake())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "would overwrite the input" in err[0], err
+    assert (tmp_path / "scan.nii.gz").read_bytes() == before["scan.nii.gz"]
