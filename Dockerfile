@@ -16,14 +16,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     TF_FORCE_GPU_ALLOW_GROWTH=true \
-    KERAS_HOME=/tmp/.keras
+    KERAS_HOME=/tmp/.keras \
+    FLARE_SEG_WORK_DIR=/var/lib/flare-seg
 
 # An unprivileged user; the code and the models stay owned by root (read-only for it).
 ARG APP_UID=10001
 RUN groupadd --system --gid "${APP_UID}" flare \
     && useradd --system --uid "${APP_UID}" --gid flare --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin flare \
-    && install -d -o flare -g flare /workspace/inputs /workspace/outputs
+    && install -d -o flare -g flare /workspace/inputs /workspace/outputs /var/lib/flare-seg
 
 WORKDIR /app
 

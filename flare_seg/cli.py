@@ -114,7 +114,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     cases = find_challenge_cases(source) if args.challenge_layout else find_cases(source)
     if output_types and DICOM_SEG in output_types and not any(c.is_dicom for c in cases):
         raise ValueError(f"--output-type dicom-seg needs DICOM input; {source} holds NIfTI images only")
-    check_output_dir(output_dir)
+    input_dirs = [source] if source.is_dir() else []
+    check_output_dir(output_dir, cases, output_types, input_dirs)
     kinds = sorted({c.kind for c in cases})
     log.info("%d case(s) in %s (%s)", len(cases), source, ", ".join(kinds))
     settings.check_paths()
@@ -132,6 +133,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             output_types=output_types,
             on_case=lambda r: progress.case_done(format_report_line(r), r.status),
             options=options,
+            input_dirs=input_dirs,
+            max_image_bytes=settings.max_image_bytes,
         )
     failed = [r for r in reports if r.status != "ok"]
     print(
@@ -594,9 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"flare-seg {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"flare-seg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from flare_seg.service.interrupts import exit_code_of
+
+        print(f"flare-seg {args.command}: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        return exit_code_of(exc)
 
 
 def run() -> None:

@@ -11,13 +11,14 @@ current one is segmented. For DICOM input the chosen series, and why, is logged 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,9 @@ from flare_seg.service.inputs import (
     output_names,
     outputs_for,
 )
+from flare_seg.service.interrupts import signals_interrupt
 from flare_seg.service.io import CtVolume, InputError
+from flare_seg.service.outdir import prepare_output_folder
 from flare_seg.service.outputs import STATISTICS_CSV, CaseExtras, OutputOptions, write_case_extras
 from flare_seg.statistics import OrganStatistics, write_statistics_csv
 
@@ -88,19 +91,43 @@ def predict_dir(
     max_voxels: int = 1_500_000_000,
     on_case: Callable[[CaseReport], None] | None = None,
     options: OutputOptions | None = None,
+    max_image_bytes: int | None = None,
 ) -> list[CaseReport]:
     """The challenge convention: every ``<case>_0000.nii.gz`` of ``input_dir`` -> ``<case>.nii.gz``."""
     cases = find_challenge_cases(Path(input_dir))
-    return predict_cases(cases, Path(output_dir), segmenter, max_voxels, (NIFTI,), on_case, options)
+    return predict_cases(
+        cases,
+        Path(output_dir),
+        segmenter,
+        max_voxels,
+        (NIFTI,),
+        on_case,
+        options,
+        input_dirs=[Path(input_dir)],
+        max_image_bytes=max_image_bytes,
+    )
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Create ``output_dir`` if needed; ``PermissionError`` when it cannot be written."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"output {output_dir} is a file, not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(output_dir, os.W_OK):
-        raise PermissionError(f"output folder {output_dir} is not writable")
+def check_output_dir(
+    output_dir: Path,
+    cases: list[InputCase],
+    output_types: tuple[str, ...] | None = None,
+    input_dirs: Iterable[Path] | None = None,
+) -> None:
+    """Check ``output_dir`` before any case is read (``outdir.prepare_output_folder``): not an
+    input folder, no output file over an input, a folder that can be created and written.
+
+    ``input_dirs``: the folders given as input (default: the folders holding the cases).
+
+    Raises:
+        OutputFolderError: why the folder cannot be used, in one line.
+    """
+    if input_dirs is None:
+        input_dirs = {case.path if case.kind == "dicom" else case.path.parent for case in cases}
+    names = [name for case in cases for name in output_names(case, outputs_for(case, output_types))]
+    prepare_output_folder(
+        input_dirs, Path(output_dir), [case.path for case in cases], [*names, SUMMARY_JSON, SUMMARY_CSV]
+    )
 
 
 def predict_cases(
@@ -111,28 +138,69 @@ def predict_cases(
     output_types: tuple[str, ...] | None = None,
     on_case: Callable[[CaseReport], None] | None = None,
     options: OutputOptions | None = None,
+    *,
+    input_dirs: Iterable[Path] | None = None,
+    max_image_bytes: int | None = None,
 ) -> list[CaseReport]:
     """Segment every case; returns one report per case (in input order).
 
     ``output_types``: ``nifti`` and/or ``dicom-seg`` for every case; None gives each case its
     input's default (NIfTI for NIfTI, DICOM SEG for DICOM). ``options``: the organ subset and the
-    extra outputs (statistics, previews, split masks; see ``service.outputs``).
+    extra outputs (statistics, previews, split masks; see ``service.outputs``). The output folder
+    is checked first (``check_output_dir``, with ``input_dirs``). On SIGINT or SIGTERM the summary
+    of the cases finished so far is written (marked ``interrupted``) and
+    ``interrupts.Interrupted`` is raised (exit status 130 or 143).
+
+    Raises:
+        FileNotFoundError: no cases.
+        OutputFolderError: the output folder cannot be used (one line).
+        Interrupted: SIGINT or SIGTERM, after the summary is written.
     """
     if not cases:
         raise FileNotFoundError("no input cases")
-    check_output_dir(output_dir)
+    check_output_dir(output_dir, cases, output_types, input_dirs)
     options = options or OutputOptions()
+    read = functools.partial(_read_case, segmenter, max_voxels=max_voxels, max_image_bytes=max_image_bytes)
     statistics: list[tuple[str, dict[str, OrganStatistics]]] = []
     reports: list[CaseReport] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
-        pending: Future[_ReadCase] | None = reader.submit(_read_case, segmenter, cases[0], max_voxels)
+    try:
+        with signals_interrupt():
+            _predict_each(
+                cases, output_dir, segmenter, read, output_types, options, reports, statistics, on_case
+            )
+    except KeyboardInterrupt:
+        write_summary(output_dir, reports, interrupted=True)
+        raise
+    write_summary(output_dir, reports)
+    if options.statistics:
+        write_statistics_csv(output_dir / STATISTICS_CSV, statistics)
+    return reports
+
+
+def _predict_each(
+    cases: list[InputCase],
+    output_dir: Path,
+    segmenter: Any,
+    read_case: Callable[[InputCase], _ReadCase],
+    output_types: tuple[str, ...] | None,
+    options: OutputOptions,
+    reports: list[CaseReport],
+    statistics: list[tuple[str, dict[str, OrganStatistics]]],
+    on_case: Callable[[CaseReport], None] | None,
+) -> None:
+    """Segment the cases in turn (the next one read meanwhile), appending to ``reports`` and
+    ``statistics``. When interrupted, the read of the next case is not waited for."""
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader")
+    interrupted = False
+    try:
+        pending: Future[_ReadCase] | None = reader.submit(read_case, cases[0])
         _warm_up(segmenter)  # while the first case is being read
         for i, case in enumerate(cases):
             report = CaseReport(case=case.case, input=case.display)
             t = time.perf_counter()
             current, pending = pending, None
             if i + 1 < len(cases):
-                pending = reader.submit(_read_case, segmenter, cases[i + 1], max_voxels)
+                pending = reader.submit(read_case, cases[i + 1])
             try:
                 assert current is not None
                 read = current.result()
@@ -156,17 +224,23 @@ def predict_cases(
             reports.append(report)
             if on_case:
                 on_case(report)
-    write_summary(output_dir, reports)
-    if options.statistics:
-        write_statistics_csv(output_dir / STATISTICS_CSV, statistics)
-    return reports
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        reader.shutdown(wait=not interrupted, cancel_futures=True)
 
 
-def _read_case(segmenter: Any, case: InputCase, max_voxels: int) -> _ReadCase:
+def _read_case(
+    segmenter: Any, case: InputCase, *, max_voxels: int, max_image_bytes: int | None = None
+) -> _ReadCase:
     """Read one case's volume: NIfTI through the segmenter (which may start work on the way), a
     DICOM folder or zip through ``dicom.read_dicom_volume`` (the series choice is logged)."""
     if case.kind == NIFTI:
-        return _ReadCase(segmenter.read_volume(case.path, max_voxels, display_name=case.display))
+        volume = segmenter.read_volume(
+            case.path, max_voxels, display_name=case.display, max_image_bytes=max_image_bytes
+        )
+        return _ReadCase(volume)
     if case.kind == "zip":
         with extracted_zip(case.path, 2 * max_voxels + (256 << 20), display_name=case.display) as root:
             dicom = read_dicom_volume(root, max_voxels, display_name=case.display)
@@ -232,14 +306,16 @@ def _extras_or_warning(
         return CaseExtras()
 
 
-def write_summary(output_dir: Path, reports: list[CaseReport]) -> None:
-    """``summary.json`` and ``summary.csv`` next to the outputs, each written atomically."""
+def write_summary(output_dir: Path, reports: list[CaseReport], *, interrupted: bool = False) -> None:
+    """``summary.json`` and ``summary.csv`` next to the outputs, each written atomically;
+    ``interrupted``: the run was stopped, the reports are the cases that finished."""
     ok = [r for r in reports if r.status == "ok"]
     doc = {
         "cases": [asdict(r) for r in reports],
         "succeeded": len(ok),
         "failed": len(reports) - len(ok),
         "total_seconds": round(sum(r.seconds for r in reports), 3),
+        "interrupted": interrupted,
     }
     _atomic_write_text(output_dir / SUMMARY_JSON, json.dumps(doc, indent=2))
     buf = io.StringIO()

@@ -44,6 +44,8 @@ import SimpleITK as sitk
 
 from flare_seg.geometry import Geometry, image_from_array_zyx
 from flare_seg.labels import ORGANS
+from flare_seg.service.inflate import GzipStreamError, VoxelFiller, gzip_pieces, int16_volume
+from flare_seg.service.plausibility import implausible_grid_reason
 
 # The gzip, inflate and deflate implementations: modules with gzip's and zlib's interfaces.
 _gzip_lib: types.ModuleType
@@ -66,6 +68,7 @@ MAX_DIM_PER_AXIS = 4096  # voxels; larger axes are rejected as absurd (a CT is a
 _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _READ_CHUNK_BYTES = 1 << 20
+_RAW_PIECE_BYTES = 8 << 20
 # Decompressed bytes tolerated after the voxel data before we stop checking (bounds a gzip bomb).
 _TRAILING_SLACK_BYTES = 1 << 20
 _GZIP_MIN_BYTES = 18  # a 10-byte header and an 8-byte trailer
@@ -174,7 +177,9 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
-def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None = None) -> NiftiHeader:
+def read_nifti_header(
+    path: Path, max_voxels: int, *, display_name: str | None = None, max_image_bytes: int | None = None
+) -> NiftiHeader:
     """Parse and validate the NIfTI-1 or NIfTI-2 header of a .nii or .nii.gz file.
 
     Only the first 540 (decompressed) bytes are read; gzip is detected by its magic bytes, not by the
@@ -185,12 +190,16 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
         max_voxels: the largest accepted x*y*z voxel count.
         display_name: the name used in error messages (e.g. an upload's original file name);
             defaults to ``path.name``.
+        max_image_bytes: the largest accepted voxel data, counted at max(2, bytes per voxel) (what
+            decompressing it writes, and what it takes as int16); None: no limit.
 
     Raises:
         UnsupportedFormatError: not a single-file NIfTI (no ``n+1``/``n+2`` magic) or a broken gzip stream.
-        InputTooLargeError: more than ``max_voxels`` voxels or more than 4096 voxels along an axis.
+        InputTooLargeError: more than ``max_voxels`` voxels, more than 4096 voxels along an axis, or
+            more than ``max_image_bytes``.
         InputError: not a 3D scalar image (2D, 4D with several volumes, vectors), an empty axis,
-            an unsupported data type, a zero, negative or non-finite voxel spacing, a truncated header.
+            an unsupported data type, a zero, negative or non-finite voxel spacing, a truncated
+            header, or a grid that is no CT (an axis under 4 voxels, a spacing outside 0.01-50 mm).
     """
     name = _name(path, display_name)
     raw, compressed = _read_header_bytes(path, name)
@@ -202,7 +211,9 @@ def read_nifti_header(path: Path, max_voxels: int, *, display_name: str | None =
     dims_xyz = _check_dimensions(fields.dim, name)
     voxel_count = _check_size_limits(dims_xyz, max_voxels, name)
     datatype = _check_datatype(fields.datatype_code, name)
+    _check_image_bytes(dims_xyz, voxel_count, datatype, max_image_bytes, name)
     spacing_mm_xyz = _check_spacing(fields.pixdim, name)
+    _check_plausible(dims_xyz, spacing_mm_xyz, name)
     return NiftiHeader(
         dims_xyz=dims_xyz,
         datatype=datatype,
@@ -341,6 +352,33 @@ def _check_size_limits(dims_xyz: tuple[int, int, int], max_voxels: int, name: st
     return voxel_count
 
 
+def image_bytes(voxel_count: int, datatype: str) -> int:
+    """The bytes an image is counted at against ``max_image_bytes``: max(2, bytes per voxel) per
+    voxel, i.e. the larger of what decompressing it writes and what holding it as int16 takes."""
+    return voxel_count * max(2, _ITEMSIZE[datatype])
+
+
+def _check_image_bytes(
+    dims_xyz: tuple[int, int, int], voxel_count: int, datatype: str, max_image_bytes: int | None, name: str
+) -> None:
+    if max_image_bytes is None:
+        return
+    counted = image_bytes(voxel_count, datatype)
+    if counted > max_image_bytes:
+        raise InputTooLargeError(
+            f"{name}: image size {dims_xyz} (x, y, z) of {datatype} voxels is {counted / 2**20:.0f} MiB "
+            f"of voxel data, over the limit of {max_image_bytes / 2**20:.0f} MiB"
+        )
+
+
+def _check_plausible(
+    dims_xyz: tuple[int, int, int], spacing_mm_xyz: tuple[float, float, float], name: str
+) -> None:
+    reason = implausible_grid_reason(dims_xyz, spacing_mm_xyz)
+    if reason is not None:
+        raise InputError(f"{name}: {reason}")
+
+
 def _check_datatype(datatype_code: int, name: str) -> str:
     """The numpy dtype name of a supported scalar NIfTI datatype."""
     if datatype_code in _UNSUPPORTED_DATATYPES:
@@ -382,20 +420,18 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
                 f"({header.dims_xyz} {header.datatype} voxels)"
             )
         return
-    counter = _InflatedCounter()
+    total = 0
     try:
-        total = counter.count(path, needed + _TRAILING_SLACK_BYTES)
-        if total > needed + _TRAILING_SLACK_BYTES:
-            logger.warning("%s: more decompressed data than the header describes; ignoring the rest", name)
-            return
-    except EOFError:
-        raise InputError(
-            f"{name}: truncated gzip file (the stream ends after {counter.total} of {needed} bytes; "
-            f"was the upload or copy interrupted?)"
-        ) from None
-    except (gzip.BadGzipFile, zlib.error, _inflate_lib.error) as e:
-        total = counter.total
-        raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
+        with open(path, "rb") as f:
+            for piece in gzip_pieces(f):
+                total += len(piece)
+                if total > needed + _TRAILING_SLACK_BYTES:
+                    logger.warning(
+                        "%s: more decompressed data than the header describes; ignoring the rest", name
+                    )
+                    return
+    except GzipStreamError as e:
+        raise _gzip_input_error(name, e, needed) from None
     except OSError as e:
         raise InputError(f"{name}: cannot read the file ({e.strerror or e})") from None
     if total < needed:
@@ -405,40 +441,23 @@ def check_nifti_data(path: Path, header: NiftiHeader, *, display_name: str | Non
         )
 
 
-class _InflatedCounter:
-    """Counts a gzip file's decompressed bytes (every member) without keeping them: 1 MiB of input
-    and at most 1 MiB of output at a time. ``total`` is the count so far, also after an error, so
-    that a truncated file's message says how much it does hold."""
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def count(self, path: Path, limit: int) -> int:
-        """The decompressed size, or a number above ``limit`` as soon as it passes it.
-
-        Raises:
-            EOFError: the stream ends before its gzip trailer.
-            zlib.error (or ISA-L's): corrupt data.
-        """
-        with open(path, "rb") as f:
-            pending = f.read(_READ_CHUNK_BYTES)
-            while pending:  # one gzip member per turn
-                inflater = _inflate_lib.decompressobj(31)
-                while not inflater.eof:
-                    if not pending:
-                        pending = f.read(_READ_CHUNK_BYTES)
-                        if not pending:
-                            raise EOFError("compressed stream ended before the end-of-stream marker")
-                    self.total += len(inflater.decompress(pending, _READ_CHUNK_BYTES))
-                    pending = inflater.unconsumed_tail
-                    if self.total > limit:
-                        return self.total
-                pending = inflater.unused_data or f.read(_READ_CHUNK_BYTES)
-        return self.total
+def _gzip_input_error(name: str, error: GzipStreamError, needed: int) -> InputError:
+    """The InputError of a broken gzip stream that should hold ``needed`` decompressed bytes."""
+    if error.truncated:
+        return InputError(
+            f"{name}: truncated gzip file (the stream ends after {error.produced} of {needed} bytes, "
+            f"{error.consumed} bytes into the file; was the upload or copy interrupted?)"
+        )
+    return InputError(f"{name}: {error}")
 
 
 def validate_nifti(
-    path: Path, max_voxels: int, *, display_name: str | None = None, scan_data: bool = True
+    path: Path,
+    max_voxels: int,
+    *,
+    display_name: str | None = None,
+    scan_data: bool = True,
+    max_image_bytes: int | None = None,
 ) -> NiftiHeader:
     """All the checks ``read_ct`` makes before reading voxels: header, readability, complete data.
 
@@ -450,15 +469,49 @@ def validate_nifti(
     it still fails here (with the full check's message). Corruption inside the stream is then
     found by the read that follows (``read_ct_volume`` checks the CRC), not here.
 
+    The geometry is also read as SimpleITK reads it (header only): a singular or non-orthonormal
+    orientation, or a spacing outside the plausible range once the header's affine is applied,
+    fails here as it would when the image is read.
+
     Raises:
         InputError (or a subclass): see ``read_nifti_header`` and ``check_nifti_data``;
             UnsupportedFormatError for NIfTI-2 when this SimpleITK cannot read it.
     """
-    header = read_nifti_header(path, max_voxels, display_name=display_name)
-    _check_readable(header, _name(path, display_name))
+    name = _name(path, display_name)
+    header = read_nifti_header(path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes)
+    _check_readable(header, name)
+    _check_sitk_geometry(path, header, name)
     if scan_data or not header.compressed or not _gzip_trailer_matches(path, header):
         check_nifti_data(path, header, display_name=display_name)
     return header
+
+
+def _check_sitk_geometry(path: Path, header: NiftiHeader, name: str) -> None:
+    """The header's grid as SimpleITK reads it (header only): readable, and plausible."""
+    detail: str | None = None
+    with _readable_name(path, header) as read_path:
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("NiftiImageIO")
+        reader.SetFileName(str(read_path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            detail = _itk_error_detail(e, (read_path, path), name)
+    if detail is not None:
+        if header.compressed:
+            check_nifti_data(path, header, display_name=name)  # a broken stream: say where
+        raise InputError(f"{name}: cannot read the NIfTI image ({detail})")
+    if reader.GetDimension() == 3:
+        _check_plausible(header.dims_xyz, reader.GetSpacing(), name)
+
+
+def _itk_error_detail(error: RuntimeError, paths: tuple[Path, ...], name: str) -> str:
+    """The last line of an ITK error, with server paths replaced by the file's display name."""
+    lines = str(error).strip().splitlines()
+    detail = lines[-1].removeprefix("ITK ERROR: ") if lines else "unknown error"
+    for internal in paths:  # do not show server paths to clients
+        detail = detail.replace(str(internal), name)
+    return detail
 
 
 def _gzip_trailer_matches(path: Path, header: NiftiHeader) -> bool:
@@ -503,7 +556,12 @@ def sitk_reads_nifti2() -> bool:
 
 
 def read_ct(
-    path: Path, max_voxels: int, *, display_name: str | None = None, verify_data: bool = True
+    path: Path,
+    max_voxels: int,
+    *,
+    display_name: str | None = None,
+    verify_data: bool = True,
+    max_image_bytes: int | None = None,
 ) -> sitk.Image:
     """Read a 3D CT image from a .nii or .nii.gz file, validating it first.
 
@@ -524,20 +582,21 @@ def read_ct(
     """
     name = _name(path, display_name)
     if verify_data:
-        header = validate_nifti(path, max_voxels, display_name=display_name)
+        header = validate_nifti(path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes)
     else:
-        header = read_nifti_header(path, max_voxels, display_name=display_name)
+        header = read_nifti_header(
+            path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes
+        )
         _check_readable(header, name)
 
     with _readable_name(path, header) as read_path:
         try:
             image = sitk.ReadImage(str(read_path), imageIO="NiftiImageIO")
         except RuntimeError as e:
-            lines = str(e).strip().splitlines()
-            detail = lines[-1].removeprefix("ITK ERROR: ") if lines else "unknown error"
-            for internal in (str(read_path), str(path)):  # do not show server paths to clients
-                detail = detail.replace(internal, name)
+            detail = _itk_error_detail(e, (read_path, path), name)
             raise InputError(f"{name}: cannot read the NIfTI image ({detail})") from None
+    if image.GetDimension() == 3:
+        _check_plausible(header.dims_xyz, image.GetSpacing(), name)
 
     if image.GetDimension() != 3:
         raise InputError(
@@ -770,7 +829,13 @@ class VoxelSink(Protocol):
 
 
 def read_ct_volume(
-    path: Path, max_voxels: int, *, display_name: str | None = None, sink: VoxelSink | None = None
+    path: Path,
+    max_voxels: int,
+    *,
+    display_name: str | None = None,
+    sink: VoxelSink | None = None,
+    max_image_bytes: int | None = None,
+    as_int16: bool = False,
 ) -> CtVolume:
     """Read a 3D CT for segmentation, with the same validation and errors as ``read_ct``.
 
@@ -778,30 +843,36 @@ def read_ct_volume(
     alone; the voxels are then decompressed once into their final array while the stream's CRC and
     length are verified (a truncated or corrupt file is an ``InputError``). Files SimpleITK would
     convert on reading (scaled intensities, wide integer types) or that need its full reader
-    (NIfTI-2, several gzip members) go through ``read_ct`` instead.
+    (NIfTI-2) go through ``read_ct`` instead.
 
-    ``sink`` is told about the slices as they are decompressed (gzip files in native byte order
-    only; otherwise it is never called). Whatever it computes is only valid if this call returns.
+    ``as_int16=True`` (the pipeline's input): the voxels are converted to int16 HU while they are
+    decompressed (``inflate.hu_int16``: floats rounded, values clamped, NaN as air), so that the
+    volume takes 2 bytes a voxel whatever the file's type and a wider array (e.g. float64) is
+    never held. Otherwise they keep the file's type, in native byte order.
+
+    ``sink`` is told about the slices as they are decompressed (gzip files only; otherwise it is
+    never called). Whatever it computes is only valid if this call returns.
     """
     name = _name(path, display_name)
-    header = read_nifti_header(path, max_voxels, display_name=display_name)
+    header = read_nifti_header(path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes)
     _check_readable(header, name)
     geometry = _header_geometry(path, header, name) if header.version == 1 else None
     if geometry is None or header.datatype not in _SITK_PIXEL_ID_OF:
-        return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name), header)
-    dtype = np.dtype(header.datatype).newbyteorder(header.byteorder)
+        image = read_ct(path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes)
+        volume = CtVolume.from_image(image, header)
+        del image
+        if as_int16:
+            volume.array_zyx = int16_volume(volume.array_zyx)
+        return volume
+    _check_plausible(header.dims_xyz, geometry.spacing_mm_xyz, name)
+    source = np.dtype(header.datatype).newbyteorder(header.byteorder)
+    target = np.dtype(np.int16) if as_int16 else source.newbyteorder("=")
     nx, ny, nz = header.dims_xyz
     if header.compressed:
-        flat = _inflate_voxels(
-            path, header, dtype, name, sink=sink if dtype.isnative else None, geometry=geometry
-        )
-        if flat is None:
-            return CtVolume.from_image(read_ct(path, max_voxels, display_name=display_name), header)
+        flat = _inflate_voxels(path, header, source, target, name, sink=sink, geometry=geometry)
     else:
         check_nifti_data(path, header, display_name=display_name)
-        flat = np.fromfile(path, dtype=dtype, count=header.voxel_count, offset=header.data_offset)
-    if not dtype.isnative:
-        flat = flat.astype(dtype.newbyteorder("="))
+        flat = _read_raw_voxels(path, header, source, target)
     return CtVolume(flat.reshape(nz, ny, nx), geometry, header)
 
 
@@ -834,59 +905,61 @@ def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | N
 def _inflate_voxels(
     path: Path,
     header: NiftiHeader,
-    dtype: np.dtype,
+    source: np.dtype,
+    target: np.dtype,
     name: str,
     *,
     sink: VoxelSink | None = None,
     geometry: Geometry | None = None,
-) -> np.ndarray | None:
-    """Decompress a .nii.gz's voxel data into a new flat array, verifying length and CRC.
-
-    Returns None for a multi-member gzip file (rare; the full reader handles it).
-    """
-    out = np.empty(header.voxel_count, dtype=dtype)
-    target = out.view(np.uint8).data  # a writable memoryview of the array's bytes
-    need, skip, filled, total = header.nbytes, header.data_offset, 0, 0
+) -> np.ndarray:
+    """Decompress a .nii.gz's voxel data (of ``source`` dtype) into a new flat array of ``target``
+    dtype, piece by piece (``inflate.gzip_pieces``: every member, length and CRC verified)."""
+    out = np.empty(header.voxel_count, dtype=target)
+    filler = VoxelFiller(out, source)
     nx, ny, nz = header.dims_xyz
-    slice_bytes, slices_told = max(1, nx * ny * dtype.itemsize), 0
+    slice_voxels, slices_told = max(1, nx * ny), 0
     if sink is not None and geometry is not None:
         sink.begin(geometry, out.reshape(nz, ny, nx))
     else:
         sink = None
-    inflater = _inflate_lib.decompressobj(31)  # gzip wrapper: checks CRC32 and ISIZE at the end
+    skip, total, needed = header.data_offset, 0, header.data_offset + header.nbytes
     try:
         with open(path, "rb") as f:
-            while not inflater.eof:
-                chunk = f.read(_READ_CHUNK_BYTES)
-                if not chunk:
-                    raise InputError(
-                        f"{name}: truncated gzip file (the stream ends after {total} of "
-                        f"{header.data_offset + need} bytes; was the upload or copy interrupted?)"
-                    )
-                data = memoryview(inflater.decompress(chunk))  # sliced below without copying
-                total += len(data)
+            for piece in gzip_pieces(f):
+                total += len(piece)
                 if skip:
-                    cut = min(skip, len(data))
-                    data, skip = data[cut:], skip - cut
-                take = min(len(data), need - filled)
-                if take:
-                    target[filled : filled + take] = data[:take]
-                    filled += take
-                    if sink is not None and filled // slice_bytes > slices_told:
-                        slices_told = filled // slice_bytes
+                    cut = min(skip, len(piece))
+                    piece, skip = piece[cut:], skip - cut
+                if piece and not filler.full:
+                    filler.write(piece)
+                    if sink is not None and filler.voxels // slice_voxels > slices_told:
+                        slices_told = filler.voxels // slice_voxels
                         sink.filled(slices_told)
-                if total > header.data_offset + need + _TRAILING_SLACK_BYTES:
+                if total > needed + _TRAILING_SLACK_BYTES:
                     logger.warning(
                         "%s: more decompressed data than the header describes; ignoring the rest", name
                     )
                     break
-            if inflater.eof and (inflater.unused_data or f.read(1)):
-                return None  # another gzip member follows
-    except _inflate_lib.error as e:
-        raise InputError(f"{name}: corrupt gzip data after {total} bytes ({e})") from None
-    if filled < need:
+    except GzipStreamError as e:
+        raise _gzip_input_error(name, e, needed) from None
+    if not filler.full:
         raise InputError(
-            f"{name}: truncated data: {filled} of the {need} voxel bytes its header describes "
-            f"({header.dims_xyz} {header.datatype} voxels)"
+            f"{name}: truncated data: {filler.voxels * source.itemsize} of the {header.nbytes} voxel bytes "
+            f"its header describes ({header.dims_xyz} {header.datatype} voxels)"
         )
+    return out
+
+
+def _read_raw_voxels(path: Path, header: NiftiHeader, source: np.dtype, target: np.dtype) -> np.ndarray:
+    """The voxel data of an uncompressed .nii (complete: checked before) as a flat ``target`` array,
+    read ``_RAW_PIECE_BYTES`` at a time (a wider ``source`` is never held whole)."""
+    out = np.empty(header.voxel_count, dtype=target)
+    filler = VoxelFiller(out, source)
+    with open(path, "rb") as f:
+        f.seek(header.data_offset)
+        while not filler.full:
+            piece = f.read(_RAW_PIECE_BYTES)
+            if not piece:
+                break
+            filler.write(piece)
     return out

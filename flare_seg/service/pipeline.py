@@ -225,16 +225,29 @@ class Segmenter:
         )
 
     def read_volume(
-        self, path: Path | str, max_voxels: int = 1_500_000_000, *, display_name: str | None = None
+        self,
+        path: Path | str,
+        max_voxels: int = 1_500_000_000,
+        *,
+        display_name: str | None = None,
+        max_image_bytes: int | None = None,
     ) -> CtVolume:
-        """``service.io.read_ct_volume``, with the localization input resampled from the slices
-        already decompressed while the rest of the file is still being read (on a second thread);
+        """``service.io.read_ct_volume`` as int16 HU (converted while decompressing: 2 bytes a voxel
+        whatever the file's type), with the localization input resampled from the slices already
+        decompressed while the rest of the file is still being read (on a second thread);
         ``segment_volume`` then starts from it. Same result as reading, then segmenting."""
         stream = _LocalizationStream(self)
         worker = threading.Thread(target=stream.run, name="flare-seg-localization-stream", daemon=True)
         worker.start()
         try:
-            volume = read_ct_volume(Path(path), max_voxels, display_name=display_name, sink=stream)
+            volume = read_ct_volume(
+                Path(path),
+                max_voxels,
+                display_name=display_name,
+                sink=stream,
+                max_image_bytes=max_image_bytes,
+                as_int16=True,
+            )
         finally:
             stream.close()
             worker.join()

@@ -8,6 +8,7 @@ with a ``SettingsError`` that names the environment variable.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flare_seg.resources import PACKAGED_MODELS_DIR
 
 ENV_PREFIX = "FLARE_SEG_"
+DEFAULT_MIN_IMAGE_MB = 2048  # the least default of max_image_mb
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -57,11 +59,29 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         4, ge=1, description="requests that may wait for the single inference worker (sync and jobs together)"
     )
+    max_image_mb: int | None = Field(
+        None,
+        ge=1,
+        description="largest accepted image, in MiB of voxel data counted at max(2, bytes per voxel) "
+        "(what decompressing it writes, and what holding it as int16 takes); default: 8 x memory_budget_mb, "
+        "at least 2048",
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="uploads received at once (apart from the inference queue); past it: 503"
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the next piece of an upload; a stalled upload gets 408"
+    )
+    upload_min_bytes_per_s: int = Field(
+        16384,
+        ge=0,
+        description="least average upload rate, enforced after upload_idle_timeout_s (0: none); slower: 408",
+    )
     job_ttl_s: int = Field(3600, ge=10, description="seconds a finished job and its result are kept")
     work_dir: Path | None = Field(
         None,
-        description="folder for uploads and job results (a per-process subfolder is created and removed); "
-        "default: the system temporary folder",
+        description="folder for uploads, the job records (jobs.sqlite3) and results, kept across restarts "
+        "(one server process per folder); default: flare-seg in the system temporary folder",
     )
     api_token: SecretStr | None = Field(
         None,
@@ -99,6 +119,17 @@ class Settings(BaseSettings):
         if f"{ENV_PREFIX}MODELS_DIR" in os.environ:
             return f"{ENV_PREFIX}MODELS_DIR"
         return "packaged" if self.models_dir == PACKAGED_MODELS_DIR else "models_dir"
+
+    @property
+    def max_image_bytes(self) -> int:
+        """``max_image_mb`` in bytes; default: 8 x ``memory_budget_mb``, at least 2048 MiB (a small
+        budget bounds the working slabs; it should not refuse a 512 x 512 x 2000 int16 CT)."""
+        return (self.max_image_mb or max(DEFAULT_MIN_IMAGE_MB, 8 * self.memory_budget_mb)) * 1024 * 1024
+
+    @property
+    def work_folder(self) -> Path:
+        """``work_dir``, or ``flare-seg`` in the system temporary folder."""
+        return self.work_dir if self.work_dir is not None else Path(tempfile.gettempdir()) / "flare-seg"
 
     def check_paths(self) -> None:
         """Check the paths at start-up (not at import): models_dir must be an existing folder and

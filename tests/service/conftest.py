@@ -128,8 +128,17 @@ class FakeSegmenter:
     def warm_up(self) -> None:
         self.warmed_up = True
 
-    def read_volume(self, path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
-        return read_ct_volume(path, max_voxels, display_name=display_name)
+    def read_volume(
+        self,
+        path: Path,
+        max_voxels: int,
+        *,
+        display_name: str | None = None,
+        max_image_bytes: int | None = None,
+    ) -> CtVolume:
+        return read_ct_volume(
+            path, max_voxels, display_name=display_name, max_image_bytes=max_image_bytes, as_int16=True
+        )
 
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> FakeResult:
         image = volume.to_image()

@@ -122,3 +122,13 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValueError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_the_image_byte_limit_follows_the_memory_budget(clean_env: None) -> None:
+    from flare_seg.service.settings import load_settings
+
+    MiB = 1024 * 1024
+    assert load_settings().max_image_bytes == 2048 * MiB
+    assert load_settings(memory_budget_mb=1024).max_image_bytes == 8192 * MiB
+    assert load_settings(memory_budget_mb=64).max_image_bytes == 2048 * MiB  # never under 2 GiB by default
+    assert load_settings(memory_budget_mb=64, max_image_mb=100).max_image_bytes == 100 * MiB

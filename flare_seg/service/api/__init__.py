@@ -9,8 +9,13 @@ Resource model:
 * One inference at a time: a single worker thread runs the segmenter (it is not thread safe, and
   one model per device is all the memory budget allows).
 * At most ``queue_size`` requests may wait for it (synchronous ``POST /segment`` and ``POST /jobs``
-  together); a request takes its place before its body is read and keeps it while uploading,
-  waiting and running. Past that the answer is 503 with ``Retry-After``.
+  together); a request takes its place once its upload has arrived and passed every check, and
+  keeps it while waiting and running. Past that the answer is 503 with ``Retry-After``.
+* At most ``max_concurrent_uploads`` uploads are received at once, each bounded in time: a body
+  that stalls for ``upload_idle_timeout_s`` (or arrives under ``upload_min_bytes_per_s``) is
+  answered 408 and its slot freed. A synchronous request whose client goes away is dropped if it
+  has not started.
+* Jobs are recorded in an SQLite file under the work folder and survive a restart.
 * Uploads are streamed to disk under uuid names in the work folder, never held in memory; the size
   limit is enforced while streaming; the NIfTI header is checked before any voxel is decompressed;
   only the worker thread ever holds an image in memory.
@@ -33,7 +38,7 @@ Modules, in the order a request meets them:
 """
 
 from flare_seg.service.api.app import GRACEFUL_SHUTDOWN_S, ModelLoadError, create_app, serve
-from flare_seg.service.api.jobs import InferenceWorker, InMemoryJobStore, Job, JobStore, Ticket
+from flare_seg.service.api.jobs import DurableJobStore, InferenceWorker, Job, JobStore, Ticket
 from flare_seg.service.api.metrics import Metrics
 from flare_seg.service.api.schemas import (
     Box,
@@ -58,9 +63,9 @@ __all__ = [
     "GRACEFUL_SHUTDOWN_S",
     "UPLOAD_FIELD",
     "Box",
+    "DurableJobStore",
     "ErrorBody",
     "HealthInfo",
-    "InMemoryJobStore",
     "InferenceWorker",
     "Job",
     "JobCreated",

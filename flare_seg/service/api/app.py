@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
+from types import FrameType
 
 import anyio.to_thread
 import uvicorn
@@ -23,13 +21,21 @@ from fastapi.exceptions import RequestValidationError
 from flare_seg import __version__
 from flare_seg.service.api.access_log import log_probes_at_debug
 from flare_seg.service.api.docs import add_offline_docs
-from flare_seg.service.api.errors import input_error_handler, validation_error_handler
+from flare_seg.service.api.errors import (
+    input_error_handler,
+    job_store_error_handler,
+    storage_error_handler,
+    validation_error_handler,
+)
+from flare_seg.service.api.jobs import JobStoreError
 from flare_seg.service.api.metrics import Metrics, MetricsMiddleware
 from flare_seg.service.api.routes import public_router, router
 from flare_seg.service.api.segmenter import SegmenterFactory, load_pipeline_segmenter
 from flare_seg.service.api.service import Service
+from flare_seg.service.api.workfolder import WorkFolderInUse, check_work_folder
 from flare_seg.service.io import InputError
-from flare_seg.service.settings import Settings
+from flare_seg.service.settings import ENV_PREFIX, Settings, SettingsError
+from flare_seg.service.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,8 @@ def create_app(
     app.state.service = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_exception_handler(InputError, input_error_handler)
+    app.add_exception_handler(StorageError, storage_error_handler)
+    app.add_exception_handler(JobStoreError, job_store_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(public_router)
     app.include_router(router)
@@ -82,18 +90,16 @@ def create_app(
 def _lifespan(
     settings: Settings, metrics: Metrics, factory: SegmenterFactory, on_load_failure: OnLoadFailure | None
 ) -> Lifespan:
-    """Start: a per-process work folder, the service, model loading and job cleanup in the
-    background. Stop: wait for the running segmentation, fail queued jobs, remove the folder."""
+    """Start: the work folder (locked, write-tested) with its job records, the service, model
+    loading (then the jobs queued before the last stop) and job cleanup in the background.
+    Stop: take no new work, wait for the running segmentation; queued jobs stay queued, and the
+    work folder stays for the next start."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        work_parent = settings.work_dir
-        if work_parent is not None:
-            work_parent.mkdir(parents=True, exist_ok=True)
-        work_root = Path(tempfile.mkdtemp(prefix="flare-seg-", dir=work_parent))
-        service = Service(settings, metrics, work_root)
+        service = await anyio.to_thread.run_sync(Service.open, settings, metrics)
         app.state.service = service
-        logger.info("work folder %s; queue size %d", work_root, settings.queue_size)
+        logger.info("work folder %s; queue size %d", service.folder.root, settings.queue_size)
         tasks = [
             asyncio.create_task(service.load_models(factory, on_load_failure), name="flare-seg-load-models"),
             asyncio.create_task(service.cleanup_loop(), name="flare-seg-job-cleanup"),
@@ -101,12 +107,12 @@ def _lifespan(
         try:
             yield
         finally:
-            logger.info("shutting down: waiting for the running segmentation, dropping queued jobs")
+            logger.info("shutting down: waiting for the running segmentation; queued jobs stay queued")
+            service.begin_drain()
             await _cancel(tasks)
             await anyio.to_thread.run_sync(service.worker.shutdown)
-            service.jobs.fail_unfinished("the server shut down before the job ran")
             app.state.service = None
-            shutil.rmtree(work_root, ignore_errors=True)
+            service.close()
 
     return lifespan
 
@@ -119,20 +125,42 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also tells the app to stop taking work as soon as SIGTERM or SIGINT
+    arrives: uploads in progress end (503) and queued work stays queued, so that only the running
+    segmentation is waited for."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        service: Service | None = getattr(self._app.state, "service", None)
+        if service is not None:
+            service.begin_drain_threadsafe()
+        super().handle_exit(sig, frame)
+
+
 def serve(settings: Settings, segmenter_factory: SegmenterFactory | None = None) -> None:
     """Run the server with uvicorn until SIGINT/SIGTERM (blocking).
 
     ``segmenter_factory`` defaults to the TensorFlow pipeline (see ``create_app``).
 
-    On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish (up to
-    ``GRACEFUL_SHUTDOWN_S`` seconds); then the lifespan drops queued jobs and waits for the running
-    segmentation.
+    On SIGTERM the server stops accepting connections and new work at once: uploads in progress
+    and requests still waiting are answered 503, queued jobs stay queued (they run after the next
+    start), and the running segmentation finishes (up to ``GRACEFUL_SHUTDOWN_S`` seconds for a
+    synchronous one).
 
     Raises:
-        SettingsError: a bad path setting (checked before binding the port).
+        SettingsError: a bad path setting, or a work folder that cannot be written or is held by
+            another server (checked with a real write before binding the port).
         ModelLoadError: the models could not be loaded (the server stops at once).
     """
     settings.check_paths()
+    try:
+        check_work_folder(settings.work_folder)
+    except (StorageError, WorkFolderInUse) as e:
+        raise SettingsError(f"{ENV_PREFIX}WORK_DIR: {e}") from None
     _configure_logging(settings.log_level)
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -151,7 +179,7 @@ def serve(settings: Settings, segmenter_factory: SegmenterFactory | None = None)
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, app)
     log_probes_at_debug()  # after uvicorn.Config, which sets up uvicorn's loggers
     server.run()
     if failures:

@@ -34,7 +34,16 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "flare_seg_queue_depth",
-            "requests admitted and waiting for the inference worker (uploading or queued)",
+            "requests queued for the inference worker (their uploads have arrived and passed the checks)",
+            registry=self.registry,
+        )
+        self.uploads_in_progress = Gauge(
+            "flare_seg_uploads_in_progress", "upload bodies being received now", registry=self.registry
+        )
+        self.rejected_uploads = Counter(
+            "flare_seg_upload_rejections",
+            "uploads ended early: reason=stalled (408), too_many (503) or disk (507)",
+            ["reason"],
             registry=self.registry,
         )
         self.in_progress = Gauge(

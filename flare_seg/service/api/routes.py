@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -20,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from flare_seg.service.api.deps import ServiceDep, require_token
 from flare_seg.service.api.errors import ERROR_RESPONSES, http_error
-from flare_seg.service.api.jobs import Job
+from flare_seg.service.api.jobs import Job, WorkerDraining
 from flare_seg.service.api.schemas import (
     ErrorBody,
     HealthInfo,
@@ -30,10 +28,11 @@ from flare_seg.service.api.schemas import (
     ReadyInfo,
     SegmentationSummary,
 )
-from flare_seg.service.api.service import Service, now
+from flare_seg.service.api.service import ClientGone, Service, now
 from flare_seg.service.api.uploads import UPLOAD_FIELD, Upload, check_upload_headers
 from flare_seg.service.inputs import DICOM_SEG, NIFTI, SEG_SUFFIX
 from flare_seg.service.io import InputError
+from flare_seg.service.storage import is_disk_problem, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +133,8 @@ def _job_urls(request: Request, job_id: str) -> tuple[str, str]:
     )
 
 
-def _job_info(request: Request, job: Job, ttl_s: int) -> JobInfo:
+def _job_info(request: Request, job: Job) -> JobInfo:
     status_url, result_url = _job_urls(request, job.id)
-    expires_at = None
-    if job.finished_at is not None:
-        expires_at = datetime.fromtimestamp(job.finished_at.timestamp() + ttl_s, UTC)
     return JobInfo(
         id=job.id,
         status=job.status,
@@ -148,7 +144,7 @@ def _job_info(request: Request, job: Job, ttl_s: int) -> JobInfo:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        expires_at=expires_at,
+        expires_at=job.expires_at,
         summary=job.summary,
         error=job.error,
     )
@@ -216,7 +212,7 @@ async def models(service: ServiceDep) -> JSONResponse:
             "headers": _MASK_HEADERS,
             "description": "the label mask (.nii.gz or DICOM SEG), or the JSON summary",
         },
-        **{code: ERROR_RESPONSES[code] for code in (400, 413, 415, 422, 503)},
+        **{code: ERROR_RESPONSES[code] for code in (400, 408, 413, 415, 422, 503, 507)},
     },
     openapi_extra=_UPLOAD_BODY,
     tags=["segmentation"],
@@ -235,14 +231,15 @@ async def segment(
     statistics: Annotated[bool, Query(description=_STATISTICS_HELP)] = False,
 ) -> Response:
     service.require_ready()
+    service.check_accepting()
     check_upload_headers(request, service.max_upload_bytes)
     requested = _requested(format_, request.headers.get("accept", ""))
     as_json = requested == "json"
-    ticket = service.admit()
-    upload: Upload | None = None
+    service.check_room()
+    upload = await service.receive_and_check(request, scan_data=False)
     try:
-        upload = await service.receive_and_check(request, scan_data=False)
         output = _mask_output(None if as_json else requested, upload)
+        ticket = service.admit()
         work = functools.partial(
             service.segment_file,
             upload.path,
@@ -253,16 +250,23 @@ async def segment(
             output=NIFTI if as_json else output,
             statistics=statistics,
         )
-        outcome = await asyncio.wrap_future(service.worker.run(ticket, work))
+        outcome = await service.result_unless_abandoned(request, service.worker.run(ticket, work))
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it: the client has gone
     except (InputError, HTTPException):
         raise
+    except WorkerDraining:
+        raise http_error(503, "the server is shutting down; send the request again later") from None
+    except OSError as e:
+        if is_disk_problem(e):
+            raise storage_error(e) from None
+        logger.exception("segmentation failed")
+        raise http_error(500, "internal error during segmentation") from None
     except Exception:
         logger.exception("segmentation failed")
         raise http_error(500, "internal error during segmentation") from None
     finally:
-        ticket.release_unless_submitted()
-        if upload is not None:
-            upload.path.unlink(missing_ok=True)
+        upload.path.unlink(missing_ok=True)
     if as_json:
         return JSONResponse(outcome.summary.model_dump(mode="json"))
     return Response(
@@ -275,7 +279,7 @@ async def segment(
     status_code=202,
     response_model=JobCreated,
     summary="queue one CT image for segmentation; poll status_url, then fetch result_url",
-    responses={**{code: ERROR_RESPONSES[code] for code in (400, 413, 415, 422, 503)}},
+    responses={**{code: ERROR_RESPONSES[code] for code in (400, 408, 413, 415, 422, 503, 507)}},
     openapi_extra=_UPLOAD_BODY,
     tags=["jobs"],
 )
@@ -293,30 +297,37 @@ async def create_job(
     statistics: Annotated[bool, Query(description=_STATISTICS_HELP)] = False,
 ) -> JSONResponse:
     service.require_ready()
+    service.check_accepting()
     check_upload_headers(request, service.max_upload_bytes)
-    ticket = service.admit()
-    upload: Upload | None = None
+    service.check_room()
+    upload = await service.receive_and_check(request)
     try:
-        upload = await service.receive_and_check(request)
-        try:
-            output = _mask_output(format_, upload)
-        except HTTPException:
-            upload.path.unlink(missing_ok=True)
-            raise
-        job_id = uuid.uuid4().hex
-        suffix = SEG_SUFFIX if output == DICOM_SEG else ".nii.gz"
-        job = Job(
-            id=job_id,
-            case=upload.case,
-            display_name=upload.display_name,
-            upload_path=upload.path,
-            result_path=service.results_dir / f"{job_id}{suffix}",
-            created_at=now(),
-        )
+        output = _mask_output(format_, upload)
+    except HTTPException:
+        upload.path.unlink(missing_ok=True)
+        raise
+    job_id = uuid.uuid4().hex
+    suffix = SEG_SUFFIX if output == DICOM_SEG else ".nii.gz"
+    job = Job(
+        id=job_id,
+        case=upload.case,
+        display_name=upload.display_name,
+        upload_path=upload.path,
+        result_path=service.results_dir / f"{job_id}{suffix}",
+        created_at=now(),
+        statistics=statistics,
+    )
+    ticket = None
+    try:
+        ticket = service.admit()
         service.jobs.add(job)
-        service.worker.run(ticket, functools.partial(service.run_job, job, statistics=statistics))
-    finally:
-        ticket.release_unless_submitted()
+        service.worker.run(ticket, functools.partial(service.run_job, job.id))
+    except BaseException:
+        if ticket is not None:
+            ticket.release_unless_submitted()
+        if service.jobs.get(job.id) is None:
+            upload.path.unlink(missing_ok=True)
+        raise
     status_url, result_url = _job_urls(request, job.id)
     created = JobCreated(id=job.id, status=JobStatus.queued, status_url=status_url, result_url=result_url)
     return JSONResponse(created.model_dump(mode="json"), status_code=202, headers={"Location": status_url})
@@ -333,7 +344,7 @@ async def get_job(job_id: str, request: Request, service: ServiceDep) -> JobInfo
     job = service.jobs.get(job_id)
     if job is None:
         raise http_error(404, f"unknown or expired job {job_id[:64]!r}")
-    return _job_info(request, job, service.jobs.ttl_s)
+    return _job_info(request, job)
 
 
 @router.get(

@@ -62,8 +62,15 @@ class SegmenterProtocol(Protocol):
     def warm_up(self) -> None:
         """One small dummy run (compiles kernels, allocates memory)."""
 
-    def read_volume(self, path: Path, max_voxels: int, *, display_name: str | None = None) -> CtVolume:
-        """``service.io.read_ct_volume``, possibly preparing work for ``segment_volume`` on the way."""
+    def read_volume(
+        self,
+        path: Path,
+        max_voxels: int,
+        *,
+        display_name: str | None = None,
+        max_image_bytes: int | None = None,
+    ) -> CtVolume:
+        """``service.io.read_ct_volume`` (int16 HU), possibly preparing work for ``segment_volume``."""
 
     def segment_volume(self, volume: CtVolume, release_input: bool = False) -> SegmentationResultProtocol:
         """Segment one 3D CT; blocking. ``release_input=True``: the voxels may be dropped once used."""

@@ -4,6 +4,7 @@ segmentation of one uploaded file on the worker thread."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -11,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from flare_seg.dicom.archive import check_zip, extracted_zip
 from flare_seg.dicom.seg import build_seg, seg_bytes, write_seg_atomic
@@ -23,11 +24,13 @@ from flare_seg.dicom.volume import DicomSource, read_dicom_volume
 from flare_seg.geometry import Geometry
 from flare_seg.labels import ORGANS
 from flare_seg.service.api.errors import http_error
-from flare_seg.service.api.jobs import InferenceWorker, InMemoryJobStore, Job, JobStore, Ticket
+from flare_seg.service.api.jobs import DurableJobStore, InferenceWorker, JobStore, Ticket
 from flare_seg.service.api.metrics import Metrics
-from flare_seg.service.api.schemas import Box, JobStatus, OrganStatisticsInfo, SegmentationSummary
+from flare_seg.service.api.schemas import Box, OrganStatisticsInfo, SegmentationSummary
 from flare_seg.service.api.segmenter import SegmentationResultProtocol, SegmenterFactory, SegmenterProtocol
 from flare_seg.service.api.uploads import Upload, receive_upload
+from flare_seg.service.api.workfolder import WorkFolder
+from flare_seg.service.guards import BodyPace, UploadSlots, wait_for_disconnect
 from flare_seg.service.inputs import DICOM_SEG, NIFTI, SEG_SUFFIX
 from flare_seg.service.io import (
     CtVolume,
@@ -38,11 +41,13 @@ from flare_seg.service.io import (
     write_mask_atomic,
 )
 from flare_seg.service.settings import Settings
+from flare_seg.service.storage import StorageError, describe_disk_problem, is_disk_problem
 from flare_seg.statistics import organ_statistics
 
 logger = logging.getLogger(__name__)
 
 _GEOMETRY_RTOL = 1e-5
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,21 +58,53 @@ class Outcome:
     mask_bytes: bytes | None = None  # the encoded mask (NIfTI or DICOM SEG) for synchronous answers
 
 
+class ClientGone(Exception):
+    """The client of a synchronous request went away before its answer was ready."""
+
+
 class Service:
     """Everything a running app holds: settings, folders, the worker, the segmenter, jobs, metrics."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, work_root: Path) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, folder: WorkFolder, jobs: JobStore) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.work_root = work_root  # per-process folder, removed at shutdown
-        self.uploads_dir = work_root / "uploads"
-        self.results_dir = work_root / "results"
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = folder  # kept across restarts, with the job records
+        self.uploads_dir = folder.uploads_dir
+        self.results_dir = folder.results_dir
         self.worker = InferenceWorker(settings.queue_size, metrics)
-        self.jobs: JobStore = InMemoryJobStore(ttl_s=settings.job_ttl_s)
+        self.jobs = jobs
+        self.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+        self.pace = BodyPace(
+            idle_timeout_s=settings.upload_idle_timeout_s,
+            min_bytes_per_s=settings.upload_min_bytes_per_s,
+            grace_s=settings.upload_idle_timeout_s,
+        )
+        self.draining = asyncio.Event()
         self.segmenter: SegmenterProtocol | None = None
         self.load_error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, metrics: Metrics) -> Service:
+        """The service on ``settings.work_folder``: the folder locked and write-tested, the job
+        records opened (jobs running at the last stop marked failed), leftover files removed.
+
+        Raises:
+            StorageError, WorkFolderInUse, JobStoreError: the work folder cannot be used.
+        """
+        folder = WorkFolder.open(settings.work_folder)
+        try:
+            jobs = DurableJobStore.open(folder.root, settings.job_ttl_s)
+        except BaseException:
+            folder.close()
+            raise
+        folder.remove_leftovers(jobs.known_paths())
+        return cls(settings, metrics, folder, jobs)
+
+    def close(self) -> None:
+        """Close the job records and release the work folder (its files stay)."""
+        self.jobs.close()
+        self.folder.close()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -86,7 +123,9 @@ class Service:
     async def load_models(
         self, factory: SegmenterFactory, on_failure: Callable[[BaseException], None] | None
     ) -> None:
-        """Load and warm up the models on the inference thread; sets ``segmenter`` when done."""
+        """Load and warm up the models on the inference thread; sets ``segmenter`` when done, then
+        queues the jobs accepted before the last stop."""
+        self._loop = asyncio.get_running_loop()
 
         def load() -> SegmenterProtocol:
             start = time.perf_counter()
@@ -109,19 +148,67 @@ class Service:
             logger.exception("loading the models failed")
             if on_failure is not None:
                 on_failure(e)
+            return
+        self.resume_queued()
+
+    def resume_queued(self) -> int:
+        """Queue the jobs the store holds as queued (accepted before a restart); returns how many."""
+        queued = self.jobs.queued()
+        for job in queued:
+            self.worker.run(self.worker.admit_recovered(), functools.partial(self.run_job, job.id))
+        if queued:
+            logger.info("%d job(s) accepted before the restart are queued again", len(queued))
+        return len(queued)
+
+    # ----------------------------------------------------------------------------- shutting down
+
+    def begin_drain(self) -> None:
+        """Stop taking work: new requests get 503, uploads in progress end (503), tasks that have
+        not started end at once (queued jobs stay queued for the next start); the running one
+        finishes. Call on the event loop's thread (see ``begin_drain_threadsafe``)."""
+        if not self.draining.is_set():
+            logger.info("draining: no new work; the running segmentation finishes, queued jobs stay queued")
+        self.draining.set()
+        self.worker.stop_taking()
+
+    def begin_drain_threadsafe(self) -> None:
+        """``begin_drain`` from any thread (e.g. a signal handler)."""
+        self.worker.stop_taking()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.begin_drain)
+
+    # ----------------------------------------------------------------------------- admission
+
+    def check_accepting(self) -> None:
+        """503 once the server has begun to shut down."""
+        if self.draining.is_set() or self.worker.draining:
+            raise http_error(
+                503,
+                "the server is shutting down; send the request again later",
+                headers={"Retry-After": "10"},
+            )
+
+    def _busy(self) -> HTTPException:
+        self.metrics.rejected_queue_full.inc()
+        retry = self.worker.retry_after_s()
+        return http_error(
+            503,
+            f"the server is busy: {self.settings.queue_size} request(s) already wait; "
+            f"retry in about {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+    def check_room(self) -> None:
+        """503 with Retry-After, before the body is read, when the queue is already full (nothing
+        is reserved: the place is taken by ``admit`` once the upload has arrived)."""
+        if not self.worker.has_room():
+            raise self._busy()
 
     def admit(self) -> Ticket:
         """A place in the queue, or 503 with Retry-After when it is full."""
         ticket = self.worker.try_admit()
         if ticket is None:
-            self.metrics.rejected_queue_full.inc()
-            retry = self.worker.retry_after_s()
-            raise http_error(
-                503,
-                f"the server is busy: {self.settings.queue_size} request(s) already wait; "
-                f"retry in about {retry} s",
-                headers={"Retry-After": str(retry)},
-            )
+            raise self._busy()
         return ticket
 
     def require_ready(self) -> SegmenterProtocol:
@@ -134,14 +221,36 @@ class Service:
         return self.segmenter
 
     async def receive_and_check(self, request: Request, *, scan_data: bool = True) -> Upload:
-        """Stream the upload to disk, then check it with ``validate_nifti`` off the event loop.
+        """Stream the upload to disk (in one of ``max_concurrent_uploads`` slots, paced), then check
+        it with ``validate_nifti`` off the event loop.
 
         The header is checked before anything is decompressed (absurd sizes never allocate); the
         completeness check decompresses as a stream with bounded memory. ``scan_data=False`` (a
         synchronous request, whose read follows at once and checks the CRC itself) checks
         completeness from the gzip trailer instead of a decompression pass of its own.
         """
-        upload = await receive_upload(request, self.uploads_dir, self.max_upload_bytes)
+        if not self.upload_slots.try_acquire():
+            self.metrics.rejected_uploads.labels("too_many").inc()
+            raise http_error(
+                503,
+                f"the server is busy: {self.upload_slots.capacity} upload(s) already in progress; retry soon",
+                headers={"Retry-After": "5"},
+            )
+        self.metrics.uploads_in_progress.set(self.upload_slots.in_use)
+        try:
+            upload = await receive_upload(
+                request, self.uploads_dir, self.max_upload_bytes, pace=self.pace, draining=self.draining
+            )
+        except HTTPException as e:
+            if e.status_code == 408:
+                self.metrics.rejected_uploads.labels("stalled").inc()
+            raise
+        except StorageError:
+            self.metrics.rejected_uploads.labels("disk").inc()
+            raise
+        finally:
+            self.upload_slots.release()
+            self.metrics.uploads_in_progress.set(self.upload_slots.in_use)
         try:
             check: Callable[[], object]
             if upload.is_zip:  # member names and sizes only: nothing is extracted yet
@@ -155,12 +264,33 @@ class Service:
                     self.settings.max_voxels,
                     display_name=upload.display_name,
                     scan_data=scan_data,
+                    max_image_bytes=self.settings.max_image_bytes,
                 )
             await anyio.to_thread.run_sync(check)
         except BaseException:
             upload.path.unlink(missing_ok=True)
             raise
         return upload
+
+    async def result_unless_abandoned(self, request: Request, future: concurrent.futures.Future[T]) -> T:
+        """The result of ``future``, unless the client goes away first: then work that has not
+        started is dropped (its place freed at once), and ``ClientGone`` is raised."""
+        watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
+        answer = asyncio.wrap_future(future)
+        waiters: set[asyncio.Future[Any]] = {answer, watcher}
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if answer in done:
+            return future.result()
+        if self.worker.cancel_if_waiting(future):
+            logger.info("client went away before its segmentation started: dropped")
+        else:
+            logger.info("client went away during its segmentation: the result is discarded")
+        raise ClientGone()
+
+    # ----------------------------------------------------------------------------- the work
 
     def segment_file(
         self,
@@ -189,7 +319,12 @@ class Service:
             if output == DICOM_SEG:
                 raise InputError(f"{name}: a DICOM SEG needs DICOM input (a .zip of the series), not NIfTI")
             # One decompression straight into the voxel array (CRC checked); the upload was validated.
-            volume = segmenter.read_volume(upload_path, self.settings.max_voxels, display_name=name)
+            volume = segmenter.read_volume(
+                upload_path,
+                self.settings.max_voxels,
+                display_name=name,
+                max_image_bytes=self.settings.max_image_bytes,
+            )
         upload_path.unlink(missing_ok=True)
         geometry, header = volume.geometry, volume.header
         read_s = time.perf_counter() - start
@@ -228,9 +363,13 @@ class Service:
             dicom = read_dicom_volume(root, self.settings.max_voxels, display_name=name)
         return dicom.volume, dicom.source, dicom.choice.reason if dicom.choice else None
 
-    def run_job(self, job: Job, statistics: bool = False) -> None:
-        """Run one job on the worker thread, recording the outcome on the job (never raises)."""
-        self.jobs.update(job, status=JobStatus.running, started_at=now())
+    def run_job(self, job_id: str) -> None:
+        """Run one queued job on the worker thread, recording its outcome (never raises)."""
+        if not self.jobs.mark_running(job_id):
+            return  # not queued any more (expired, or taken)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
         try:
             outcome = self.segment_file(
                 job.upload_path,
@@ -239,31 +378,25 @@ class Service:
                 encode=False,
                 result_path=job.result_path,
                 output=DICOM_SEG if job.result_path.name.endswith(SEG_SUFFIX) else NIFTI,
-                statistics=statistics,
+                statistics=job.statistics,
             )
         except InputError as e:
-            self._finish(job, error=str(e))
+            self.jobs.finish(job_id, error=str(e))
+        except OSError as e:
+            if not is_disk_problem(e):
+                logger.exception("job %s failed", job_id)
+            self.jobs.finish(job_id, error=_failure_reason(e))
         except Exception as e:
-            logger.exception("job %s failed", job.id)
-            self._finish(job, error=f"internal error during segmentation ({type(e).__name__})")
+            logger.exception("job %s failed", job_id)
+            self.jobs.finish(job_id, error=_failure_reason(e))
         else:
-            self._finish(job, summary=outcome.summary)
+            self.jobs.finish(job_id, summary=outcome.summary)
         finally:
             job.upload_path.unlink(missing_ok=True)
 
-    def _finish(self, job: Job, summary: SegmentationSummary | None = None, error: str | None = None) -> None:
-        self.jobs.update(
-            job,
-            status=JobStatus.done if error is None else JobStatus.failed,
-            summary=summary,
-            error=error,
-            finished_at=now(),
-            finished_monotonic=time.monotonic(),
-        )
-
-    def cleanup(self, now_monotonic: float | None = None) -> int:
-        """Delete finished jobs older than ``job_ttl_s`` and their files; returns how many."""
-        expired = self.jobs.expire(time.monotonic() if now_monotonic is None else now_monotonic)
+    def cleanup(self, now_s: float | None = None) -> int:
+        """Delete finished jobs past their expiry and their files; returns how many."""
+        expired = self.jobs.expire(now_s)
         if expired:
             logger.info("expired %d job(s)", len(expired))
         return len(expired)
@@ -274,9 +407,16 @@ class Service:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                self.cleanup()
+                await anyio.to_thread.run_sync(self.cleanup)
             except Exception:
                 logger.exception("job cleanup failed")
+
+
+def _failure_reason(error: Exception) -> str:
+    """What a failed job reports for an unexpected error: the disk problem, or 'internal error'."""
+    if isinstance(error, OSError) and is_disk_problem(error):
+        return f"the result could not be written: {describe_disk_problem(error)}"
+    return f"internal error during segmentation ({type(error).__name__})"
 
 
 def now() -> datetime:

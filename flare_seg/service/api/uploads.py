@@ -7,6 +7,8 @@ used in a path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,7 +23,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from flare_seg.service.api.errors import http_error
+from flare_seg.service.guards import BodyPace, ServerDraining, UploadStalled, paced
 from flare_seg.service.io import GZIP_MAGIC
+from flare_seg.service.storage import is_disk_problem, storage_error
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -103,23 +107,43 @@ def check_upload_headers(request: Request, max_upload_bytes: int) -> None:
         )
 
 
-async def receive_upload(request: Request, dest_dir: Path, max_upload_bytes: int) -> Upload:
+async def receive_upload(
+    request: Request,
+    dest_dir: Path,
+    max_upload_bytes: int,
+    *,
+    pace: BodyPace | None = None,
+    draining: asyncio.Event | None = None,
+) -> Upload:
     """Stream the multipart form field ``file`` to ``dest_dir/<uuid>.nii[.gz]``, 1 MiB writes at a time.
 
-    Stops reading as soon as the size limit is passed; on any error the partial file is deleted.
+    Stops reading as soon as the size limit is passed, when the body stalls or crawls (``pace``),
+    or when the server begins to shut down (``draining``); on any error the partial file is deleted.
 
     Raises:
-        HTTPException: 400 malformed or interrupted body, 413 over the limit, 422 empty or missing
-            field.
+        HTTPException: 400 malformed or interrupted body, 408 a stalled or too slow body, 413 over
+            the limit, 422 empty or missing field, 503 the server is shutting down.
+        StorageError: the work folder cannot take the file (full, read-only): 507.
     """
     receiver = _FileFieldReceiver(_boundary(request), dest_dir / f"{uuid.uuid4().hex}.part", max_upload_bytes)
     try:
-        async for chunk in request.stream():
+        async for chunk in paced(request.stream(), pace or BodyPace(), draining):
             await receiver.feed(chunk)
         receiver.check_complete()
     except ClientDisconnect:
         receiver.discard()
         raise http_error(400, "the client disconnected during the upload") from None
+    except UploadStalled as e:
+        receiver.discard()
+        raise http_error(408, str(e), headers={"Connection": "close"}) from None
+    except ServerDraining as e:
+        receiver.discard()
+        raise http_error(503, str(e), headers={"Connection": "close", "Retry-After": "10"}) from None
+    except OSError as e:
+        receiver.discard()
+        if is_disk_problem(e):
+            raise storage_error(e) from None
+        raise
     except BaseException:
         receiver.discard()
         raise
@@ -225,7 +249,7 @@ class _FileFieldReceiver:
         self._found = self._in_file = True
         raw_name = options.get(b"filename")
         self._client_filename = raw_name.decode("utf-8", "replace") if raw_name is not None else None
-        self._handle = open(self.part_path, "wb")  # noqa: SIM115 - closed by close()
+        self._handle = await anyio.to_thread.run_sync(open, self.part_path, "wb")
 
     async def _on_data(self, payload: bytes) -> None:
         if not self._in_file:
@@ -272,11 +296,13 @@ class _FileFieldReceiver:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            handle, self._handle = self._handle, None
+            handle.close()
 
     def discard(self) -> None:
-        """Close and delete the partial file."""
-        self.close()
+        """Close and delete the partial file (a close that fails on a full disk is ignored)."""
+        with contextlib.suppress(OSError):
+            self.close()
         self.part_path.unlink(missing_ok=True)
 
     def upload(self) -> Upload:

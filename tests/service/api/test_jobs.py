@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
-from flare_seg.service.api.jobs import InMemoryJobStore, Job
+from flare_seg.service.api.jobs import DurableJobStore, Job
 from flare_seg.service.api.schemas import JobStatus
 from tests.service.api.conftest import (
     make_settings,
@@ -64,8 +64,8 @@ def test_jobs_flow(tmp_path: Path, ct_bytes: bytes) -> None:
         service = service_of(client)
         result_path = service.jobs.get(created["id"]).result_path  # type: ignore[union-attr]
         assert result_path.is_file()
-        assert service.cleanup(now_monotonic=time.monotonic()) == 0
-        assert service.cleanup(now_monotonic=time.monotonic() + 3601) == 1
+        assert service.cleanup(now_s=time.time()) == 0
+        assert service.cleanup(now_s=time.time() + 3601) == 1
         assert not result_path.exists()
         assert client.get(created["status_url"]).status_code == 404
         assert client.get(created["result_url"]).status_code == 404
@@ -148,7 +148,7 @@ def test_sync_requests_are_serialized(tmp_path: Path, ct_bytes: bytes) -> None:
 
 def test_job_store_get_returns_a_consistent_copy(tmp_path: Path) -> None:
     """A record read from the store does not change under the reader when the worker updates the job."""
-    store = InMemoryJobStore(ttl_s=60)
+    store = DurableJobStore.open(tmp_path, ttl_s=60)
     job = Job(
         id="j1",
         case="case01",
@@ -160,10 +160,13 @@ def test_job_store_get_returns_a_consistent_copy(tmp_path: Path) -> None:
     store.add(job)
     seen = store.get("j1")
     assert seen is not None and seen is not job and seen.status == JobStatus.queued
-    store.update(job, status=JobStatus.failed, error="boom")
+    assert store.mark_running("j1")
+    store.finish("j1", error="boom")
     assert seen.status == JobStatus.queued and seen.error is None
     again = store.get("j1")
     assert again is not None and (again.status, again.error) == (JobStatus.failed, "boom")
+    assert again.expires_at is not None and again.finished_at is not None
+    assert (again.expires_at - again.finished_at).total_seconds() == pytest.approx(60)
     assert store.get("nope") is None
 
 

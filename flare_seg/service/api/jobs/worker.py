@@ -2,8 +2,10 @@
 
 * One inference at a time: a single worker thread runs the segmenter (it is not thread safe, and
   one model per device is all the memory budget allows).
-* At most ``queue_size`` requests may wait for it; a request takes its place (a ``Ticket``) before
-  its body is read and keeps it while uploading, waiting and running.
+* At most ``queue_size`` requests may wait for it; a request takes its place (a ``Ticket``) once
+  its upload has arrived and been checked, and keeps it while waiting and running.
+* Once told to stop taking work (``stop_taking``, when the server begins to shut down), the task
+  running finishes; tasks that have not started end at once with ``WorkerDraining``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ _MAX_RETRY_AFTER_S = 600
 T = TypeVar("T")
 
 
+class WorkerDraining(Exception):
+    """The worker takes no new work: the server is shutting down."""
+
+
 class Ticket:
-    """A place in the inference queue, from admission (before the upload) until the work is done."""
+    """A place in the inference queue, from admission (after the upload) until the work is done."""
 
     def __init__(self, worker: InferenceWorker) -> None:
         self._worker = worker
@@ -54,6 +60,7 @@ class InferenceWorker:
         self._running = 0
         self._mean_task_s: float | None = None
         self._metrics = metrics
+        self._draining = threading.Event()
 
     def try_admit(self) -> Ticket | None:
         """A ticket, or None when ``queue_size`` requests already wait (and one runs)."""
@@ -63,6 +70,27 @@ class InferenceWorker:
             self._admitted += 1
             self._update_gauges()
         return Ticket(self)
+
+    def has_room(self) -> bool:
+        """Whether ``try_admit`` would give a ticket now (a hint: nothing is reserved)."""
+        with self._lock:
+            return self._admitted < self._capacity
+
+    def admit_recovered(self) -> Ticket:
+        """A ticket for a job queued before a restart, even past ``queue_size``: accepted work is
+        never refused."""
+        with self._lock:
+            self._admitted += 1
+            self._update_gauges()
+        return Ticket(self)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def stop_taking(self) -> None:
+        """From now on, tasks that start end at once with ``WorkerDraining`` (the running one finishes)."""
+        self._draining.set()
 
     def _release(self, ticket: Ticket) -> None:
         with self._lock:
@@ -93,6 +121,8 @@ class InferenceWorker:
         ticket.submitted = True
 
         def task() -> T:
+            if self._draining.is_set():
+                raise WorkerDraining("the server is shutting down")
             with self._lock:
                 self._running += 1
                 self._update_gauges()
@@ -113,6 +143,11 @@ class InferenceWorker:
         future.add_done_callback(lambda _: ticket.release())
         return future
 
+    def cancel_if_waiting(self, future: concurrent.futures.Future[T]) -> bool:
+        """Drop work that has not started (its ticket is released); False if it runs or ran."""
+        return future.cancel()
+
     def shutdown(self) -> None:
-        """Cancel work that has not started and wait for the running task (blocking)."""
+        """Stop taking work, end the tasks that have not started and wait for the running one (blocking)."""
+        self.stop_taking()
         self._executor.shutdown(wait=True, cancel_futures=True)
