@@ -488,7 +488,20 @@ def validate_nifti(
 
 def _check_sitk_geometry(path: Path, header: NiftiHeader, name: str) -> None:
     """The header's grid as SimpleITK reads it (header only): readable, and plausible."""
-    detail: str | None = None
+    reader, detail = _sitk_header_reader(path, header, name)
+    if detail is not None:
+        if header.compressed:
+            check_nifti_data(path, header, display_name=name)  # a broken stream: say where
+        raise InputError(f"{name}: cannot read the NIfTI image ({detail})")
+    if reader.GetDimension() == 3:
+        _check_plausible(header.dims_xyz, reader.GetSpacing(), name)
+
+
+def _sitk_header_reader(
+    path: Path, header: NiftiHeader, name: str
+) -> tuple[sitk.ImageFileReader, str | None]:
+    """SimpleITK's NIfTI reader after reading the header alone, and the ITK error's detail (server
+    paths replaced by ``name``) if it could not; None when it read."""
     with _readable_name(path, header) as read_path:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("NiftiImageIO")
@@ -496,13 +509,8 @@ def _check_sitk_geometry(path: Path, header: NiftiHeader, name: str) -> None:
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            detail = _itk_error_detail(e, (read_path, path), name)
-    if detail is not None:
-        if header.compressed:
-            check_nifti_data(path, header, display_name=name)  # a broken stream: say where
-        raise InputError(f"{name}: cannot read the NIfTI image ({detail})")
-    if reader.GetDimension() == 3:
-        _check_plausible(header.dims_xyz, reader.GetSpacing(), name)
+            return reader, _itk_error_detail(e, (read_path, path), name)
+    return reader, None
 
 
 def _itk_error_detail(error: RuntimeError, paths: tuple[Path, ...], name: str) -> str:
@@ -879,14 +887,9 @@ def read_ct_volume(
 def _header_geometry(path: Path, header: NiftiHeader, name: str) -> Geometry | None:
     """The grid as SimpleITK reads it from the header, or None when SimpleITK would not return the
     file's voxels unchanged (then the caller uses the full reader)."""
-    with _readable_name(path, header) as read_path:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("NiftiImageIO")
-        reader.SetFileName(str(read_path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            return None  # the full reader reports the problem with its own message
+    reader, detail = _sitk_header_reader(path, header, name)
+    if detail is not None:
+        return None  # the full reader reports the problem with its own message
     if (
         reader.GetDimension() != 3
         or reader.GetNumberOfComponents() != 1
