@@ -50,6 +50,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             oblique_probability=args.oblique_probability,
             iliac_wings=args.iliac_wings,
             hu_spread_hu=args.hu_spread_hu,
+            anatomy_variety=args.anatomy_variety,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -376,6 +377,12 @@ def _add_synth(sub: _Subparsers) -> None:
         type=float,
         default=0.0,
         help="SD of per-case soft-tissue HU offsets, with fatty liver and pancreas (0: textbook ranges)",
+    )
+    p.add_argument(
+        "--anatomy-variety",
+        action="store_true",
+        help="organ size, shape and bone density beyond the textbook (atrophic pancreas, deeper liver "
+        "and spleen, osteopenic bone)",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

@@ -37,6 +37,26 @@ class Anatomy:
     kidney_bottom_z: float  # lowest kidney pole, mm (anatomy z), for fields of view that cut it
 
 
+@dataclass(frozen=True)
+class OrganVariety:
+    """Organ size and shape factors beyond the textbook phantom (all 1.0: the textbook draw).
+
+    pancreas_thickness: the pancreas' cross-section radii (an atrophic pancreas below 1).
+    liver_depth: the right lobe's antero-posterior semi-axis (the volume stays calibrated).
+    spleen_depth: the spleen's width across its long axis (the volume stays calibrated).
+    spleen_tilt: how far the spleen's long axis leans to the front (along the ribs).
+    cavity_width, cavity_depth: the abdominal cavity's half-width and its depth in front of the spine
+        (a rounder, deeper abdomen with both).
+    """
+
+    pancreas_thickness: float = 1.0
+    liver_depth: float = 1.0
+    spleen_depth: float = 1.0
+    spleen_tilt: float = 1.0
+    cavity_width: float = 1.0
+    cavity_depth: float = 1.0
+
+
 class AnatomyBuilder:
     """Samples one patient's anatomy, structure by structure, in the anatomy frame (LPS mm).
 
@@ -73,8 +93,11 @@ class AnatomyBuilder:
     liver_hilum: np.ndarray
     pylorus: np.ndarray
 
-    def __init__(self, rng: np.random.Generator, appearance: Appearance) -> None:
+    def __init__(
+        self, rng: np.random.Generator, appearance: Appearance, variety: OrganVariety | None = None
+    ) -> None:
         self.rng, self.hu = rng, appearance.hu
+        self.variety = variety or OrganVariety()
         self.phase, self.oral_contrast = appearance.phase, appearance.oral_contrast
         self.force: list[Part] = []
         self.organs: list[Part] = []
@@ -86,7 +109,8 @@ class AnatomyBuilder:
         self.crest_z = self.l1_z - 3 * self.pitch + self.u(-5, 10)
         self.sacrum_z = self.l1_z - 4.5 * self.pitch
         self.spine = skeleton.sample_spine(self)
-        self.body = sample_body(rng, self.spine.y_l1, self.crest_z, self.l1_z)
+        v = self.variety
+        self.body = sample_body(rng, self.spine.y_l1, self.crest_z, self.l1_z, v.cavity_width, v.cavity_depth)
         self.cav_a = float(np.interp(0.0, THETA, self.body.cavity_lut))  # cavity half-width
         self.cav_ant = float(np.interp(-np.pi / 2, THETA, self.body.cavity_lut))  # to the front wall
         self.top_z = 400.0  # vertical structures run up to here (the field of view crops them)

@@ -92,10 +92,18 @@ class Body:
         return float(np.max(r * np.sin(THETA)))
 
 
-def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: float) -> Body:
+def sample_body(
+    rng: np.random.Generator,
+    spine_y: float,
+    crest_z: float,
+    l1_z: float,
+    width: float = 1.0,
+    depth: float = 1.0,
+) -> Body:
     """Draws the body outline, wall thicknesses, diaphragm, ribs, pelvis and table from landmarks of
-    the skeleton (spine body centre y, iliac crest z and L1 z, mm)."""
-    a, radius = _sample_cavity_outline(rng, spine_y)
+    the skeleton (spine body centre y, iliac crest z and L1 z, mm); ``width`` and ``depth`` scale
+    the abdominal cavity's half-width and its depth in front of the spine."""
+    a, radius = _sample_cavity_outline(rng, spine_y, width, depth)
     muscle, fat = _sample_wall(rng)
     domes = (
         (-a * rng.uniform(0.4, 0.5), -rng.uniform(0, 20), 0.0, rng.uniform(65, 90)),
@@ -136,11 +144,14 @@ def sample_body(rng: np.random.Generator, spine_y: float, crest_z: float, l1_z: 
     )
 
 
-def _sample_cavity_outline(rng: np.random.Generator, spine_y: float) -> tuple[float, np.ndarray]:
+def _sample_cavity_outline(
+    rng: np.random.Generator, spine_y: float, width: float = 1.0, depth: float = 1.0
+) -> tuple[float, np.ndarray]:
     """(half-width mm, cavity radius mm on THETA at scale 1): a superellipse, flatter and deeper
-    behind (reaching past the spine centre at y = spine_y mm), with mild low-order modulation."""
-    a = rng.uniform(115, 145)
-    b_ant = rng.uniform(70, 100)
+    behind (reaching past the spine centre at y = spine_y mm), with mild low-order modulation;
+    the half-width is scaled by ``width``, the depth in front by ``depth``."""
+    a = rng.uniform(115, 145) * width
+    b_ant = rng.uniform(70, 100) * depth
     b_post = spine_y + rng.uniform(25, 35)
     n_ant, n_post = rng.uniform(2.0, 2.4), rng.uniform(2.3, 3.0)
     c, s = np.cos(THETA), np.sin(THETA)

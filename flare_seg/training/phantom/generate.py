@@ -6,6 +6,7 @@ structure) leaves the draws of the others unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -33,7 +34,14 @@ from flare_seg.training.phantom.params import (
     PhantomOptions,
     case_rngs,
 )
-from flare_seg.training.phantom.variety import add_bony_pelvis, spread_appearance, variety_rng
+from flare_seg.training.phantom.variety import (
+    add_bony_pelvis,
+    bone_density_appearance,
+    organ_variety_rng,
+    sample_organ_variety,
+    spread_appearance,
+    variety_rng,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,12 @@ def generate_case_with_info(
     rng_variety = variety_rng(seed)
     if options.hu_spread_hu > 0:
         appearance = spread_appearance(rng_variety, appearance, options.hu_spread_hu)
-    builder = AnatomyBuilder(rng_anatomy, appearance)
+    variety = None
+    if options.anatomy_variety:
+        rng_organs = organ_variety_rng(seed)
+        variety = sample_organ_variety(rng_organs)
+        appearance = bone_density_appearance(rng_organs, appearance)
+    builder = AnatomyBuilder(rng_anatomy, appearance, variety)
     anatomy = builder.build()
     if options.iliac_wings:
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
@@ -85,6 +98,7 @@ def generate_case_with_info(
         size_xyz=grid.size_xyz,
         spacing_xyz=grid.spacing_xyz,
         hu_means={k: round(v, 1) for k, v in appearance.hu.items() if not k.startswith("_")},
+        organ_variety=None if variety is None else {k: round(v, 3) for k, v in dataclasses.asdict(variety).items()},
     )
     return image, mask, info
 

@@ -226,11 +226,11 @@ def add_spleen(b: AnatomyBuilder) -> None:
     """Crescent under the left dome, posterolateral, long axis along the ribs, hilum anteromedial."""
     body, rng = b.body, b.rng
     theta = math.radians(b.u(22, 40))  # angle behind the left flank
-    semi = np.array([b.u(19, 23), b.u(35, 41), b.u(56, 64)])
+    semi = np.array([b.u(19, 23), b.u(35, 41) * b.variety.spleen_depth, b.u(56, 64)])
     rho = float(np.interp(theta, THETA, body.cavity_lut)) - semi[0] * b.u(0.7, 1.0)
     x, y = rho * math.cos(theta), rho * math.sin(theta)
     center = np.array([x, y, float(body.diaphragm_z(np.float32(x), np.float32(y))) - b.u(40, 55)])
-    long_axis = unit(np.array([b.u(0.15, 0.35), -b.u(0.3, 0.55), -1.0]))
+    long_axis = unit(np.array([b.u(0.15, 0.35), -b.u(0.3, 0.55) * b.variety.spleen_tilt, -1.0]))
     to_hilum = unit(np.array([-math.cos(theta) - 0.2, -math.sin(theta) - 0.7, 0.0]))
     frame = Frame(center, orthonormal(to_hilum, long_axis))
     bend = b.u(70, 110)
@@ -267,23 +267,25 @@ def add_spleen(b: AnatomyBuilder) -> None:
 
 def add_pancreas(b: AnatomyBuilder) -> None:
     """Head on the right (lower), neck in front of the aorta, tail at the splenic hilum: a tube
-    with elliptic cross-section, at least 25 mm thick, swept along a spline, plus the head."""
+    with elliptic cross-section, at least 25 mm thick (times the variety's pancreas_thickness),
+    swept along a spline, plus the head."""
     z_p = b.z_pancreas = b.left_kidney_z + b.u(15, 35)
-    r_neck = b.u(12.5, 14.0)
+    thick = b.variety.pancreas_thickness
+    r_neck = b.u(12.5, 14.0) * thick
     gap = b.u(14, 22)  # SMA and fat between the aorta and the neck
     neck = np.array([b.u(-8, 8), b.aorta_y_at(z_p) - b.r_aorta - gap - r_neck, z_p])
     head = np.array([-b.u(30, 40), neck[1] + b.u(5, 15), z_p - b.u(8, 18)])
     body_pt = np.array([b.u(30, 45), neck[1] + b.u(2, 10), z_p + b.u(3, 12)])
-    r_tail = b.u(12.5, 14.0)
+    r_tail = b.u(12.5, 14.0) * thick
     tail = b.spleen_hilum + b.to_spleen_hilum * (r_tail + b.spleen_halo + b.u(6, 14))
     kidney_center, kidney_semi, kidney_halo = b.left_kidney
     tail[1] = min(tail[1], kidney_center[1] - kidney_semi[1] * 1.1 - kidney_halo - r_tail - 2.0)  # in front
     tail[2] = float(np.clip(tail[2], z_p, z_p + 40))
     tail[0] = min(tail[0], body_pt[0] + 70)
-    r_ap = np.array([b.u(14, 16), r_neck, b.u(13, 15), r_tail])
-    r_si = np.array([b.u(16, 20), b.u(14, 17), b.u(15, 18), b.u(13, 16)])
+    r_ap = np.array([b.u(14, 16) * thick, r_neck, b.u(13, 15) * thick, r_tail])
+    r_si = np.array([b.u(16, 20), b.u(14, 17), b.u(15, 18), b.u(13, 16)]) * thick
     tube = Tube([np.stack([head, neck, body_pt, tail])], [r_ap], [r_si])
-    head_semi = (b.u(16, 20), b.u(14, 17), b.u(22, 28))
+    head_semi = (b.u(16, 20) * thick, b.u(14, 17) * thick, b.u(22, 28) * thick)
     head_frame = Frame(head - np.array([b.u(0, 6), 0.0, b.u(8, 14)]), np.eye(3))
     head_fn = ellipsoid_fn(head_frame, head_semi)
 
@@ -379,7 +381,7 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     """Position, lobe sizes, lower cut, orientation and warp of the liver."""
     rng = b.rng
     center = np.array([-b.cav_a * b.u(0.40, 0.50), b.u(-10, 15), -b.u(70, 85)])
-    right = np.array([70.0, 82.0, 92.0]) * np.exp(rng.normal(0, 0.04, 3))
+    right = np.array([70.0, 82.0 * b.variety.liver_depth, 92.0]) * np.exp(rng.normal(0, 0.04, 3))
     left_off = np.array([b.u(70, 85), -b.u(30, 45), b.u(20, 35)])
     left = np.array([b.u(65, 80), b.u(36, 46), b.u(32, 42)])
     taper = b.u(0.3, 0.5)

@@ -38,6 +38,9 @@ class PhantomOptions:
     hu_spread_hu: SD (HU) of a per-case offset of each soft tissue's mean HU, with a soft-tissue
         contrast scale and sometimes a fatty liver or pancreas (``phantom.variety``); 0 keeps the
         textbook ranges.
+    anatomy_variety: organ size, shape and bone density beyond the textbook (an atrophic pancreas,
+        a deeper liver and spleen, a spleen tilted along the ribs, osteopenic bone;
+        ``phantom.variety``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -45,6 +48,7 @@ class PhantomOptions:
     oblique_probability: float = 0.0
     iliac_wings: bool = False
     hu_spread_hu: float = 0.0
+    anatomy_variety: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -65,6 +69,7 @@ class PhantomInfo:
     """What was sampled for one case (for bookkeeping and tests; not needed to use the images).
 
     hu_means: the case's mean HU per tissue before texture, blur and noise.
+    organ_variety: the organ size and shape factors (``OrganVariety``) with anatomy_variety, else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -82,6 +87,7 @@ class PhantomInfo:
     size_xyz: tuple[int, int, int]
     spacing_xyz: tuple[float, float, float]
     hu_means: dict[str, float]
+    organ_variety: dict[str, float] | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

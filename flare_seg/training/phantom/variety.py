@@ -1,7 +1,10 @@
-"""Optional variety beyond the textbook phantom (``PhantomOptions``): a realistic bony pelvis and
-wider tissue intensities (per-tissue offsets, fatty liver, fatty pancreas, low unenhanced values),
-so that models trained on phantoms see what real scans show. Drawn from a fifth random stream of the
-case seed, so that a seed's anatomy, grid and noise are the same with the options on and off."""
+"""Optional variety beyond the textbook phantom (``PhantomOptions``): a realistic bony pelvis, wider
+tissue intensities (per-tissue offsets, fatty liver, fatty pancreas, low unenhanced values), and
+organ size, shape and bone density beyond the textbook (atrophic pancreas, deeper liver, a spleen
+tilted towards the front, a rounder abdomen, osteopenic bone), so that models trained on phantoms see what real scans
+show. The pelvis and intensities are drawn from a fifth random stream of the case seed, the organ
+variety from a sixth, so that a seed's anatomy, grid and noise are the same with the options on
+and off, and each option leaves the others' draws unchanged."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
+from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder, OrganVariety
 from flare_seg.training.phantom.appearance import Appearance
 from flare_seg.training.phantom.pelvis import pelvis_parts
 
@@ -33,9 +36,46 @@ FATTY_LIVER_PROBABILITY = 0.2  # steatosis: the liver 15-60 HU darker (below the
 FATTY_PANCREAS_PROBABILITY = 0.35  # fatty infiltration of the ageing pancreas: 10-60 HU darker
 
 
+ATROPHIC_PANCREAS_PROBABILITY = 0.5  # the ageing pancreas: thinner (its cross-section 50-85%)
+OSTEOPENIA_PROBABILITY = 0.5  # vertebral bodies of 80-200 HU: no brighter than an enhanced kidney
+
+
 def variety_rng(seed: int) -> np.random.Generator:
     """The fifth random stream of a case seed (the first four are ``params.case_rngs``)."""
     return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(5)[4])
+
+
+def organ_variety_rng(seed: int) -> np.random.Generator:
+    """The sixth random stream of a case seed (the organ variety of ``anatomy_variety``)."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
+
+
+def sample_organ_variety(rng: np.random.Generator) -> OrganVariety:
+    """Organ size and shape factors: an atrophic pancreas in half the cases, a liver up to 30% and a
+    spleen up to 40% deeper, the spleen's long axis tilted up to 2.5 times further to the front, and
+    an abdominal cavity up to 15% narrower and 35% deeper in front of the spine."""
+    atrophic = rng.random() < ATROPHIC_PANCREAS_PROBABILITY
+    return OrganVariety(
+        pancreas_thickness=float(rng.uniform(0.5, 0.85) if atrophic else rng.uniform(0.85, 1.0)),
+        liver_depth=float(rng.uniform(0.95, 1.3)),
+        spleen_depth=float(rng.uniform(0.95, 1.4)),
+        spleen_tilt=float(rng.uniform(1.0, 2.5)),
+        cavity_width=float(rng.uniform(0.85, 1.05)),
+        cavity_depth=float(rng.uniform(1.0, 1.35)),
+    )
+
+
+def bone_density_appearance(rng: np.random.Generator, appearance: Appearance) -> Appearance:
+    """``appearance`` with osteopenic bone in ``OSTEOPENIA_PROBABILITY`` of cases: cancellous bone
+    80-200 HU, cortical bone and ribs at 70-100% of their drawn HU (thinner, not much less dense)."""
+    if rng.random() >= OSTEOPENIA_PROBABILITY:
+        return appearance
+    hu = dict(appearance.hu)
+    hu["cancellous"] = float(rng.uniform(80, 200))
+    dense = float(rng.uniform(0.7, 1.0))
+    for name in ("cortical", "rib"):
+        hu[name] = max(hu[name] * dense, hu["cancellous"] + 100.0)
+    return dataclasses.replace(appearance, hu=hu)
 
 
 def spread_appearance(rng: np.random.Generator, appearance: Appearance, spread_hu: float) -> Appearance:

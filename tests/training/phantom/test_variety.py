@@ -1,4 +1,5 @@
-"""The optional variety of the generator: a bony pelvis and wider soft-tissue intensities."""
+"""The optional variety of the generator: a bony pelvis, wider soft-tissue intensities, and organ
+size, shape and bone density beyond the textbook."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from flare_seg.training.phantom import PhantomOptions, case_seed, generate_case_with_info
-from flare_seg.training.phantom.appearance import HU_RANGES
-from flare_seg.training.phantom.variety import SPREAD_TISSUES
+from flare_seg.training.phantom.anatomy import AnatomyBuilder, OrganVariety
+from flare_seg.training.phantom.appearance import HU_RANGES, sample_appearance
+from flare_seg.training.phantom.organs import measure_ml
+from flare_seg.training.phantom.params import case_rngs
+from flare_seg.training.phantom.variety import SPREAD_TISSUES, organ_variety_rng, sample_organ_variety
 from tests.training.phantom.helpers import LABEL
 
 PELVIS_SEED = case_seed(3000, 8)  # a small abdomen-pelvis case
@@ -66,7 +70,6 @@ def test_hu_spread_moves_soft_tissues_only_and_keeps_the_masks():
 
 def test_hu_spread_reaches_beyond_the_textbook_ranges_over_many_cases():
     low, high = HU_RANGES["liver"][0][0], HU_RANGES["liver"][2][1]
-    from flare_seg.training.phantom.appearance import sample_appearance
     from flare_seg.training.phantom.variety import spread_appearance, variety_rng
 
     livers = []
@@ -101,3 +104,93 @@ def test_options_are_checked_and_recorded(tmp_path):
     options = json.loads((out / "dataset.json").read_text())["options"]
     assert options["iliac_wings"] is True and options["hu_spread_hu"] == 12.0
     assert main(["synth", str(tmp_path / "bad"), "--cases", "1", "--hu-spread-hu", "-3"]) == 2
+
+
+# ----------------------------------------------------------------------------- anatomy variety
+
+VARIETY = PhantomOptions(size="small", flip_probability=0.0, anatomy_variety=True)
+
+
+def _variety_case(seed: int):
+    """A case drawn with anatomy_variety, and the same seed without it."""
+    return _arrays(VARIETY, seed), _arrays(PLAIN, seed)
+
+
+def _seed_where(predicate) -> int:
+    """The first case seed of dataset seed 3000 whose organ variety satisfies ``predicate``."""
+    for i in range(40):
+        seed = case_seed(3000, i)
+        factors = sample_organ_variety(organ_variety_rng(seed))
+        if predicate(factors):
+            return seed
+    raise AssertionError("no seed among 40 has the wanted variety")
+
+
+def _organ_ml(seed: int, variety: OrganVariety) -> dict[str, float]:
+    """Each organ's volume (mL, on a 3 mm grid) in the anatomy of ``seed`` drawn with ``variety``."""
+    rng_anatomy, _, rng_hu, _ = case_rngs(seed)
+    anatomy = AnatomyBuilder(rng_anatomy, sample_appearance(rng_hu), variety).build()
+    return {p.name: measure_ml(p.shape, p.lo, p.hi) for p in anatomy.parts if p.code in LABEL.values()}
+
+
+def test_an_atrophic_pancreas_is_thinner_and_the_other_organs_keep_their_size():
+    plain = _organ_ml(PELVIS_SEED, OrganVariety())
+    atrophic = _organ_ml(PELVIS_SEED, OrganVariety(pancreas_thickness=0.6))
+    # the cross-section shrinks by about the factor squared (less: the length stays)
+    assert 0.15 * plain["pancreas"] < atrophic["pancreas"] < 0.6 * plain["pancreas"]
+    # the organs drawn before it (same anatomy stream) keep their volume
+    for name in ("liver", "spleen"):
+        assert atrophic[name] == pytest.approx(plain[name], rel=0.02)
+    seed = _seed_where(lambda v: v.pancreas_thickness < 0.65)
+    _, _, info = _arrays(VARIETY, seed)
+    assert info.organ_variety is not None and info.organ_variety["pancreas_thickness"] < 0.65
+    assert _arrays(PLAIN, seed)[2].organ_variety is None
+
+
+def test_osteopenic_bone_is_no_brighter_than_an_enhanced_kidney():
+    infos = [generate_case_with_info(case_seed(3000, i), VARIETY)[2] for i in range(12)]
+    cancellous = [i.hu_means["cancellous"] for i in infos]
+    low, _ = HU_RANGES["cancellous"][0]
+    assert min(cancellous) < 200 <= low  # some osteopenic cases, below the textbook range
+    assert max(cancellous) >= low  # and some normal ones
+    for i in infos:
+        assert i.hu_means["cortical"] >= i.hu_means["cancellous"] + 100  # the cortex stays denser
+
+
+def test_organ_variety_reaches_deeper_livers_and_spleens_and_is_deterministic():
+    factors = [sample_organ_variety(organ_variety_rng(case_seed(3000, i))) for i in range(60)]
+    assert max(f.liver_depth for f in factors) > 1.2 and max(f.spleen_depth for f in factors) > 1.3
+    assert min(f.pancreas_thickness for f in factors) < 0.6 and max(f.pancreas_thickness for f in factors) > 0.9
+    assert sample_organ_variety(organ_variety_rng(7)) == sample_organ_variety(organ_variety_rng(7))
+    # the variety has its own stream: the bony pelvis and HU spread draws are unchanged by it
+    both = PhantomOptions(size="small", flip_probability=0.0, hu_spread_hu=15.0, anatomy_variety=True)
+    spread = PhantomOptions(size="small", flip_probability=0.0, hu_spread_hu=15.0)
+    a, b = generate_case_with_info(PELVIS_SEED, both)[2], generate_case_with_info(PELVIS_SEED, spread)[2]
+    assert {k: v for k, v in a.hu_means.items() if k not in ("cancellous", "cortical", "rib")} == {
+        k: v for k, v in b.hu_means.items() if k not in ("cancellous", "cortical", "rib")
+    }
+
+
+def test_a_deeper_abdomen_holds_a_deeper_liver():
+    (_, mask, info), (_, plain_mask, _) = _variety_case(_seed_where(lambda v: v.cavity_depth > 1.25))
+    assert info.organ_variety is not None and info.organ_variety["cavity_depth"] > 1.25
+
+    def depth_over_width(m: np.ndarray, label: int) -> float:
+        _, y, x = np.nonzero(m == label)
+        return float(np.ptp(y) / np.ptp(x))
+
+    # (in-plane pixels are square, so the ratio is the same in mm)
+    assert depth_over_width(mask, LABEL["liver"]) > depth_over_width(plain_mask, LABEL["liver"])
+
+
+def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
+    from flare_seg.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--anatomy-variety"]) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["anatomy_variety"] is True
+    (info,) = dataset["case_info"].values()
+    assert set(info["organ_variety"]) == {
+        "pancreas_thickness", "liver_depth", "spleen_depth", "spleen_tilt", "cavity_width", "cavity_depth"
+    }
