@@ -58,6 +58,7 @@ from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.localization import LocalizationPlan, plan_localization
 from flare_seg.service.models import LoadedModels, load_models
+from flare_seg.service.postprocess import drop_stray_components
 from flare_seg.statistics import OrganStatistics, organ_statistics
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class Segmenter:
         self.models = models
         self.contract = models.contract
         self.memory_budget_bytes = int(memory_budget_mb) * 2**20
+        self.clean_up = True  # drop stray components of each organ (``service.postprocess``)
         self._warmed_up = False
 
     @classmethod
@@ -402,7 +404,7 @@ class Segmenter:
 
     def _back_to_grid(
         self,
-        scores: list[tf.Tensor],
+        scores: list[tf.Tensor | np.ndarray],
         crop: GridCrop,
         frame: _CanonicalFrame,
         original: Geometry,
@@ -499,16 +501,29 @@ class Segmenter:
         timings["crop_resample_s"] = time.perf_counter() - t
         return x
 
-    def _segmentation_forward(self, x: tf.Tensor, crop: GridCrop, timings: dict[str, float]) -> tf.Tensor:
-        """Class probabilities (d, h, w, classes) on the box grid."""
+    def _segmentation_forward(
+        self, x: tf.Tensor, crop: GridCrop, timings: dict[str, float]
+    ) -> tf.Tensor | np.ndarray:
+        """Class probabilities (d, h, w, classes) on the box grid, cleaned of stray components."""
         t = time.perf_counter()
         d, h, w = crop.out_shape_zyx
         probabilities = self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]
         _ = probabilities[0, 0, 0, 0].numpy()  # wait for the forward pass (asynchronous on a GPU)
         timings["segmentation_forward_s"] = time.perf_counter() - t
-        return probabilities
+        if not self.clean_up:
+            return probabilities
+        t = time.perf_counter()
+        scores = np.array(probabilities, np.float32)  # a writable copy on the box grid (~2 mm)
+        del probabilities
+        removed = drop_stray_components(scores, crop.out_spacing_mm_zyx)
+        if removed:
+            log.debug("stray components dropped (box voxels): %s", removed)
+        timings["clean_up_s"] = time.perf_counter() - t
+        return scores
 
-    def _scores_to_labels(self, probabilities: tf.Tensor, crop: GridCrop, labels: np.ndarray) -> None:
+    def _scores_to_labels(
+        self, probabilities: tf.Tensor | np.ndarray, crop: GridCrop, labels: np.ndarray
+    ) -> None:
         """Resample scores onto the crop of the canonical grid slab by slab; argmax into ``labels``."""
         region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
         labels_from_scores(self.models.tf_utils, probabilities, region, self._slab_budget())

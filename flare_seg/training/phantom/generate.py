@@ -98,9 +98,13 @@ def generate_case_with_info(
         size_xyz=grid.size_xyz,
         spacing_xyz=grid.spacing_xyz,
         hu_means={k: round(v, 1) for k, v in appearance.hu.items() if not k.startswith("_")},
-        organ_variety=None if variety is None else {k: round(v, 3) for k, v in dataclasses.asdict(variety).items()},
+        organ_variety=None if variety is None else _rounded(dataclasses.asdict(variety)),
     )
     return image, mask, info
+
+
+def _rounded(factors: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in factors.items()}
 
 
 def generate_case(seed: int, options: PhantomOptions = DEFAULT_OPTIONS) -> tuple[sitk.Image, sitk.Image]:

@@ -160,7 +160,9 @@ def test_osteopenic_bone_is_no_brighter_than_an_enhanced_kidney():
 def test_organ_variety_reaches_deeper_livers_and_spleens_and_is_deterministic():
     factors = [sample_organ_variety(organ_variety_rng(case_seed(3000, i))) for i in range(60)]
     assert max(f.liver_depth for f in factors) > 1.2 and max(f.spleen_depth for f in factors) > 1.3
-    assert min(f.pancreas_thickness for f in factors) < 0.6 and max(f.pancreas_thickness for f in factors) > 0.9
+    assert (
+        min(f.pancreas_thickness for f in factors) < 0.6 and max(f.pancreas_thickness for f in factors) > 0.9
+    )
     assert sample_organ_variety(organ_variety_rng(7)) == sample_organ_variety(organ_variety_rng(7))
     # the variety has its own stream: the bony pelvis and HU spread draws are unchanged by it
     both = PhantomOptions(size="small", flip_probability=0.0, hu_spread_hu=15.0, anatomy_variety=True)
@@ -187,10 +189,17 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
     from flare_seg.cli import main
 
     out = tmp_path / "ds"
-    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--anatomy-variety"]) == 0
+    assert (
+        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--anatomy-variety"]) == 0
+    )
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["options"]["anatomy_variety"] is True
     (info,) = dataset["case_info"].values()
     assert set(info["organ_variety"]) == {
-        "pancreas_thickness", "liver_depth", "spleen_depth", "spleen_tilt", "cavity_width", "cavity_depth"
+        "pancreas_thickness",
+        "liver_depth",
+        "spleen_depth",
+        "spleen_tilt",
+        "cavity_width",
+        "cavity_depth",
     }

@@ -1,0 +1,79 @@
+"""Anatomical clean-up of the segmentation's class scores on the ~2 mm box grid, before they are
+resampled onto the input's grid.
+
+A network that looks at a patch at a time can label a look-alike far from the organ: a bright
+vertebral body as kidney on an osteopenic scan, a bowel loop as pancreas. Each organ is one
+connected structure (the kidneys two, one on each side of the spine), so per organ:
+
+- liver, spleen and pancreas keep their largest connected component and any other component of at
+  least ``KEEP_FRACTION`` of it (a liver or pancreas cut in two by a thick slice or a lesion stays
+  whole);
+- the kidney label keeps its components of at least ``KEEP_FRACTION`` of the largest, less any that
+  lies midway between two others, one left and one right of it: nothing of the kidneys lies
+  between them unless it joins them (a horseshoe kidney is one component, and is kept).
+
+A removed component's voxels lose that organ's score, so they take their next most likely class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from flare_seg.labels import ORGANS
+
+KEEP_FRACTION = 0.1  # components smaller than this fraction of the organ's largest are dropped
+BETWEEN_KIDNEYS_MM = 20.0  # a kidney component this far from both neighbours, left and right,
+MIDWAY_FRACTION = 0.1  # and this close to their midpoint (a fraction of their distance), is dropped
+_KIDNEY = next(k for k, name in ORGANS.items() if name == "kidney")
+_CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+def drop_stray_components(scores: np.ndarray, spacing_mm_zyx: tuple[float, float, float]) -> dict[str, int]:
+    """Clean ``scores`` (d, h, w, classes) in place, see the module docstring; the canonical grid
+    has x increasing to the patient's left. Returns the voxels removed per organ (box grid)."""
+    labels = np.argmax(scores, axis=-1).astype(np.uint8)
+    removed: dict[str, int] = {}
+    for k, name in ORGANS.items():
+        drop = _stray(labels == k, k == _KIDNEY, float(spacing_mm_zyx[2]))
+        if drop is not None:
+            scores[..., k][drop] = 0.0
+            removed[name] = int(np.count_nonzero(drop))
+    return removed
+
+
+def _stray(mask: np.ndarray, kidney: bool, spacing_x_mm: float) -> np.ndarray | None:
+    """The voxels of ``mask`` to drop, or None when every component stays."""
+    components, count = ndimage.label(mask, structure=_CONNECTIVITY)
+    if count <= 1:
+        return None
+    ids = np.arange(1, count + 1)
+    sizes = np.asarray(ndimage.sum_labels(mask, components, ids), float)
+    keep = sizes >= KEEP_FRACTION * sizes.max()
+    if kidney:
+        keep &= ~_between_kidneys(components, ids, keep, spacing_x_mm)
+    if keep.all():
+        return None
+    return np.isin(components, ids[~keep])
+
+
+def _between_kidneys(
+    components: np.ndarray, ids: np.ndarray, kept: np.ndarray, spacing_x_mm: float
+) -> np.ndarray:
+    """Which kept components lie midway between two other kept ones, one on each side: more than
+    ``BETWEEN_KIDNEYS_MM`` from both along x and within ``MIDWAY_FRACTION`` of their span from
+    their midpoint (a vertebral body between the two kidneys, not a kidney beside a stray blob)."""
+    x = (
+        np.array([c[2] for c in ndimage.center_of_mass(np.ones(components.shape), components, ids)])
+        * spacing_x_mm
+    )
+    between = np.zeros(len(ids), bool)
+    kept_x = x[kept]
+    for i in np.nonzero(kept)[0]:
+        right = kept_x[kept_x < x[i] - BETWEEN_KIDNEYS_MM]
+        left = kept_x[kept_x > x[i] + BETWEEN_KIDNEYS_MM]
+        for a in right:
+            for b in left:
+                if abs(x[i] - (a + b) / 2.0) <= MIDWAY_FRACTION * (b - a):
+                    between[i] = True
+    return between

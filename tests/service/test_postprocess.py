@@ -1,0 +1,85 @@
+"""The anatomical clean-up of the class scores: stray components of an organ are dropped, the organ
+itself never."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flare_seg.labels import LABELS
+from flare_seg.service.postprocess import drop_stray_components
+
+LABEL = {name: value for value, name in LABELS.items()}
+SPACING = (2.0, 2.0, 2.0)
+SHAPE = (40, 60, 120)  # (z, y, x) at 2 mm: 240 mm left to right
+
+
+def _scores(*blobs: tuple[str, tuple[slice, slice, slice]]) -> np.ndarray:
+    """Class scores (d, h, w, classes): background 0.5 everywhere, each blob's organ 0.9 in it, and
+    the blob's second choice (background, then the other classes) well below."""
+    scores = np.zeros((*SHAPE, len(LABELS)), np.float32)
+    scores[..., 0] = 0.5
+    for name, box in blobs:
+        scores[(*box, LABEL[name])] = 0.9
+    return scores
+
+
+def _labels(scores: np.ndarray) -> np.ndarray:
+    return np.argmax(scores, axis=-1)
+
+
+def _box(
+    x0: int, x1: int, y0: int = 20, y1: int = 40, z0: int = 10, z1: int = 30
+) -> tuple[slice, slice, slice]:
+    return (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+
+
+def test_a_small_stray_blob_of_an_organ_is_dropped_and_the_organ_kept():
+    liver, stray = _box(10, 50), _box(100, 104, 5, 9, 2, 6)
+    scores = _scores(("liver", liver), ("liver", stray))
+    removed = drop_stray_components(scores, SPACING)
+    labels = _labels(scores)
+    assert removed == {"liver": 64}
+    assert (labels[liver] == LABEL["liver"]).all()
+    assert (labels[stray] == 0).all()
+
+
+def test_a_large_second_piece_of_an_organ_stays():
+    a, b = _box(10, 40), _box(50, 70)  # the second piece is 2/3 of the first: not a stray blob
+    scores = _scores(("pancreas", a), ("pancreas", b))
+    assert drop_stray_components(scores, SPACING) == {}
+    assert (_labels(scores)[b] == LABEL["pancreas"]).all()
+
+
+def test_a_blob_midway_between_the_kidneys_is_dropped():
+    right, left, middle = _box(5, 25), _box(95, 115), _box(52, 68, 30, 50)  # a vertebral body
+    scores = _scores(("kidney", right), ("kidney", left), ("kidney", middle))
+    removed = drop_stray_components(scores, SPACING)
+    labels = _labels(scores)
+    assert set(removed) == {"kidney"}
+    assert (labels[middle] == 0).all()
+    assert (labels[right] == LABEL["kidney"]).all() and (labels[left] == LABEL["kidney"]).all()
+
+
+def test_a_kidney_beside_a_blob_off_to_one_side_is_not_between_anything():
+    # right kidney, left kidney and a blob 64 mm further left: the left kidney is not midway
+    right, left, outer = _box(5, 25), _box(60, 80), _box(96, 108)
+    scores = _scores(("kidney", right), ("kidney", left), ("kidney", outer))
+    drop_stray_components(scores, SPACING)
+    labels = _labels(scores)
+    assert (labels[left] == LABEL["kidney"]).all() and (labels[right] == LABEL["kidney"]).all()
+
+
+def test_a_horseshoe_kidney_is_one_component_and_stays():
+    right, left, isthmus = _box(5, 25), _box(95, 115), _box(25, 95, 34, 40, 10, 14)
+    scores = _scores(("kidney", right), ("kidney", left), ("kidney", isthmus))
+    assert drop_stray_components(scores, SPACING) == {}
+    assert (_labels(scores)[isthmus] == LABEL["kidney"]).all()
+
+
+def test_a_dropped_component_takes_its_next_most_likely_class():
+    spleen, stray = _box(80, 110), _box(10, 14, 5, 9, 2, 6)
+    scores = _scores(("spleen", spleen), ("spleen", stray))
+    scores[(*stray, LABEL["liver"])] = 0.7  # liver is the second choice there (above background)
+    drop_stray_components(scores, SPACING)
+    assert (_labels(scores)[stray] == LABEL["liver"]).all()
+    assert (_labels(scores)[spleen] == LABEL["spleen"]).all()
