@@ -3,8 +3,8 @@ tissue intensities (per-tissue offsets, fatty liver, fatty pancreas, low unenhan
 organ size, shape and bone density beyond the textbook (atrophic pancreas, deeper liver, a spleen
 tilted towards the front, a rounder abdomen, osteopenic bone), so that models trained on phantoms
 see what real scans show. The pelvis and intensities are drawn from a fifth random stream of the
-case seed, the organ variety from a sixth, so that a seed's anatomy, grid and noise are the same with the options on
-and off, and each option leaves the others' draws unchanged."""
+case seed, the organ variety from a sixth, so that a seed's anatomy, grid and noise are the same
+with the options on and off, and each option leaves the others' draws unchanged."""
 
 from __future__ import annotations
 
