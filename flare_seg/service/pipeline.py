@@ -189,7 +189,12 @@ class Segmenter:
         self._warmed_up = True
         arr = np.full((16, 32, 32), -1000, np.int16)
         arr[2:14, 6:26, 4:28] = 40
-        self.segment_array(arr, (8.0, 4.0, 4.0))
+        level = log.level
+        log.setLevel(logging.ERROR)  # the dummy volume's localization warnings are nobody's concern
+        try:
+            self.segment_array(arr, (8.0, 4.0, 4.0))
+        finally:
+            log.setLevel(level)
 
     def segment_file(
         self, path: Path | str, max_voxels: int = 1_500_000_000, organs: Collection[int] | None = None

@@ -287,3 +287,28 @@ def test_parse_organs():
         parse_organs("livr")
     with pytest.raises(ValueError, match="no organ"):
         parse_organs(" , ")
+
+
+def test_the_warm_up_volume_logs_no_warnings(tiny_models, caplog, monkeypatch):
+    """The dummy warm-up volume's localization warnings would read as if they were the first case's."""
+    import logging
+
+    from flare_seg.service.pipeline import Segmenter
+
+    segmenter = Segmenter.load(tiny_models)
+    localize = segmenter._localize
+
+    def localize_with_a_warning(vol, spacing, timings, warnings, prepared=None):
+        warnings.append("the liver's localization was ignored")  # what random networks say of it
+        return localize(vol, spacing, timings, warnings, prepared)
+
+    monkeypatch.setattr(segmenter, "_localize", localize_with_a_warning)
+    arr = np.full((16, 32, 32), -1000, np.int16)
+    arr[2:14, 6:26, 4:28] = 40
+    with caplog.at_level(logging.INFO):
+        segmenter.segment_array(arr, (8.0, 4.0, 4.0))
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING]  # the same volume warns
+        caplog.clear()
+        segmenter.warm_up()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logging.getLogger("flare_seg.service.pipeline").level == logging.NOTSET
