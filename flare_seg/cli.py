@@ -51,6 +51,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             iliac_wings=args.iliac_wings,
             hu_spread_hu=args.hu_spread_hu,
             anatomy_variety=args.anatomy_variety,
+            lesions=args.lesions,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -383,6 +384,11 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="organ size, shape and bone density beyond the textbook (atrophic pancreas, deeper liver "
         "and spleen, osteopenic bone)",
+    )
+    p.add_argument(
+        "--lesions",
+        action="store_true",
+        help="kidney cysts and liver lesions (cysts, tumours, large masses), labelled as their organ",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

@@ -24,6 +24,7 @@ from flare_seg.training.phantom.appearance import Appearance, Waves
 from flare_seg.training.phantom.body import THETA, Body, sample_body
 from flare_seg.training.phantom.canvas import Part
 from flare_seg.training.phantom.coarse import ShapeFn
+from flare_seg.training.phantom.lesions import NO_LESIONS, LesionPlan
 from flare_seg.training.phantom.organs import Exclusion
 from flare_seg.training.phantom.params import uniform
 
@@ -94,10 +95,15 @@ class AnatomyBuilder:
     pylorus: np.ndarray
 
     def __init__(
-        self, rng: np.random.Generator, appearance: Appearance, variety: OrganVariety | None = None
+        self,
+        rng: np.random.Generator,
+        appearance: Appearance,
+        variety: OrganVariety | None = None,
+        lesions: LesionPlan = NO_LESIONS,
     ) -> None:
         self.rng, self.hu = rng, appearance.hu
         self.variety = variety or OrganVariety()
+        self.lesions = lesions
         self.phase, self.oral_contrast = appearance.phase, appearance.oral_contrast
         self.force: list[Part] = []
         self.organs: list[Part] = []

@@ -26,6 +26,7 @@ from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
 from flare_seg.training.phantom.appearance import add_noise, sample_appearance
 from flare_seg.training.phantom.body import paint_body
 from flare_seg.training.phantom.canvas import Canvas
+from flare_seg.training.phantom.lesions import NO_LESIONS, lesion_rng, sample_lesions
 from flare_seg.training.phantom.params import (
     DEFAULT_OPTIONS,
     FREE,
@@ -61,7 +62,8 @@ def generate_case_with_info(
         rng_organs = organ_variety_rng(seed)
         variety = sample_organ_variety(rng_organs)
         appearance = bone_density_appearance(rng_organs, appearance)
-    builder = AnatomyBuilder(rng_anatomy, appearance, variety)
+    plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
+    builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan)
     anatomy = builder.build()
     if options.iliac_wings:
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
@@ -99,6 +101,7 @@ def generate_case_with_info(
         spacing_xyz=grid.spacing_xyz,
         hu_means={k: round(v, 1) for k, v in appearance.hu.items() if not k.startswith("_")},
         organ_variety=None if variety is None else _rounded(dataclasses.asdict(variety)),
+        lesions=plan.summary() if options.lesions else None,
     )
     return image, mask, info
 

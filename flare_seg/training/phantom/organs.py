@@ -20,6 +20,7 @@ from flare_seg.training.phantom.appearance import Waves
 from flare_seg.training.phantom.body import THETA
 from flare_seg.training.phantom.canvas import HuFn, PaintContext, Part, const, constant_part
 from flare_seg.training.phantom.coarse import Coarse, ShapeFn
+from flare_seg.training.phantom.lesions import Lesion, each_lesion_sdf, lesion_hu, lesion_sdf
 from flare_seg.training.phantom.params import KIDNEY, LIVER, PANCREAS, SPLEEN
 from flare_seg.training.phantom.shapes import (
     Frame,
@@ -146,8 +147,9 @@ def _add_kidney(b: AnatomyBuilder, side: int, z_k: float) -> float:
     halo = b.u(3, 9)  # perirenal fat
     reach = float(semi.max()) * 1.15 + warp.max_mm + 2.0
     target = 145.0 * b.u(0.85, 1.15) ** 3
+    cysts = b.lesions.kidney(side)
     organ, k = calibrated(
-        _kidney_template(frame, semi, bend, warp),
+        _kidney_template(frame, semi, bend, warp, cysts),
         lambda k: around(center, reach * k),
         target,
         [b.cavity_clip(halo)],
@@ -155,7 +157,10 @@ def _add_kidney(b: AnatomyBuilder, side: int, z_k: float) -> float:
     )
     cortex_mm = b.u(5, 8)
     texture = b.texture(b.u(2, 5))
-    add_organ(b, name, KIDNEY, organ, *around(center, reach * k), _kidney_hu(b.hu, cortex_mm, texture), halo)
+    paint = _kidney_hu(
+        b.hu, cortex_mm, texture, _lesion_paint(b.hu["kidney_cortex"], cysts, frame, warp, semi, k)
+    )
+    add_organ(b, name, KIDNEY, organ, *around(center, reach * k), paint, halo)
     if side > 0:
         b.left_kidney = (center, semi * k, halo)
     _add_renal_pelvis_and_vein(b, name, side, Frame(center, axes), semi * k)
@@ -173,29 +178,57 @@ def _kidney_frame(b: AnatomyBuilder, side: int, z_k: float) -> Frame:
     return Frame(center, orthonormal(hilum_dir, long_axis))
 
 
-def _kidney_template(frame: Frame, semi: np.ndarray, bend: float, warp: Warp) -> Callable[[float], ShapeFn]:
+def _kidney_template(
+    frame: Frame, semi: np.ndarray, bend: float, warp: Warp, cysts: tuple[Lesion, ...] = ()
+) -> Callable[[float], ShapeFn]:
     """Shape at scale k: a warped bean (poles bent medially with radius `bend` mm) with a notch at
-    the hilum."""
+    the hilum, joined by its cysts (which may bulge out of it)."""
 
     def template(k: float) -> ShapeFn:
+        cyst_fn = lesion_sdf(cysts, frame, warp, semi, k)
+
         def fn(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
             u, v, w = warp.warped(frame, k, x, y, z)
             bean = ellipsoid(u - w * w / (2 * bend), v, w, *semi)  # poles bend medially
             notch = ellipsoid(u - semi[0] * 0.95, v, w, semi[0] * 0.55, semi[1] * 0.6, semi[2] * 0.35)
-            return k * smax(bean, -notch, 4.0)
+            kidney = k * smax(bean, -notch, 4.0)
+            return kidney if cyst_fn is None else np.minimum(kidney, cyst_fn(x, y, z))
 
         return fn
 
     return template
 
 
-def _kidney_hu(hu: dict[str, float], cortex_mm: float, texture: Waves) -> HuFn:
-    """Cortex within `cortex_mm` of the surface, medulla deeper, plus texture."""
+LesionPaint = Callable[[PaintContext, np.ndarray], None]
+
+
+def _lesion_paint(
+    organ_hu: float, lesions: tuple[Lesion, ...], frame: Frame, warp: Warp, semi: np.ndarray, k: float
+) -> LesionPaint | None:
+    """Writes each lesion's HU (``lesions.lesion_hu``) into an organ's painted HU; None without lesions."""
+    if not lesions:
+        return None
+    fns = each_lesion_sdf(lesions, frame, warp, semi, k)
+
+    def paint(ctx: PaintContext, out: np.ndarray) -> None:
+        for lesion, fn in zip(lesions, fns, strict=True):
+            np.copyto(out, np.float32(lesion_hu(lesion, organ_hu)), where=ctx.field(fn) < 0)
+
+    return paint
+
+
+def _kidney_hu(
+    hu: dict[str, float], cortex_mm: float, texture: Waves, lesions: LesionPaint | None = None
+) -> HuFn:
+    """Cortex within `cortex_mm` of the surface, medulla deeper, plus texture; then the cysts."""
 
     def kidney_hu(ctx: PaintContext) -> np.ndarray:
         medulla = ctx.sdf < -cortex_mm
         out = np.where(medulla, np.float32(hu["kidney_medulla"]), np.float32(hu["kidney_cortex"]))
-        return out + ctx.field(texture)
+        out = out + ctx.field(texture)
+        if lesions is not None:
+            lesions(ctx, out)
+        return out
 
     return kidney_hu
 
@@ -332,7 +365,8 @@ def add_liver(b: AnatomyBuilder) -> None:
     hepatic_tree = _hepatic_veins(b, k)
     texture = b.texture(b.u(2, 5), (50, 150))
     trees = ((portal_tree, "portal_vein"), (hepatic_tree, "vein"))
-    add_organ(b, "liver", LIVER, organ, *shape.bbox(k), _liver_hu(b.hu, texture, trees), halo)
+    lesions = _lesion_paint(b.hu["liver"], shape.lesions, shape.frame, shape.warp, shape.right, k)
+    add_organ(b, "liver", LIVER, organ, *shape.bbox(k), _liver_hu(b.hu, texture, trees, lesions), halo)
 
 
 @dataclass(frozen=True)
@@ -351,11 +385,13 @@ class _LiverShape:
     warp: Warp
     limit_lo: tuple[float, float, float]
     limit_hi: tuple[float, float, float]
+    lesions: tuple[Lesion, ...] = ()  # placed in the right lobe's semi-axes; masses may bulge out
 
     def template(self, k: float) -> ShapeFn:
         """The shape at scale k."""
         frame, right, left_off, left, taper = self.frame, self.right, self.left_off, self.left, self.taper
         plane_n, plane_d, warp = self.plane_n, self.plane_d, self.warp
+        lesion_fn = lesion_sdf(self.lesions, frame, warp, right, k)
 
         def fn(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
             u, v, w = warp.warped(frame, k, x, y, z)
@@ -363,7 +399,8 @@ class _LiverShape:
             s = 1.0 - taper * np.clip((u - left_off[0]) / left[0], 0.0, 1.0)  # thinner to the left
             left_lobe = ellipsoid(u - left_off[0], (v - left_off[1]) / s, (w - left_off[2]) / s, *left) * s
             plane = plane_n[0] * u + plane_n[1] * v + plane_n[2] * w - plane_d
-            return k * np.maximum(smin(right_lobe, left_lobe, 20.0), plane)
+            liver = k * np.maximum(smin(right_lobe, left_lobe, 20.0), plane)
+            return liver if lesion_fn is None else np.minimum(liver, lesion_fn(x, y, z))
 
         return fn
 
@@ -392,7 +429,9 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     warp = Warp.random(rng, 4, (120, 250), b.u(0.4, 0.9)) + Warp.random(rng, 3, (40, 80), b.u(0.1, 0.25))
     limit_lo = (-b.cav_a * 1.2, -b.cav_ant * 1.2, -400.0)
     limit_hi = (b.cav_a * 1.2, 200.0, 20.0)
-    return _LiverShape(frame, right, left_off, left, taper, plane_n, plane_d, warp, limit_lo, limit_hi)
+    return _LiverShape(
+        frame, right, left_off, left, taper, plane_n, plane_d, warp, limit_lo, limit_hi, b.lesions.liver
+    )
 
 
 def _portal_branches(b: AnatomyBuilder, hilum: np.ndarray, k: float) -> Tube:
@@ -423,13 +462,21 @@ def _hepatic_veins(b: AnatomyBuilder, k: float) -> Tube:
     return Tube(veins, vein_r)
 
 
-def _liver_hu(hu: dict[str, float], texture: Waves, trees: Sequence[tuple[Tube, str]]) -> HuFn:
-    """Liver HU plus texture, with the vessel trees painted inside in their tissues' HU."""
+def _liver_hu(
+    hu: dict[str, float],
+    texture: Waves,
+    trees: Sequence[tuple[Tube, str]],
+    lesions: LesionPaint | None = None,
+) -> HuFn:
+    """Liver HU plus texture, with the vessel trees painted inside in their tissues' HU, then the
+    lesions (which displace the vessels)."""
 
     def liver_hu(ctx: PaintContext) -> np.ndarray:
         out = hu["liver"] + ctx.field(texture)
         for tree, tissue in trees:
             np.copyto(out, np.float32(hu[tissue]), where=ctx.field(tree, tree.lo, tree.hi) < 0)
+        if lesions is not None:
+            lesions(ctx, out)
         return out
 
     return liver_hu

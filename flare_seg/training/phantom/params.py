@@ -41,6 +41,8 @@ class PhantomOptions:
     anatomy_variety: organ size, shape and bone density beyond the textbook (an atrophic pancreas,
         a deeper liver and spleen, a spleen tilted along the ribs, osteopenic bone;
         ``phantom.variety``).
+    lesions: kidney cysts and liver lesions (cysts, hypodense tumours, large masses), labelled as
+        their organ (``phantom.lesions``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -49,6 +51,7 @@ class PhantomOptions:
     iliac_wings: bool = False
     hu_spread_hu: float = 0.0
     anatomy_variety: bool = False
+    lesions: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -70,6 +73,7 @@ class PhantomInfo:
 
     hu_means: the case's mean HU per tissue before texture, blur and noise.
     organ_variety: the organ size and shape factors (``OrganVariety``) with anatomy_variety, else None.
+    lesions: lesion counts per organ with the lesions option, else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -88,6 +92,7 @@ class PhantomInfo:
     spacing_xyz: tuple[float, float, float]
     hu_means: dict[str, float]
     organ_variety: dict[str, float] | None = None
+    lesions: dict[str, int] | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

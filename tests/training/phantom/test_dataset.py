@@ -55,6 +55,8 @@ def test_write_dataset_writes_the_flare_layout(
         "oblique_probability": 0.0,
         "iliac_wings": False,
         "hu_spread_hu": 0.0,
+        "anatomy_variety": False,
+        "lesions": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
