@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces flare_seg/saved_models/ (the models shipped in the package) in two stages, both on synthetic phantoms only (no real CT is used):
+# Reproduces flare_seg/saved_models/ (the models shipped in the package) in two stages, both on
+# synthetic phantoms only (no real CT is used):
 #
 # 1. base models: phantoms -> localization -> segmentation -> export to ${BASE}. The base weights
 #    (model version 20261123-172730) came from this stage run in steps on a 2-core CPU (the
@@ -8,15 +9,18 @@
 #    phantom set, to step 6600, then resumed to steps 10000, 13000 and 18000, and to 20500 with
 #    the pancreas weighted 3:1 as a patch centre); run straight through, it gives models of the
 #    same kind. Set BASE to a copy of those models to skip it.
-# 2. real-CT fine-tuning: both networks start from the base weights and train on with appearance
-#    randomization (configs/*_finetune.yaml) on the first phantom set plus a set with the bony
-#    pelvis and wider soft-tissue intensities (synth --iliac-wings --hu-spread-hu 15); export to
-#    saved_models; evaluation on phantoms of an unseen seed and on the real development CT (if
-#    REAL_CT holds it; measured only); export again with both in the manifest. Runs only with
-#    FINETUNE=1: the shipped models are the base models (stage 1), because the fine-tuned candidate
-#    (checkpoints/realct_finetune/: the localization net 1000 steps on the first phantom set alone,
-#    then resumed on both sets to step 1600; the segmentation net 1200 steps) fell 0.001 short of
-#    the phantom record for the spleen. Without FINETUNE=1 the base runs are exported and evaluated.
+# 2. real-CT fine-tuning, in two steps, both on phantoms only:
+#    a. both networks start from the base weights and train on with appearance randomization
+#       (configs/*_finetune.yaml) on the first phantom set plus a set with the bony pelvis and wider
+#       soft-tissue intensities (synth --iliac-wings --hu-spread-hu 15);
+#    b. both go on from step a (configs/*_variety.yaml) with two more sets: organ size, shape and
+#       bone density beyond the textbook (--anatomy-variety), and the same with kidney cysts and
+#       liver lesions (--lesions).
+#    The shipped weights came from this stage run as written (step a's weights are in
+#    checkpoints/realct_finetune/). FINETUNE=0 skips it and exports the base models instead.
+# Then both are evaluated on phantoms of an unseen seed and on the real development CT (if REAL_CT
+# holds it; measured only, never trained on or used to choose a model), and exported again with
+# both figures in the manifest.
 #
 # With real FLARE21 data, point DATA (and FT_DATA) at it and skip the synth steps.
 set -euo pipefail
@@ -59,21 +63,33 @@ if [ ! -d "${BASE}/localization" ]; then
   flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" --out "${BASE}" --force
 fi
 
-# --- stage 2: real-CT fine-tuning (FINETUNE=1)
+# --- stage 2: real-CT fine-tuning (skipped with FINETUNE=0)
+VARIETY_DATA="${VARIETY_DATA:-${WORK}/train_variety}"
 LOC_RUN="${WORK}/runs/localization"
 SEG_RUN="${WORK}/runs/segmentation"
-if [ "${FINETUNE:-0}" = 1 ]; then
-if [ ! -d "${FT_DATA}/TrainingImg" ]; then
-  [ -d "${WORK}/phantoms_1000/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1000" --cases 40 --seed 1000 --workers 2
-  flare-seg synth "${WORK}/phantoms_1100" --cases 40 --seed 1100 --iliac-wings --hu-spread-hu 15 --workers 2
-  link_sets "${FT_DATA}" phantoms_1000 phantoms_1100
-fi
-flare-seg train-localization "${FT_DATA}" --run-dir "${WORK}/runs/localization_finetune" \
-  --config configs/localization_finetune.yaml --init-from "${BASE}/localization" --cache-dir "${WORK}/cache"
-flare-seg train-segmentation "${FT_DATA}" --run-dir "${WORK}/runs/segmentation_finetune" \
-  --config configs/segmentation_finetune.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
-LOC_RUN="${WORK}/runs/localization_finetune"
-SEG_RUN="${WORK}/runs/segmentation_finetune"
+if [ "${FINETUNE:-1}" = 1 ]; then
+  if [ ! -d "${FT_DATA}/TrainingImg" ]; then
+    [ -d "${WORK}/phantoms_1000/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1000" --cases 40 --seed 1000 --workers 2
+    flare-seg synth "${WORK}/phantoms_1100" --cases 40 --seed 1100 --iliac-wings --hu-spread-hu 15 --workers 2
+    link_sets "${FT_DATA}" phantoms_1000 phantoms_1100
+  fi
+  if [ ! -d "${VARIETY_DATA}/TrainingImg" ]; then
+    flare-seg synth "${WORK}/phantoms_1200" --cases 48 --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety --workers 2
+    flare-seg synth "${WORK}/phantoms_1300" --cases 48 --seed 1300 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --workers 2
+    link_sets "${VARIETY_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300
+  fi
+  # step a (its run folders may be copies of checkpoints/realct_finetune/, which then resume as done)
+  flare-seg train-localization "${FT_DATA}" --run-dir "${WORK}/runs/localization_finetune" \
+    --config configs/localization_finetune.yaml --init-from "${BASE}/localization" --cache-dir "${WORK}/cache"
+  flare-seg train-segmentation "${FT_DATA}" --run-dir "${WORK}/runs/segmentation_finetune" \
+    --config configs/segmentation_finetune.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
+  # step b
+  flare-seg train-localization "${VARIETY_DATA}" --run-dir "${WORK}/runs/localization_variety" \
+    --config configs/localization_variety.yaml --init-from "${WORK}/runs/localization_finetune" --cache-dir "${WORK}/cache"
+  flare-seg train-segmentation "${VARIETY_DATA}" --run-dir "${WORK}/runs/segmentation_variety" \
+    --config configs/segmentation_variety.yaml --init-from "${WORK}/runs/segmentation_finetune" --cache-dir "${WORK}/cache"
+  LOC_RUN="${WORK}/runs/localization_variety"
+  SEG_RUN="${WORK}/runs/segmentation_variety"
 fi
 flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" --out flare_seg/saved_models --force
 
@@ -98,4 +114,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, then also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety and --seed 1300 with --lesions added, 48 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
