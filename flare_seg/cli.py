@@ -52,6 +52,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             hu_spread_hu=args.hu_spread_hu,
             anatomy_variety=args.anatomy_variety,
             lesions=args.lesions,
+            arms=args.arms,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -390,6 +391,7 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="kidney cysts and liver lesions (cysts, tumours, large masses), labelled as their organ",
     )
+    p.add_argument("--arms", action="store_true", help="the arms down beside the trunk in 40%% of cases")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 

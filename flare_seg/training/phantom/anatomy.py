@@ -36,6 +36,11 @@ class Anatomy:
     body: Body
     parts: list[Part]
     kidney_bottom_z: float  # lowest kidney pole, mm (anatomy z), for fields of view that cut it
+    reach_mm: float | None = None  # in-plane reach the field of view covers (None: the skin's)
+
+    def in_plane_reach_mm(self) -> float:
+        """Distance (mm) from the anatomy z axis that the field of view must cover."""
+        return self.body.skin_radius_max() if self.reach_mm is None else self.reach_mm
 
 
 @dataclass(frozen=True)

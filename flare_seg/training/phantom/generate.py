@@ -24,6 +24,7 @@ from flare_seg.training.phantom.acquisition import (
 )
 from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
 from flare_seg.training.phantom.appearance import add_noise, sample_appearance
+from flare_seg.training.phantom.arms import add_arms, arms_rng
 from flare_seg.training.phantom.body import paint_body
 from flare_seg.training.phantom.canvas import Canvas
 from flare_seg.training.phantom.lesions import NO_LESIONS, lesion_rng, sample_lesions
@@ -67,8 +68,10 @@ def generate_case_with_info(
     anatomy = builder.build()
     if options.iliac_wings:
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
+    if options.arms:
+        anatomy = add_arms(arms_rng(seed), builder, anatomy)
     grid, fov, flips, oblique = sample_grid(
-        rng_grid, options, anatomy.body.skin_radius_max(), anatomy.kidney_bottom_z
+        rng_grid, options, anatomy.in_plane_reach_mm(), anatomy.kidney_bottom_z
     )
     sampled = time.perf_counter()
     canvas = _paint(grid, anatomy, appearance.hu, options)
@@ -102,6 +105,7 @@ def generate_case_with_info(
         hu_means={k: round(v, 1) for k, v in appearance.hu.items() if not k.startswith("_")},
         organ_variety=None if variety is None else _rounded(dataclasses.asdict(variety)),
         lesions=plan.summary() if options.lesions else None,
+        arms_down=any(p.name.startswith("arm_") for p in anatomy.parts) if options.arms else None,
     )
     return image, mask, info
 

@@ -43,6 +43,7 @@ class PhantomOptions:
         ``phantom.variety``).
     lesions: kidney cysts and liver lesions (cysts, hypodense tumours, large masses), labelled as
         their organ (``phantom.lesions``).
+    arms: the arms down beside the trunk in some cases (``phantom.arms``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -52,6 +53,7 @@ class PhantomOptions:
     hu_spread_hu: float = 0.0
     anatomy_variety: bool = False
     lesions: bool = False
+    arms: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -74,6 +76,7 @@ class PhantomInfo:
     hu_means: the case's mean HU per tissue before texture, blur and noise.
     organ_variety: the organ size and shape factors (``OrganVariety``) with anatomy_variety, else None.
     lesions: lesion counts per organ with the lesions option, else None.
+    arms_down: whether the arms lie beside the trunk, with the arms option, else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -93,6 +96,7 @@ class PhantomInfo:
     hu_means: dict[str, float]
     organ_variety: dict[str, float] | None = None
     lesions: dict[str, int] | None = None
+    arms_down: bool | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
