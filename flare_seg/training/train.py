@@ -8,8 +8,10 @@ more than one GPU is visible; mixed precision when a GPU is present (config ``mi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -302,10 +304,14 @@ def train(
     seed = config.seed + int(state.step_var.numpy())
     samples, loss_fn, signature = _task_samples(train_cases, config, contract, seed)
     global_batch = config.batch_per_device * state.strategy.num_replicas_in_sync
-    dataset = tf.data.Dataset.from_generator(lambda: samples, output_signature=signature)
+    stopping = threading.Event()
+    dataset = tf.data.Dataset.from_generator(lambda: _until(stopping, samples), output_signature=signature)
     dataset = dataset.padded_batch(global_batch).prefetch(2)
     batches = iter(state.strategy.experimental_distribute_dataset(dataset))
-    _run_steps(state, _distributed_step(state, loss_fn), batches, config)
+    try:
+        _run_steps(state, _distributed_step(state, loss_fn), batches, config)
+    finally:
+        _close_stream(stopping, batches)
 
     validate = validate_localization if config.task == "localization" else validate_segmentation
     metrics = validate(state.model, val_cases, contract) if val_cases else {}
@@ -314,6 +320,25 @@ def train(
     log.info("%s validation: %s", config.task, json.dumps(metrics.get("dice", {})))
     keras.mixed_precision.set_global_policy("float32")
     return RunResult(run_dir, int(state.step_var.numpy()), metrics)
+
+
+def _until(stopping: threading.Event, samples: Iterator[Any]) -> Iterator[Any]:
+    """``samples`` until ``stopping`` is set."""
+    for sample in samples:
+        if stopping.is_set():
+            return
+        yield sample
+
+
+def _close_stream(stopping: threading.Event, batches: Iterator[Any]) -> None:
+    """End the sample stream and read it to its end, so that no producer thread is inside the
+    Python generator when the iterator is freed: TensorFlow's iterator destructor waits for its
+    producer threads while holding the interpreter lock, which a producer inside the generator needs,
+    and the process would hang (seen after SIGTERM during a segmentation run)."""
+    stopping.set()
+    with contextlib.suppress(StopIteration, tf.errors.OutOfRangeError):
+        for _ in batches:
+            pass
 
 
 def _record_config(run_dir: Path, config: TrainConfig) -> None:
