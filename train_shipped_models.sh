@@ -13,9 +13,9 @@
 #    a. both networks start from the base weights and train on with appearance randomization
 #       (configs/*_finetune.yaml) on the first phantom set plus a set with the bony pelvis and wider
 #       soft-tissue intensities (synth --iliac-wings --hu-spread-hu 15);
-#    b. both go on from step a (configs/*_variety.yaml) with two more sets: organ size, shape and
-#       bone density beyond the textbook (--anatomy-variety), and the same with kidney cysts and
-#       liver lesions (--lesions).
+#    b. both go on from step a (configs/*_variety.yaml) with three more sets: organ size, shape and
+#       bone density beyond the textbook (--anatomy-variety), the same with kidney cysts and liver
+#       lesions (--lesions), and with the arms down beside the trunk as well (--arms).
 #    The shipped weights came from this stage run as written (step a's weights are in
 #    checkpoints/realct_finetune/). FINETUNE=0 skips it and exports the base models instead.
 # Then both are evaluated on phantoms of an unseen seed and on the real development CT (if REAL_CT
@@ -76,7 +76,8 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   if [ ! -d "${VARIETY_DATA}/TrainingImg" ]; then
     flare-seg synth "${WORK}/phantoms_1200" --cases 48 --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety --workers 2
     flare-seg synth "${WORK}/phantoms_1300" --cases 48 --seed 1300 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --workers 2
-    link_sets "${VARIETY_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300
+    flare-seg synth "${WORK}/phantoms_1400" --cases 48 --seed 1400 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --workers 2
+    link_sets "${VARIETY_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300 phantoms_1400
   fi
   # step a (its run folders may be copies of checkpoints/realct_finetune/, which then resume as done)
   flare-seg train-localization "${FT_DATA}" --run-dir "${WORK}/runs/localization_finetune" \
@@ -114,4 +115,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, then also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety and --seed 1300 with --lesions added, 48 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, then also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, 48 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
