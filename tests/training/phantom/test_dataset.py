@@ -57,6 +57,7 @@ def test_write_dataset_writes_the_flare_layout(
         "hu_spread_hu": 0.0,
         "anatomy_variety": False,
         "lesions": False,
+        "arms": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
