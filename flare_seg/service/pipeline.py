@@ -354,8 +354,10 @@ class Segmenter:
         if holder is not None:  # the input is not needed any more: free it before the forward pass
             holder.clear()
             del vol, canonical, array_zyx
-        scores = [self._segmentation_forward(x, crop, timings)]
+        scores: list[tf.Tensor | np.ndarray] = [self._segmentation_forward(x, crop, timings)]
         del x
+        if self.clean_up:
+            scores = [self._clean_up(scores, crop, timings)]
 
         t = time.perf_counter()
         labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original, organs)
@@ -506,25 +508,27 @@ class Segmenter:
         timings["crop_resample_s"] = time.perf_counter() - t
         return x
 
-    def _segmentation_forward(
-        self, x: tf.Tensor, crop: GridCrop, timings: dict[str, float]
-    ) -> tf.Tensor | np.ndarray:
-        """Class probabilities (d, h, w, classes) on the box grid, cleaned of stray components."""
+    def _segmentation_forward(self, x: tf.Tensor, crop: GridCrop, timings: dict[str, float]) -> tf.Tensor:
+        """Class probabilities (d, h, w, classes) on the box grid."""
         t = time.perf_counter()
         d, h, w = crop.out_shape_zyx
         probabilities = self.models.segmentation(x)[SEGMENTATION_OUTPUT][0, :d, :h, :w]
         _ = probabilities[0, 0, 0, 0].numpy()  # wait for the forward pass (asynchronous on a GPU)
         timings["segmentation_forward_s"] = time.perf_counter() - t
-        if not self.clean_up:
-            return probabilities
+        return probabilities
+
+    def _clean_up(
+        self, scores: list[tf.Tensor | np.ndarray], crop: GridCrop, timings: dict[str, float]
+    ) -> np.ndarray:
+        """The class scores (a one-element list, emptied) as a writable array on the box grid, with
+        each organ's stray components dropped (``service.postprocess``)."""
         t = time.perf_counter()
-        scores = np.array(probabilities, np.float32)  # a writable copy on the box grid (~2 mm)
-        del probabilities
-        removed = drop_stray_components(scores, crop.out_spacing_mm_zyx)
+        cleaned = np.array(scores.pop(), np.float32)
+        removed = drop_stray_components(cleaned, crop.out_spacing_mm_zyx)
         if removed:
             log.debug("stray components dropped (box voxels): %s", removed)
         timings["clean_up_s"] = time.perf_counter() - t
-        return scores
+        return cleaned
 
     def _scores_to_labels(
         self, probabilities: tf.Tensor | np.ndarray, crop: GridCrop, labels: np.ndarray

@@ -51,22 +51,19 @@ def _stray(mask: np.ndarray, kidney: bool, spacing_x_mm: float) -> np.ndarray | 
     sizes = np.asarray(ndimage.sum_labels(mask, components, ids), float)
     keep = sizes >= KEEP_FRACTION * sizes.max()
     if kidney:
-        keep &= ~_between_kidneys(components, ids, keep, spacing_x_mm)
+        keep &= ~_between_kidneys(mask, components, ids, keep, spacing_x_mm)
     if keep.all():
         return None
     return np.isin(components, ids[~keep])
 
 
 def _between_kidneys(
-    components: np.ndarray, ids: np.ndarray, kept: np.ndarray, spacing_x_mm: float
+    mask: np.ndarray, components: np.ndarray, ids: np.ndarray, kept: np.ndarray, spacing_x_mm: float
 ) -> np.ndarray:
     """Which kept components lie midway between two other kept ones, one on each side: more than
     ``BETWEEN_KIDNEYS_MM`` from both along x and within ``MIDWAY_FRACTION`` of their span from
     their midpoint (a vertebral body between the two kidneys, not a kidney beside a stray blob)."""
-    x = (
-        np.array([c[2] for c in ndimage.center_of_mass(np.ones(components.shape), components, ids)])
-        * spacing_x_mm
-    )
+    x = np.array([c[2] for c in ndimage.center_of_mass(mask, components, ids)]) * spacing_x_mm
     between = np.zeros(len(ids), bool)
     kept_x = x[kept]
     for i in np.nonzero(kept)[0]:

@@ -109,8 +109,13 @@ def lesion_sdf(
     """The union of ``lesions`` as a signed distance (mm, anatomy coordinates) for an organ whose
     template has semi-axes ``semi`` (mm at scale 1) in ``frame`` with ``warp``, at ``scale``; None
     without lesions."""
-    if not lesions:
-        return None
+    return None if not lesions else _union_sdf(lesions, frame, warp, semi, scale)
+
+
+def _union_sdf(
+    lesions: tuple[Lesion, ...], frame: Frame, warp: Warp, semi: np.ndarray, scale: float
+) -> ShapeFn:
+    """``lesion_sdf`` of one or more lesions."""
     centres = [np.asarray(lesion.position) * semi for lesion in lesions]
     radii = [lesion.radius_mm for lesion in lesions]
 
@@ -130,7 +135,7 @@ def each_lesion_sdf(
     lesions: tuple[Lesion, ...], frame: Frame, warp: Warp, semi: np.ndarray, scale: float
 ) -> list[ShapeFn]:
     """One signed distance per lesion (see ``lesion_sdf``)."""
-    return [fn for lesion in lesions if (fn := lesion_sdf((lesion,), frame, warp, semi, scale)) is not None]
+    return [_union_sdf((lesion,), frame, warp, semi, scale) for lesion in lesions]
 
 
 def lesion_hu(lesion: Lesion, organ_hu: float) -> float:
