@@ -29,6 +29,10 @@ class TrainConfig:
     batch_per_device: int = 1
     foreground_fraction: float = 0.8  # segmentation: patches centred on an organ voxel
     centre_jitter_mm: float = 8.0  # segmentation: simulated localization error of the box centre
+    # segmentation: position channels scaled by U(1 - s, 1 + s) about the box centre, per axis, so
+    # that the network does not learn one organ layout in millimetres (bodies differ in size and
+    # proportion; the box's extent depends on the field of view)
+    position_scale_jitter: float = 0.0
     # segmentation: relative frequency of each organ as the centre of foreground patches, by name
     # (unnamed organs weigh 1), e.g. {pancreas: 2.0} for a hard, small organ
     organ_sampling_weights: dict[str, float] = field(default_factory=dict)
@@ -59,6 +63,8 @@ class TrainConfig:
             raise ValueError("steps and batch_per_device must be >= 1")
         if self.patch_size_vox % 8 or self.patch_size_vox < 16:
             raise ValueError(f"patch_size_vox must be a multiple of 8 and >= 16, not {self.patch_size_vox}")
+        if not 0.0 <= self.position_scale_jitter < 0.5:
+            raise ValueError(f"position_scale_jitter must be in [0, 0.5), not {self.position_scale_jitter}")
         if not self.filters or any(f < 1 for f in self.filters):
             raise ValueError(f"filters must be positive, not {self.filters}")
         organs = set(ORGANS.values())

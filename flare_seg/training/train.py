@@ -189,10 +189,15 @@ def segmentation_patch(
     spacing = case.seg_spacing_mm_zyx
     box_centre_mm = case.organ_box_mm.mean(axis=0) + rng.normal(0.0, config.centre_jitter_mm, 3)
     centre_in_patch_mm = box_centre_mm - start * spacing
+    # Position channels are (index + 0.5) * spacing - centre: scaling both scales the positions
+    # about the box centre, leaving the image as it is.
+    scale = np.ones(3)
+    if config.position_scale_jitter > 0.0:
+        scale = rng.uniform(1.0 - config.position_scale_jitter, 1.0 + config.position_scale_jitter, 3)
     x = tf_utils.normalize_segmentation(
         tf.constant(_augment_hu(rng, hu, config, labels)),
-        tf.constant(spacing, tf.float32),
-        tf.constant(centre_in_patch_mm, tf.float32),
+        tf.constant(spacing * scale, tf.float32),
+        tf.constant(centre_in_patch_mm * scale, tf.float32),
         contract,
     )[0]
     return x.numpy(), labels

@@ -130,6 +130,63 @@ def test_organ_sampling_weights_choose_the_patch_centres():
     assert 0.3 < pancreas_share({}) < 0.7
 
 
+def test_position_scale_jitter_scales_positions_about_the_box_centre():
+    """The position channels are scaled per axis about the (jittered) box centre, within the range;
+    the image channel and the labels stay as they are, and no jitter gives unscaled positions."""
+    import numpy as np
+
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.data import PreparedCase
+    from flare_seg.training.train import segmentation_patch
+
+    labels = np.zeros((24, 24, 24), np.uint8)
+    labels[8:16, 8:16, 8:16] = 1
+    case = PreparedCase(
+        name="block",
+        loc_image=np.zeros((4, 4, 4), np.float32),
+        loc_target=np.zeros((4, 4, 4, 4), np.float32),
+        seg_image=np.where(labels > 0, 50.0, -100.0).astype(np.float32),
+        seg_labels=labels,
+        seg_spacing_mm_zyx=np.array([2.0, 3.0, 1.5]),
+        organ_box_mm=np.array([[16.0, 24.0, 12.0], [32.0, 48.0, 24.0]]),
+    )
+    contract = ModelContract()
+    steps_mm = np.array([2.0, 3.0, 1.5]) / contract.coordinate_scale_mm
+    plain = {
+        "patch_size_vox": 16,
+        "foreground_fraction": 1.0,
+        "centre_jitter_mm": 0.0,
+        "intensity_scale": 0.0,
+        "intensity_shift_hu": 0.0,
+        "noise_hu": 0.0,
+    }
+    for jitter in (0.0, 0.3):
+        config = load_config("segmentation", position_scale_jitter=jitter, **plain)
+        scales = []
+        for seed in range(12):
+            x, y = segmentation_patch(np.random.default_rng(seed), case, config, contract)
+            pos = x[..., 1:]
+            # per axis, the positions are linear in the index with slope spacing * scale
+            slopes = np.array(
+                [np.diff(pos[:, 0, 0, 0])[0], np.diff(pos[0, :, 0, 1])[0], np.diff(pos[0, 0, :, 2])[0]]
+            )
+            scales.append(slopes / steps_mm)
+            # the image channel still shows the block where the labels have it
+            inside = y == 1
+            assert inside.any() and np.all(x[..., 0][inside] > x[..., 0][~inside].max())
+        scales = np.array(scales)
+        if jitter == 0.0:
+            np.testing.assert_allclose(scales, 1.0, rtol=1e-5)
+        else:
+            assert np.all((scales > 1 - jitter - 1e-4) & (scales < 1 + jitter + 1e-4))
+            assert scales.std() > 0.05  # drawn per patch and per axis
+
+
+def test_position_scale_jitter_is_checked():
+    with pytest.raises(ValueError, match="position_scale_jitter"):
+        load_config("segmentation", position_scale_jitter=0.7)
+
+
 def test_organ_sampling_weights_are_checked():
     with pytest.raises(ValueError, match="unknown"):
         load_config("segmentation", organ_sampling_weights={"pancraes": 2.0})
