@@ -88,7 +88,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     manifest = export_models(
         Path(args.localization_run),
-        Path(args.segmentation_run),
+        [Path(run) for run in (args.segmentation_run or ["runs/segmentation"])],
         Path(args.out),
         evaluation_json=Path(args.evaluation) if args.evaluation else None,
         real_ct_evaluation_json=Path(args.real_ct_evaluation) if args.real_ct_evaluation else None,
@@ -419,7 +419,12 @@ def _add_train(sub: _Subparsers, task: str) -> None:
 def _add_export(sub: _Subparsers) -> None:
     p = sub.add_parser("export", help="export the three SavedModels and the manifest")
     p.add_argument("--localization-run", default="runs/localization")
-    p.add_argument("--segmentation-run", default="runs/segmentation")
+    p.add_argument(
+        "--segmentation-run",
+        action="append",
+        help="a segmentation run (default runs/segmentation); given more than once, the networks are "
+        "exported as one that averages their class probabilities (an ensemble)",
+    )
     p.add_argument("--out", default="saved_models", help="models folder to write")
     p.add_argument("--evaluation", help="evaluation.json of the full pipeline, recorded in the manifest")
     p.add_argument(

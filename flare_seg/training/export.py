@@ -1,6 +1,8 @@
 """Export the trained networks and the traced preprocessing as three SavedModels plus a manifest.
 
-``OUT/localization``, ``OUT/segmentation`` (Keras ExportArchive, endpoint ``serve``),
+``OUT/localization``, ``OUT/segmentation`` (Keras ExportArchive, endpoint ``serve``; given several
+segmentation runs, one network that averages their class probabilities: an ensemble behind the same
+signature, so the service does not know the difference),
 ``OUT/tf_utils_module`` (tf.Module of traced functions) and ``OUT/manifest.json``: the contract
 (signatures, dtypes, channels-last shapes, spacings, valid sizes, labels) and the provenance
 (training data, configs, validation metrics, and, when given, full-pipeline evaluation figures).
@@ -14,7 +16,7 @@ import datetime as dt
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from flare_seg.contract import (
 )
 from flare_seg.training.config import TrainConfig, load_config
 from flare_seg.training.tf_utils import TfUtilsModule
-from flare_seg.training.train import restore_model
+from flare_seg.training.train import build_model, initialize_weights, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,27 @@ def serving_call(model: keras.Model, output_name: str) -> Callable[[tf.Tensor], 
         return {output_name: tf.cast(model(image, training=False), tf.float32)}
 
     return serve
+
+
+class MeanOfNetworks(keras.Model):
+    """Networks with one input and output shape whose outputs are averaged (an ensemble).
+
+    The members run one after the other (each waits for the running sum), so on a GPU, where graph
+    ops without a data dependency may run at once, the peak memory stays that of one member plus
+    the running sum, not that of all members together."""
+
+    def __init__(self, members: Sequence[keras.Model], **kwargs: Any) -> None:
+        super().__init__(name="mean_of_networks", **kwargs)
+        if not members:
+            raise ValueError("an ensemble needs at least one network")
+        self.members = list(members)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        total = tf.cast(self.members[0](inputs, training=training), tf.float32)
+        for member in self.members[1:]:
+            with tf.control_dependencies([total]):
+                total = total + tf.cast(member(inputs, training=training), tf.float32)
+        return total / float(len(self.members))
 
 
 def _export_network(model: keras.Model, channels: int, output_name: str, path: Path) -> None:
@@ -80,7 +103,7 @@ def _read_json(path: Path) -> Any:
 
 def export_models(
     localization_run: Path,
-    segmentation_run: Path,
+    segmentation_run: Path | Sequence[Path],
     out_dir: Path,
     contract: ModelContract | None = None,
     evaluation_json: Path | None = None,
@@ -90,6 +113,9 @@ def export_models(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the three SavedModels and the manifest into ``out_dir``; returns the manifest.
+
+    ``segmentation_run``: one run, or several whose networks are exported as their mean (each
+    recorded under ``training.segmentation.members`` in the manifest).
 
     ``evaluation_json``: the full pipeline's figures on unseen phantoms; ``real_ct_evaluation_json``:
     those on real CT, which no training or model-selection step uses (both ``flare-seg evaluate``
@@ -108,12 +134,15 @@ def export_models(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
+    segmentation_runs = (
+        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
+    )
     runs: dict[str, Any] = {}
-    for name, run, channels, output in (
-        (LOCALIZATION_DIR, localization_run, 1, LOCALIZATION_OUTPUT),
-        (SEGMENTATION_DIR, segmentation_run, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
+    for name, run_list, channels, output in (
+        (LOCALIZATION_DIR, [localization_run], 1, LOCALIZATION_OUTPUT),
+        (SEGMENTATION_DIR, segmentation_runs, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
     ):
-        runs[name] = _export_run(name, run, channels, output, tmp, contract)
+        runs[name] = _export_runs(name, [Path(r) for r in run_list], channels, output, tmp, contract)
 
     tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
     for warning in near_zero_dice_warnings(runs):
@@ -124,25 +153,87 @@ def export_models(
     return manifest
 
 
-def _export_run(
-    name: str, run: Path, channels: int, output: str, tmp: Path, contract: ModelContract
+def _export_runs(
+    name: str, run_dirs: list[Path], channels: int, output: str, tmp: Path, contract: ModelContract
 ) -> dict[str, Any]:
-    """Export one training run's network as ``tmp/name`` and check the reload; its manifest entry."""
+    """Export the networks of training runs as ``tmp/name`` (several: their mean) and check the
+    reload; the manifest entry (several: each run's entry under ``members``)."""
+    if not run_dirs:
+        raise ValueError(f"no {name} run given")
+    if len(set(run_dirs)) < len(run_dirs):
+        raise ValueError(f"a {name} run is given twice: {[str(r) for r in run_dirs]}")
+    models, entries = [], []
+    for run in run_dirs:
+        model, entry = _restore_run(name, run)
+        models.append(model)
+        entries.append(entry)
+    network = models[0] if len(models) == 1 else MeanOfNetworks(models)
+    if len(models) > 1:
+        m = contract.segmentation_size_multiple if channels > 1 else contract.localization_size_multiple
+        network(np.zeros((1, m, m, m, channels), np.float32))  # builds it before it is traced
+    _export_network(network, channels, output, tmp / name)
+    _check_reload(network, tmp / name, channels, output, contract)
+    if len(entries) == 1:
+        log.info(
+            "exported %s (step %d, %d parameters)",
+            name,
+            entries[0]["checkpoint_step"],
+            network.count_params(),
+        )
+        return entries[0]
+    log.info(
+        "exported %s: the mean of %d networks (%d parameters)", name, len(entries), network.count_params()
+    )
+    return {
+        "combination": "mean of the members' class probabilities",
+        "parameters": int(network.count_params()),
+        "members": entries,
+    }
+
+
+def _restore_run(name: str, run: Path) -> tuple[keras.Model, dict[str, Any]]:
+    """A training run's network at its latest checkpoint and its manifest entry; ``run`` may also
+    be an exported network (``MODELS/segmentation``), rebuilt from its manifest's config."""
+    if (run / "saved_model.pb").is_file():
+        return _restore_exported(name, run)
     config = _run_config(run)
     expected = "localization" if name == LOCALIZATION_DIR else "segmentation"
     if config.task != expected:
         raise ValueError(f"{run} is a {config.task} run, expected {expected}")
     model, step = restore_model(run, config)
-    _export_network(model, channels, output, tmp / name)
-    _check_reload(model, tmp / name, channels, output, contract)
-    log.info("exported %s (step %d, %d parameters)", name, step, model.count_params())
-    return {
+    return model, {
+        "run": run.name,
         "config": yaml.safe_load(config.to_yaml()),
         "checkpoint_step": step,
         "parameters": int(model.count_params()),
         "validation": _read_json(Path(run) / "metrics.json"),
         "data": _read_json(Path(run) / "data.json"),
     }
+
+
+def _restore_exported(name: str, network_dir: Path) -> tuple[keras.Model, dict[str, Any]]:
+    """An exported network (``MODELS/<name>``) as a Keras model, and its entry in that folder's
+    manifest (which must describe one network, not an ensemble)."""
+    manifest_path = network_dir.parent / MANIFEST_NAME
+    if network_dir.name != name or not manifest_path.is_file():
+        raise ValueError(f"{network_dir} is not the {name} network of a models folder (MODELS/{name})")
+    manifest = json.loads(manifest_path.read_text())
+    entry = dict((manifest.get("training") or {}).get(name) or {})
+    if "members" in entry:
+        raise ValueError(f"{network_dir} is an ensemble: give the training runs of its members instead")
+    if "config" not in entry:
+        raise ValueError(f"{manifest_path} records no training config for {name}")
+    raw = dict(entry["config"])
+    config = load_config(raw.pop("task"), None, **raw)
+    model = build_model(config)
+    initialize_weights(model, network_dir, config)
+    entry["run"] = f"{network_dir} (models {manifest.get('model_version')})"
+    return model, entry
+
+
+def network_entries(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-network entries of a manifest ``training`` entry (an ensemble's members, or itself)."""
+    return list(entry.get("members") or [entry])
 
 
 def _manifest(
@@ -153,7 +244,12 @@ def _manifest(
     real_ct_evaluation_json: Path | None = None,
 ) -> dict[str, Any]:
     """The manifest: format, versions, contract, signatures, training runs and their data."""
-    data = runs[SEGMENTATION_DIR].get("data") or {}
+    datasets = []
+    for entry in network_entries(runs[SEGMENTATION_DIR]):
+        data = entry.get("data") or {}
+        dataset = data.get("dataset", {"data_dir": data.get("data_dir")})
+        if dataset not in datasets:
+            datasets.append(dataset)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -164,7 +260,7 @@ def _manifest(
         "contract": contract.to_json(),
         "signatures": contract.signatures(),
         "training": runs,
-        "training_data": data.get("dataset", {"data_dir": data.get("data_dir")}),
+        "training_data": datasets[0] if len(datasets) == 1 else {"datasets": datasets},
         "evaluation": _read_json(Path(evaluation_json)) if evaluation_json else None,
         "evaluation_real_ct": _read_json(Path(real_ct_evaluation_json)) if real_ct_evaluation_json else None,
         "notes": notes,
@@ -186,16 +282,18 @@ def _replace_dir(new: Path, target: Path) -> None:
 def near_zero_dice_warnings(runs: dict[str, Any]) -> list[str]:
     """One sentence per exported network whose recorded validation Dice is near 0 for some organ."""
     warnings = []
-    for name, run in runs.items():
-        dice = ((run.get("validation") or {}).get("dice")) or {}
-        low = {organ: float(d) for organ, d in dice.items() if float(d) < NEAR_ZERO_DICE}
-        if low:
-            shown = ", ".join(f"{organ} {d:.3f}" for organ, d in low.items())
-            warnings.append(
-                f"the {name} network's validation Dice is near 0 ({shown}, step "
-                f"{run.get('checkpoint_step')}): these models will not find those organs; train longer "
-                f"or check the training data"
-            )
+    for name, entry in runs.items():
+        for run in network_entries(entry):
+            dice = ((run.get("validation") or {}).get("dice")) or {}
+            low = {organ: float(d) for organ, d in dice.items() if float(d) < NEAR_ZERO_DICE}
+            if low:
+                shown = ", ".join(f"{organ} {d:.3f}" for organ, d in low.items())
+                which = f"{name} network" if "members" not in entry else f"{name} member {run.get('run')}"
+                warnings.append(
+                    f"the {which}'s validation Dice is near 0 ({shown}, step "
+                    f"{run.get('checkpoint_step')}): these models will not find those organs; train "
+                    f"longer or check the training data"
+                )
     return warnings
 
 

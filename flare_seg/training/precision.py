@@ -13,6 +13,7 @@ kernel; the next convolution rounds its output to float16 anyway. On a CPU the t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,24 @@ def serving_function(model: keras.Model, output_name: str) -> Any:
     return tf.function(serving_call(model, output_name), input_signature=signature)
 
 
-def float16_models(models: Any, localization_run: Path, segmentation_run: Path) -> Any:
-    """``models`` (service ``LoadedModels`` exported from these runs) with both networks replaced by
-    their float16 twins; give it to ``Segmenter`` to segment in emulated float16."""
-    from flare_seg.training.export import _run_config
+def float16_models(models: Any, localization_run: Path, segmentation_run: Path | Sequence[Path]) -> Any:
+    """``models`` (service ``LoadedModels`` exported from these runs; several segmentation runs for
+    an ensemble) with both networks replaced by their float16 twins; give it to ``Segmenter`` to
+    segment in emulated float16."""
+    from flare_seg.training.export import MeanOfNetworks, _run_config
     from flare_seg.training.train import restore_model
 
-    twins = {}
-    for name, run in (("localization", localization_run), ("segmentation", segmentation_run)):
-        config = _run_config(Path(run))
-        model, _ = restore_model(Path(run), config)
-        twins[name] = float16_twin(model, config)
+    segmentation_runs = (
+        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
+    )
+    twins: dict[str, Any] = {}
+    for name, runs in (("localization", [localization_run]), ("segmentation", segmentation_runs)):
+        members = []
+        for run in runs:
+            config = _run_config(Path(run))
+            model, _ = restore_model(Path(run), config)
+            members.append(float16_twin(model, config))
+        twins[name] = members[0] if len(members) == 1 else MeanOfNetworks(members)
     return dataclasses.replace(
         models,
         localization=serving_function(twins["localization"], LOCALIZATION_OUTPUT),

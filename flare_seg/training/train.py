@@ -83,6 +83,12 @@ def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) ->
         values = {w.path: w.numpy() for w in trained.weights}
     elif (source / "saved_model.pb").is_file():
         loaded = tf.saved_model.load(str(source))
+        if len(loaded.variables) != len(model.weights):
+            raise ValueError(
+                f"init_from {source}: it holds {len(loaded.variables)} weights where this network has "
+                f"{len(model.weights)} (an ensemble of several networks, or another architecture): "
+                f"start from one of its training runs instead"
+            )
         values = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     else:
         raise FileNotFoundError(f"init_from {source}: neither an exported network nor a run directory")

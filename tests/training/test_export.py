@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from flare_seg.contract import (
@@ -136,3 +137,56 @@ def test_evaluations_on_phantoms_and_real_ct_are_recorded_apart(tiny_runs, tmp_p
     assert on_disk["evaluation"]["mean"]["liver"]["dice"] == 0.9
     assert on_disk["evaluation_real_ct"]["mean"]["liver"]["dice"] == 0.7
     assert manifest["evaluation_real_ct"] == on_disk["evaluation_real_ct"]
+
+
+def test_several_segmentation_runs_are_exported_as_their_mean(
+    phantom_dataset, tiny_runs, tiny_models, tmp_path
+):
+    """An ensemble: one segmentation network, same signature, whose output is the mean of its
+    members' (one a run, one an exported network); each member is recorded in the manifest, and an
+    ensemble cannot be the starting point of a fine-tuning run."""
+
+    from flare_seg.contract import SEGMENTATION_OUTPUT, SERVING_ENDPOINT
+    from flare_seg.training.export import export_models
+    from flare_seg.training.train import build_model, initialize_weights, train
+
+    other = tmp_path / "seg_other"
+    small = {"steps": 2, "filters": (4, 8, 8, 8), "val_cases": 1, "log_every": 1, "checkpoint_every": 1}
+    train(
+        phantom_dataset, other, load_config("segmentation", sc_filters=4, patch_size_vox=32, seed=5, **small)
+    )
+    out = tmp_path / "ensemble"
+    manifest = export_models(tiny_runs[0], [tiny_models / SEGMENTATION_DIR, other], out)
+
+    x = tf.constant(
+        np.random.default_rng(1)
+        .uniform(-1, 1, (1, 16, 16, 16, SEGMENTATION_INPUT_CHANNELS))
+        .astype(np.float32)
+    )
+
+    def serve(path):
+        loaded = tf.saved_model.load(str(path))
+        return getattr(loaded, SERVING_ENDPOINT)(x)[SEGMENTATION_OUTPUT].numpy()
+
+    first, second = serve(tiny_models / SEGMENTATION_DIR), serve(out / SEGMENTATION_DIR)
+    config = load_config("segmentation", sc_filters=4, patch_size_vox=32, seed=5, **small)
+    member, _ = restore_model(other, config)
+    other_out = member(x, training=False).numpy()
+    assert np.abs(first - other_out).max() > 1e-3  # the members differ, so the mean is not either one
+    np.testing.assert_allclose(second, (first + other_out) / 2.0, atol=1e-5)
+    np.testing.assert_allclose(second.sum(axis=-1), 1.0, atol=1e-4)  # still class probabilities
+
+    entry = manifest["training"][SEGMENTATION_DIR]
+    assert [m["checkpoint_step"] for m in entry["members"]] == [2, 2]
+    assert "models" in entry["members"][0]["run"] and entry["members"][1]["run"] == "seg_other"
+    assert entry["parameters"] == sum(m["parameters"] for m in entry["members"])
+    assert json.loads((out / MANIFEST_NAME).read_text())["training"] == json.loads(
+        json.dumps(manifest["training"])
+    )
+
+    with pytest.raises(ValueError, match="ensemble"):
+        initialize_weights(build_model(config), out / SEGMENTATION_DIR, config)
+    with pytest.raises(ValueError, match="ensemble"):
+        export_models(tiny_runs[0], [out / SEGMENTATION_DIR, other], tmp_path / "again")
+    with pytest.raises(ValueError, match="twice"):
+        export_models(tiny_runs[0], [other, other], tmp_path / "twice")
