@@ -9,18 +9,23 @@
 #    phantom set, to step 6600, then resumed to steps 10000, 13000 and 18000, and to 20500 with
 #    the pancreas weighted 3:1 as a patch centre); run straight through, it gives models of the
 #    same kind. Set BASE to a copy of those models to skip it.
-# 2. real-CT fine-tuning, in two steps, both on phantoms only:
-#    a. both networks start from the base weights and train on with appearance randomization
-#       (configs/*_finetune.yaml) on the first phantom set plus a set with the bony pelvis and wider
-#       soft-tissue intensities (synth --iliac-wings --hu-spread-hu 15);
-#    b. both go on from step a (configs/*_variety.yaml) with three more sets: organ size, shape and
+# 2. real-CT training of the segmentation network (FINETUNE=0 skips it and ships the base models),
+#    on phantoms only, in three runs:
+#    a. from the base weights, with appearance randomization (configs/segmentation_finetune.yaml)
+#       on the first phantom set plus a set with the bony pelvis and wider soft-tissue intensities
+#       (synth --iliac-wings --hu-spread-hu 15);
+#    b. from a (configs/segmentation_variety.yaml), with three more sets: organ size, shape and
 #       bone density beyond the textbook (--anatomy-variety), the same with kidney cysts and liver
-#       lesions (--lesions), and with the arms down beside the trunk as well (--arms).
-#    Runs only with FINETUNE=1: the shipped networks are still the base models (stage 1), because
-#    no fine-tuned pair has yet matched the phantom record and beaten them on the real CT. Step a's
-#    weights are in checkpoints/realct_finetune/, step b's in checkpoints/realct_variety/ (run
-#    folders: copy them to ${WORK}/runs/ to resume or to export them); their figures are in the
-#    README. Without FINETUNE=1 the base runs are exported and evaluated.
+#       lesions (--lesions), and with the arms down beside the trunk as well (--arms);
+#    c. from the base weights again, on all five sets, with the box centre and the position
+#       channels randomized and wider patches (configs/segmentation_layout.yaml).
+#    The shipped segmentation network is the mean of the base network, b and c (export with several
+#    --segmentation-run); the localization network is the base one. Fine-tuning the localization
+#    net the same way (configs/localization_{finetune,variety}.yaml, weights in
+#    checkpoints/realct_finetune/ and checkpoints/realct_variety/) cut organs on the real scans, so
+#    the recipe does not run it. The weights of a, b and c are in checkpoints/realct_finetune/,
+#    checkpoints/realct_variety/ and checkpoints/realct_layout/ (run folders: copy them to
+#    ${WORK}/runs/ and the runs resume as done, or export them).
 # Then both are evaluated on phantoms of an unseen seed and on the real development CT (if REAL_CT
 # holds it; measured only, never trained on or used to choose a model), and exported again with
 # both figures in the manifest.
@@ -66,11 +71,11 @@ if [ ! -d "${BASE}/localization" ]; then
   flare-seg export --localization-run "${WORK}/runs/localization" --segmentation-run "${WORK}/runs/segmentation" --out "${BASE}" --force
 fi
 
-# --- stage 2: real-CT fine-tuning (FINETUNE=1)
+# --- stage 2: real-CT training of the segmentation network (FINETUNE=0 skips it)
 VARIETY_DATA="${VARIETY_DATA:-${WORK}/train_variety}"
 LOC_RUN="${WORK}/runs/localization"
-SEG_RUN="${WORK}/runs/segmentation"
-if [ "${FINETUNE:-0}" = 1 ]; then
+SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation")
+if [ "${FINETUNE:-1}" = 1 ]; then
   if [ ! -d "${FT_DATA}/TrainingImg" ]; then
     [ -d "${WORK}/phantoms_1000/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1000" --cases 40 --seed 1000 --workers 2
     flare-seg synth "${WORK}/phantoms_1100" --cases 40 --seed 1100 --iliac-wings --hu-spread-hu 15 --workers 2
@@ -82,20 +87,20 @@ if [ "${FINETUNE:-0}" = 1 ]; then
     flare-seg synth "${WORK}/phantoms_1400" --cases 48 --seed 1400 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --workers 2
     link_sets "${VARIETY_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300 phantoms_1400
   fi
-  # step a (its run folders may be copies of checkpoints/realct_finetune/, which then resume as done)
-  flare-seg train-localization "${FT_DATA}" --run-dir "${WORK}/runs/localization_finetune" \
-    --config configs/localization_finetune.yaml --init-from "${BASE}/localization" --cache-dir "${WORK}/cache"
+  # a (its run folder may be a copy of checkpoints/realct_finetune/segmentation: it resumes as done)
   flare-seg train-segmentation "${FT_DATA}" --run-dir "${WORK}/runs/segmentation_finetune" \
     --config configs/segmentation_finetune.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
-  # step b
-  flare-seg train-localization "${VARIETY_DATA}" --run-dir "${WORK}/runs/localization_variety" \
-    --config configs/localization_variety.yaml --init-from "${WORK}/runs/localization_finetune" --cache-dir "${WORK}/cache"
+  # b
   flare-seg train-segmentation "${VARIETY_DATA}" --run-dir "${WORK}/runs/segmentation_variety" \
     --config configs/segmentation_variety.yaml --init-from "${WORK}/runs/segmentation_finetune" --cache-dir "${WORK}/cache"
-  LOC_RUN="${WORK}/runs/localization_variety"
-  SEG_RUN="${WORK}/runs/segmentation_variety"
+  # c
+  flare-seg train-segmentation "${VARIETY_DATA}" --run-dir "${WORK}/runs/segmentation_layout" \
+    --config configs/segmentation_layout.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
+  LOC_RUN="${BASE}/localization"
+  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_variety"
+    --segmentation-run "${WORK}/runs/segmentation_layout")
 fi
-flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" --out flare_seg/saved_models --force
+flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
 # --- evaluation on phantoms of an unseen seed (the record in the manifest)
 if [ ! -d "${TEST}/TrainingImg" ]; then
@@ -116,6 +121,6 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
   flare-seg evaluate "${WORK}/real_predictions" "${WORK}/real_labels"
   REAL_EVAL=(--real-ct-evaluation "${WORK}/real_predictions/evaluation.json")
 fi
-flare-seg export --localization-run "${LOC_RUN}" --segmentation-run "${SEG_RUN}" \
+flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; with FINETUNE=1 fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, then also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, 48 cases each), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, 48 cases each; the shipped segmentation network is the mean of the base network and two fine-tuned ones), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."

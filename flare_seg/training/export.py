@@ -129,62 +129,61 @@ def export_models(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: give --force to replace the models in it")
+    segmentation_runs = (
+        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
+    )
+    # Every run is read and checked before anything is written.
+    networks = {
+        name: (_restore_runs(name, [Path(r) for r in run_list], channels, contract), channels, output)
+        for name, run_list, channels, output in (
+            (LOCALIZATION_DIR, [localization_run], 1, LOCALIZATION_OUTPUT),
+            (SEGMENTATION_DIR, segmentation_runs, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
+        )
+    }
     tmp = out_dir.with_name(out_dir.name + ".exporting")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-
-    segmentation_runs = (
-        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
-    )
-    runs: dict[str, Any] = {}
-    for name, run_list, channels, output in (
-        (LOCALIZATION_DIR, [localization_run], 1, LOCALIZATION_OUTPUT),
-        (SEGMENTATION_DIR, segmentation_runs, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
-    ):
-        runs[name] = _export_runs(name, [Path(r) for r in run_list], channels, output, tmp, contract)
-
-    tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
-    for warning in near_zero_dice_warnings(runs):
-        log.warning("%s", warning)
-    manifest = _manifest(runs, contract, evaluation_json, notes, real_ct_evaluation_json)
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+    try:
+        runs: dict[str, Any] = {}
+        for name, ((network, entry), channels, output) in networks.items():
+            _export_network(network, channels, output, tmp / name)
+            _check_reload(network, tmp / name, channels, output, contract)
+            runs[name] = entry
+        tf.saved_model.save(TfUtilsModule(contract), str(tmp / TF_UTILS_DIR))
+        for warning in near_zero_dice_warnings(runs):
+            log.warning("%s", warning)
+        manifest = _manifest(runs, contract, evaluation_json, notes, real_ct_evaluation_json)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _replace_dir(tmp, out_dir)
     return manifest
 
 
-def _export_runs(
-    name: str, run_dirs: list[Path], channels: int, output: str, tmp: Path, contract: ModelContract
-) -> dict[str, Any]:
-    """Export the networks of training runs as ``tmp/name`` (several: their mean) and check the
-    reload; the manifest entry (several: each run's entry under ``members``)."""
+def _restore_runs(
+    name: str, run_dirs: list[Path], channels: int, contract: ModelContract
+) -> tuple[keras.Model, dict[str, Any]]:
+    """The network of training runs (several: their mean) and its manifest entry (several: each
+    run's entry under ``members``)."""
     if not run_dirs:
         raise ValueError(f"no {name} run given")
-    if len(set(run_dirs)) < len(run_dirs):
+    if len({r.resolve() for r in run_dirs}) < len(run_dirs):
         raise ValueError(f"a {name} run is given twice: {[str(r) for r in run_dirs]}")
     models, entries = [], []
     for run in run_dirs:
         model, entry = _restore_run(name, run)
         models.append(model)
         entries.append(entry)
-    network = models[0] if len(models) == 1 else MeanOfNetworks(models)
-    if len(models) > 1:
-        m = contract.segmentation_size_multiple if channels > 1 else contract.localization_size_multiple
-        network(np.zeros((1, m, m, m, channels), np.float32))  # builds it before it is traced
-    _export_network(network, channels, output, tmp / name)
-    _check_reload(network, tmp / name, channels, output, contract)
-    if len(entries) == 1:
-        log.info(
-            "exported %s (step %d, %d parameters)",
-            name,
-            entries[0]["checkpoint_step"],
-            network.count_params(),
-        )
-        return entries[0]
-    log.info(
-        "exported %s: the mean of %d networks (%d parameters)", name, len(entries), network.count_params()
-    )
-    return {
+    if len(models) == 1:
+        log.info("%s: step %d, %d parameters", name, entries[0]["checkpoint_step"], models[0].count_params())
+        return models[0], entries[0]
+    network = MeanOfNetworks(models)
+    m = contract.segmentation_size_multiple if channels > 1 else contract.localization_size_multiple
+    network(np.zeros((1, m, m, m, channels), np.float32))  # builds it before it is traced
+    log.info("%s: the mean of %d networks (%d parameters)", name, len(models), network.count_params())
+    return network, {
         "combination": "mean of the members' class probabilities",
         "parameters": int(network.count_params()),
         "members": entries,
@@ -196,6 +195,10 @@ def _restore_run(name: str, run: Path) -> tuple[keras.Model, dict[str, Any]]:
     be an exported network (``MODELS/segmentation``), rebuilt from its manifest's config."""
     if (run / "saved_model.pb").is_file():
         return _restore_exported(name, run)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(
+            f"{run} is neither a training run (no config.yaml) nor an exported network (MODELS/{name})"
+        )
     config = _run_config(run)
     expected = "localization" if name == LOCALIZATION_DIR else "segmentation"
     if config.task != expected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,4 +190,10 @@ def test_several_segmentation_runs_are_exported_as_their_mean(
     with pytest.raises(ValueError, match="ensemble"):
         export_models(tiny_runs[0], [out / SEGMENTATION_DIR, other], tmp_path / "again")
     with pytest.raises(ValueError, match="twice"):
-        export_models(tiny_runs[0], [other, other], tmp_path / "twice")
+        export_models(tiny_runs[0], [other, Path(f"{other}/")], tmp_path / "twice")
+    with pytest.raises(ValueError, match="neither a training run"):
+        export_models(tiny_runs[0], [other, tmp_path / "nowhere"], tmp_path / "missing")
+    # refused before anything is written
+    assert not [
+        p.name for p in tmp_path.iterdir() if p.name in ("again", "twice", "missing") or "exporting" in p.name
+    ]
