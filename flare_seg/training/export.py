@@ -265,9 +265,19 @@ def _manifest(
         "training": runs,
         "training_data": datasets[0] if len(datasets) == 1 else {"datasets": datasets},
         "evaluation": _read_json(Path(evaluation_json)) if evaluation_json else None,
-        "evaluation_real_ct": _read_json(Path(real_ct_evaluation_json)) if real_ct_evaluation_json else None,
+        "evaluation_real_ct": _real_ct_evaluation(Path(real_ct_evaluation_json))
+        if real_ct_evaluation_json
+        else None,
         "notes": notes,
     }
+
+
+def _real_ct_evaluation(path: Path) -> dict[str, Any]:
+    """A real-CT ``evaluation.json``, marked (unless it says otherwise under ``case``) as measured
+    only: no training or model choice used it."""
+    evaluation = dict(_read_json(path) or {})
+    evaluation.setdefault("case", f"the real CT of {path.parent} (measured only, never trained on)")
+    return evaluation
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -138,6 +138,7 @@ def test_evaluations_on_phantoms_and_real_ct_are_recorded_apart(tiny_runs, tmp_p
     assert on_disk["evaluation"]["mean"]["liver"]["dice"] == 0.9
     assert on_disk["evaluation_real_ct"]["mean"]["liver"]["dice"] == 0.7
     assert manifest["evaluation_real_ct"] == on_disk["evaluation_real_ct"]
+    assert "never trained on" in on_disk["evaluation_real_ct"]["case"]
 
 
 def test_several_segmentation_runs_are_exported_as_their_mean(
