@@ -47,11 +47,11 @@ def serving_function(model: keras.Model, output_name: str) -> Any:
 
 
 def float16_models(models: Any, localization_run: Path, segmentation_run: Path | Sequence[Path]) -> Any:
-    """``models`` (service ``LoadedModels`` exported from these runs; several segmentation runs for
-    an ensemble) with both networks replaced by their float16 twins; give it to ``Segmenter`` to
-    segment in emulated float16."""
-    from flare_seg.training.export import MeanOfNetworks, _run_config
-    from flare_seg.training.train import restore_model
+    """``models`` (service ``LoadedModels`` exported from these runs or exported networks; several
+    segmentation runs for an ensemble) with both networks replaced by their float16 twins; give it
+    to ``Segmenter`` to segment in emulated float16."""
+    from flare_seg.training.config import load_config
+    from flare_seg.training.export import MeanOfNetworks, _restore_run
 
     segmentation_runs = (
         [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
@@ -60,9 +60,9 @@ def float16_models(models: Any, localization_run: Path, segmentation_run: Path |
     for name, runs in (("localization", [localization_run]), ("segmentation", segmentation_runs)):
         members = []
         for run in runs:
-            config = _run_config(Path(run))
-            model, _ = restore_model(Path(run), config)
-            members.append(float16_twin(model, config))
+            model, entry = _restore_run(name, Path(run))  # a run, or an exported network
+            raw = dict(entry["config"])
+            members.append(float16_twin(model, load_config(raw.pop("task"), None, **raw)))
         twins[name] = members[0] if len(members) == 1 else MeanOfNetworks(members)
     return dataclasses.replace(
         models,

@@ -42,3 +42,24 @@ def test_float16_twins_round_to_float16_and_stay_close(tiny_runs, tiny_models):
     assert models.localization(x[..., :1])[LOCALIZATION_OUTPUT].shape[:4] == (1, 16, 16, 16)
     labels = Segmenter(models).segment_array(np.full((16, 32, 32), 40, np.int16), (8.0, 4.0, 4.0))
     assert labels.shape == (16, 32, 32) and labels.dtype == np.uint8
+
+
+def test_float16_twins_of_exported_networks_and_of_an_ensemble(tiny_runs, tiny_models):
+    """Twins can be built from exported networks, and of an ensemble (the mean of its members)."""
+    from flare_seg.service.models import load_models
+    from flare_seg.training.precision import float16_models
+
+    loaded = load_models(tiny_models)
+    single = float16_models(loaded, tiny_models / "localization", tiny_models / "segmentation")
+    pair = float16_models(loaded, tiny_runs[0], [tiny_models / "segmentation", tiny_runs[1]])
+    x = tf.constant(
+        np.random.default_rng(2)
+        .uniform(-1, 1, (1, 16, 16, 16, SEGMENTATION_INPUT_CHANNELS))
+        .astype(np.float32)
+    )
+    y_single = single.segmentation(x)[SEGMENTATION_OUTPUT].numpy()
+    y_pair = pair.segmentation(x)[SEGMENTATION_OUTPUT].numpy()
+    y32 = loaded.segmentation(x)[SEGMENTATION_OUTPUT].numpy()
+    # the same network twice: its mean is itself, and both stay within float16 rounding of float32
+    np.testing.assert_allclose(y_pair, y_single, atol=1e-6)
+    assert 0 < np.abs(y_single - y32).max() < 0.02
