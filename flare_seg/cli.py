@@ -53,6 +53,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             anatomy_variety=args.anatomy_variety,
             lesions=args.lesions,
             arms=args.arms,
+            lateral_spleen=args.lateral_spleen,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -392,6 +393,11 @@ def _add_synth(sub: _Subparsers) -> None:
         help="kidney cysts and liver lesions (cysts, tumours, large masses), labelled as their organ",
     )
     p.add_argument("--arms", action="store_true", help="the arms down beside the trunk in 40%% of cases")
+    p.add_argument(
+        "--lateral-spleen",
+        action="store_true",
+        help="the spleen further out to the left flank and closer to the ribs in 60%% of cases",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 

@@ -53,6 +53,10 @@ class OrganVariety:
     spleen_tilt: how far the spleen's long axis leans to the front (along the ribs).
     cavity_width, cavity_depth: the abdominal cavity's half-width and its depth in front of the spine
         (a rounder, deeper abdomen with both).
+    spleen_flank_deg: how many degrees the spleen's centre turns from behind the left flank towards
+        the flank itself (further out to the side).
+    spleen_inset: how far the spleen's centre lies inside the cavity wall, as a factor on the
+        textbook distance (below 1: closer to the ribs).
     """
 
     pancreas_thickness: float = 1.0
@@ -61,6 +65,8 @@ class OrganVariety:
     spleen_tilt: float = 1.0
     cavity_width: float = 1.0
     cavity_depth: float = 1.0
+    spleen_flank_deg: float = 0.0
+    spleen_inset: float = 1.0
 
 
 class AnatomyBuilder:

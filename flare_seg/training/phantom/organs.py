@@ -258,9 +258,9 @@ def _add_renal_pelvis_and_vein(
 def add_spleen(b: AnatomyBuilder) -> None:
     """Crescent under the left dome, posterolateral, long axis along the ribs, hilum anteromedial."""
     body, rng = b.body, b.rng
-    theta = math.radians(b.u(22, 40))  # angle behind the left flank
+    theta = math.radians(b.u(22, 40) - b.variety.spleen_flank_deg)  # angle behind the left flank
     semi = np.array([b.u(19, 23), b.u(35, 41) * b.variety.spleen_depth, b.u(56, 64)])
-    rho = float(np.interp(theta, THETA, body.cavity_lut)) - semi[0] * b.u(0.7, 1.0)
+    rho = float(np.interp(theta, THETA, body.cavity_lut)) - semi[0] * b.u(0.7, 1.0) * b.variety.spleen_inset
     x, y = rho * math.cos(theta), rho * math.sin(theta)
     center = np.array([x, y, float(body.diaphragm_z(np.float32(x), np.float32(y))) - b.u(40, 55)])
     long_axis = unit(np.array([b.u(0.15, 0.35), -b.u(0.3, 0.55) * b.variety.spleen_tilt, -1.0]))

@@ -44,6 +44,8 @@ class PhantomOptions:
     lesions: kidney cysts and liver lesions (cysts, hypodense tumours, large masses), labelled as
         their organ (``phantom.lesions``).
     arms: the arms down beside the trunk in some cases (``phantom.arms``).
+    lateral_spleen: the spleen further out to the left flank and closer to the ribs in some cases
+        (``phantom.variety``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -54,6 +56,7 @@ class PhantomOptions:
     anatomy_variety: bool = False
     lesions: bool = False
     arms: bool = False
+    lateral_spleen: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

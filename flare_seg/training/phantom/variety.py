@@ -50,6 +50,27 @@ def organ_variety_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
 
 
+def lateral_spleen_rng(seed: int) -> np.random.Generator:
+    """The ninth random stream of a case seed (the spleen position of ``lateral_spleen``)."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(9)[8])
+
+
+LATERAL_SPLEEN_PROBABILITY = 0.6
+
+
+def lateral_spleen_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
+    """``variety`` (None: the textbook one) with, in ``LATERAL_SPLEEN_PROBABILITY`` of cases, the
+    spleen's centre turned 5-20 degrees further out to the flank and set in from the cavity wall by
+    50-90% of the textbook distance (spleens lie anywhere from behind the flank to against the
+    lateral ribs)."""
+    variety = variety or OrganVariety()
+    if rng.random() >= LATERAL_SPLEEN_PROBABILITY:
+        return variety
+    return dataclasses.replace(
+        variety, spleen_flank_deg=float(rng.uniform(5.0, 20.0)), spleen_inset=float(rng.uniform(0.5, 0.9))
+    )
+
+
 def sample_organ_variety(rng: np.random.Generator) -> OrganVariety:
     """Organ size and shape factors: an atrophic pancreas in half the cases, a liver up to 30% and a
     spleen up to 40% deeper, the spleen's long axis tilted up to 2.5 times further to the front, and

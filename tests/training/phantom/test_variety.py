@@ -203,3 +203,39 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "cavity_width",
         "cavity_depth",
     }
+
+
+def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
+    """In cases it moves (60%), the spleen's centre lies further left (LPS +x) of the body's midline,
+    with its volume calibrated as before; the liver and kidneys are unchanged (same anatomy stream)."""
+    from flare_seg.training.phantom.variety import lateral_spleen_rng, lateral_spleen_variety
+
+    draws = [lateral_spleen_variety(lateral_spleen_rng(s), None) for s in range(200)]
+    moved = [v for v in draws if v.spleen_flank_deg > 0]
+    assert 0.5 < len(moved) / len(draws) < 0.7
+    assert all(5 <= v.spleen_flank_deg <= 20 and 0.5 <= v.spleen_inset <= 0.9 for v in moved)
+    unmoved = [v for v in draws if v.spleen_flank_deg == 0]
+    assert all(v == OrganVariety() for v in unmoved)
+    # the other variety factors are kept
+    kept = lateral_spleen_variety(lateral_spleen_rng(1), OrganVariety(liver_depth=1.2))
+    assert kept.liver_depth == 1.2
+
+    seed = next(
+        case_seed(3000, i)
+        for i in range(20)
+        if lateral_spleen_variety(lateral_spleen_rng(case_seed(3000, i)), None).spleen_flank_deg > 12
+    )
+    _, plain_mask, _ = _arrays(PLAIN, seed)
+    lateral = PhantomOptions(size="small", flip_probability=0.0, lateral_spleen=True)
+    _, mask, info = _arrays(lateral, seed)
+    assert info.organ_variety is not None and info.organ_variety["spleen_flank_deg"] > 12
+
+    def spleen_x(m):
+        return float(np.nonzero(m == LABEL["spleen"])[2].mean())
+
+    # no flips: the x index grows to the patient's left; the spleen moves out by at least 2 voxels
+    assert spleen_x(mask) > spleen_x(plain_mask) + 2
+    for organ in ("liver", "kidney"):
+        np.testing.assert_array_equal(mask == LABEL[organ], plain_mask == LABEL[organ])
+    plain_ml, lateral_ml = ((m == LABEL["spleen"]).sum() for m in (plain_mask, mask))
+    assert 0.8 < lateral_ml / plain_ml < 1.25
