@@ -58,6 +58,7 @@ def test_write_dataset_writes_the_flare_layout(
         "anatomy_variety": False,
         "lesions": False,
         "arms": False,
+        "lateral_spleen": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
