@@ -10,22 +10,24 @@
 #    the pancreas weighted 3:1 as a patch centre); run straight through, it gives models of the
 #    same kind. Set BASE to a copy of those models to skip it.
 # 2. real-CT training of the segmentation network (FINETUNE=0 skips it and ships the base models),
-#    on phantoms only, in two runs:
+#    on phantoms only, in three runs:
 #    a. from the base weights, with appearance randomization (configs/segmentation_finetune.yaml)
 #       on the first phantom set plus a set with the bony pelvis and wider soft-tissue intensities
 #       (synth --iliac-wings --hu-spread-hu 15);
 #    b. from a (configs/segmentation_variety.yaml), with three more sets: organ size, shape and
 #       bone density beyond the textbook (--anatomy-variety), the same with kidney cysts and liver
-#       lesions (--lesions), and with the arms down beside the trunk as well (--arms).
-#    The shipped segmentation network is the mean of the base network and b (export with two
+#       lesions (--lesions), and with the arms down beside the trunk as well (--arms);
+#    c. from b (configs/segmentation_lateral.yaml), with a sixth set whose spleen often lies further
+#       out to the left flank (--lateral-spleen), as real spleens do.
+#    The shipped segmentation network is the mean of the base network and c (export with two
 #    --segmentation-run); the localization network is the base one. Fine-tuning the localization
 #    net the same way (configs/localization_{finetune,variety}.yaml, weights in
 #    checkpoints/realct_finetune/ and checkpoints/realct_variety/) cut organs on the real scans, so
 #    the recipe does not run it; nor configs/segmentation_layout.yaml (weights in
 #    checkpoints/realct_layout/), whose network, alone or as a third member, took less of the real
-#    CT's spleen. The weights of a and b are in checkpoints/realct_finetune/ and
-#    checkpoints/realct_variety/ (run folders: copy them to ${WORK}/runs/ and the runs resume as
-#    done, or export them).
+#    CT's spleen. The weights of a, b and c are in checkpoints/realct_finetune/,
+#    checkpoints/realct_variety/ and checkpoints/realct_lateral/ (run folders: copy them to
+#    ${WORK}/runs/ and the runs resume as done, or export them).
 # Then both are evaluated on phantoms of an unseen seed and on the real development CT (if REAL_CT
 # holds it; measured only, never trained on: a candidate below the shipped networks there is not
 # shipped), and exported again with
@@ -74,6 +76,7 @@ fi
 
 # --- stage 2: real-CT training of the segmentation network (FINETUNE=0 skips it)
 VARIETY_DATA="${VARIETY_DATA:-${WORK}/train_variety}"
+LATERAL_DATA="${LATERAL_DATA:-${WORK}/train_lateral}"
 LOC_RUN="${WORK}/runs/localization"
 SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation")
 if [ "${FINETUNE:-1}" = 1 ]; then
@@ -88,14 +91,21 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     flare-seg synth "${WORK}/phantoms_1400" --cases 48 --seed 1400 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --workers 2
     link_sets "${VARIETY_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300 phantoms_1400
   fi
+  if [ ! -d "${LATERAL_DATA}/TrainingImg" ]; then
+    flare-seg synth "${WORK}/phantoms_1500" --cases 48 --seed 1500 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --lateral-spleen --workers 2
+    link_sets "${LATERAL_DATA}" phantoms_1000 phantoms_1100 phantoms_1200 phantoms_1300 phantoms_1400 phantoms_1500
+  fi
   # a (its run folder may be a copy of checkpoints/realct_finetune/segmentation: it resumes as done)
   flare-seg train-segmentation "${FT_DATA}" --run-dir "${WORK}/runs/segmentation_finetune" \
     --config configs/segmentation_finetune.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
   # b
   flare-seg train-segmentation "${VARIETY_DATA}" --run-dir "${WORK}/runs/segmentation_variety" \
     --config configs/segmentation_variety.yaml --init-from "${WORK}/runs/segmentation_finetune" --cache-dir "${WORK}/cache"
+  # c
+  flare-seg train-segmentation "${LATERAL_DATA}" --run-dir "${WORK}/runs/segmentation_lateral" \
+    --config configs/segmentation_lateral.yaml --init-from "${WORK}/runs/segmentation_variety" --cache-dir "${WORK}/cache"
   LOC_RUN="${BASE}/localization"
-  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_variety")
+  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_lateral")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
@@ -120,4 +130,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, 48 cases each; the shipped segmentation network is the mean of the base network and the last fine-tuned one), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; the shipped segmentation network is the mean of the base network and the last fine-tuned one), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
