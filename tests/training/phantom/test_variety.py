@@ -202,7 +202,11 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "spleen_tilt",
         "cavity_width",
         "cavity_depth",
+        "spleen_flank_deg",
+        "spleen_inset",
     }
+    # the spleen's position stays the textbook one without --lateral-spleen
+    assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
