@@ -91,10 +91,19 @@ def _export_network(model: keras.Model, channels: int, output_name: str, path: P
     archive.write_out(str(path), verbose=False)
 
 
+def config_from_dict(recorded: dict[str, Any]) -> TrainConfig:
+    """The ``TrainConfig`` recorded as a dict (a run's config.yaml, a manifest entry's ``config``)."""
+    raw = dict(recorded)
+    return load_config(raw.pop("task"), None, **raw)
+
+
 def _run_config(run_dir: Path) -> TrainConfig:
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    task = raw.pop("task")
-    return load_config(task, None, **raw)
+    return config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+
+
+def as_run_list(runs: Path | Sequence[Path]) -> list[Path]:
+    """One run (a path) or several as a list of paths."""
+    return [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
 
 
 def _read_json(path: Path) -> Any:
@@ -118,7 +127,7 @@ def export_models(
     recorded under ``training.segmentation.members`` in the manifest).
 
     ``evaluation_json``: the full pipeline's figures on unseen phantoms; ``real_ct_evaluation_json``:
-    those on real CT, which no training or model-selection step uses (both ``flare-seg evaluate``
+    those on real CT, which no training uses (both ``flare-seg evaluate``
     output; recorded as ``evaluation`` and ``evaluation_real_ct``). Everything is written into
     ``<out_dir>.exporting`` first, which then replaces ``out_dir``.
 
@@ -129,15 +138,12 @@ def export_models(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: give --force to replace the models in it")
-    segmentation_runs = (
-        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
-    )
     # Every run is read and checked before anything is written.
     networks = {
-        name: (_restore_runs(name, [Path(r) for r in run_list], channels, contract), channels, output)
-        for name, run_list, channels, output in (
-            (LOCALIZATION_DIR, [localization_run], 1, LOCALIZATION_OUTPUT),
-            (SEGMENTATION_DIR, segmentation_runs, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
+        name: (_restore_runs(name, as_run_list(runs), channels, contract), channels, output)
+        for name, runs, channels, output in (
+            (LOCALIZATION_DIR, localization_run, 1, LOCALIZATION_OUTPUT),
+            (SEGMENTATION_DIR, segmentation_run, SEGMENTATION_INPUT_CHANNELS, SEGMENTATION_OUTPUT),
         )
     }
     tmp = out_dir.with_name(out_dir.name + ".exporting")
@@ -226,8 +232,7 @@ def _restore_exported(name: str, network_dir: Path) -> tuple[keras.Model, dict[s
         raise ValueError(f"{network_dir} is an ensemble: give the training runs of its members instead")
     if "config" not in entry:
         raise ValueError(f"{manifest_path} records no training config for {name}")
-    raw = dict(entry["config"])
-    config = load_config(raw.pop("task"), None, **raw)
+    config = config_from_dict(entry["config"])
     model = build_model(config)
     initialize_weights(model, network_dir, config)
     entry["run"] = f"{network_dir} (models {manifest.get('model_version')})"

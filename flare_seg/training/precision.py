@@ -50,19 +50,14 @@ def float16_models(models: Any, localization_run: Path, segmentation_run: Path |
     """``models`` (service ``LoadedModels`` exported from these runs or exported networks; several
     segmentation runs for an ensemble) with both networks replaced by their float16 twins; give it
     to ``Segmenter`` to segment in emulated float16."""
-    from flare_seg.training.config import load_config
-    from flare_seg.training.export import MeanOfNetworks, _restore_run
+    from flare_seg.training.export import MeanOfNetworks, _restore_run, as_run_list, config_from_dict
 
-    segmentation_runs = (
-        [segmentation_run] if isinstance(segmentation_run, (str, Path)) else list(segmentation_run)
-    )
     twins: dict[str, Any] = {}
-    for name, runs in (("localization", [localization_run]), ("segmentation", segmentation_runs)):
+    for name, runs in (("localization", localization_run), ("segmentation", segmentation_run)):
         members = []
-        for run in runs:
-            model, entry = _restore_run(name, Path(run))  # a run, or an exported network
-            raw = dict(entry["config"])
-            members.append(float16_twin(model, load_config(raw.pop("task"), None, **raw)))
+        for run in as_run_list(runs):
+            model, entry = _restore_run(name, run)  # a run, or an exported network
+            members.append(float16_twin(model, config_from_dict(entry["config"])))
         twins[name] = members[0] if len(members) == 1 else MeanOfNetworks(members)
     return dataclasses.replace(
         models,

@@ -94,26 +94,34 @@ def test_compress_contrast_is_monotone_and_leaves_air_fat_and_bone():
     assert 40.0 < enhanced[0] < enhanced[1] < 80.0
 
 
-def test_organ_sampling_weights_choose_the_patch_centres():
-    """Foreground patches are centred on organs in proportion to the weights (absent organs skipped)."""
+def _block_case(labels, spacing_mm_zyx, organ_box_mm):
+    """A prepared case for patch sampling: organs at 50 HU on -100 HU where ``labels`` has them."""
     import numpy as np
 
-    from flare_seg.contract import ModelContract
     from flare_seg.training.data import PreparedCase
-    from flare_seg.training.train import segmentation_patch
 
-    labels = np.zeros((40, 40, 40), np.uint8)
-    labels[2:8, 2:8, 2:8] = 1  # liver in one corner
-    labels[30:36, 30:36, 30:36] = 4  # pancreas in the opposite one; kidney and spleen absent
-    case = PreparedCase(
+    return PreparedCase(
         name="blocks",
         loc_image=np.zeros((4, 4, 4), np.float32),
         loc_target=np.zeros((4, 4, 4, 4), np.float32),
         seg_image=np.where(labels > 0, 50.0, -100.0).astype(np.float32),
         seg_labels=labels,
-        seg_spacing_mm_zyx=np.array([2.0, 2.0, 2.0]),
-        organ_box_mm=np.array([[4.0, 4.0, 4.0], [72.0, 72.0, 72.0]]),
+        seg_spacing_mm_zyx=np.array(spacing_mm_zyx),
+        organ_box_mm=np.array(organ_box_mm),
     )
+
+
+def test_organ_sampling_weights_choose_the_patch_centres():
+    """Foreground patches are centred on organs in proportion to the weights (absent organs skipped)."""
+    import numpy as np
+
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.train import segmentation_patch
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1  # liver in one corner
+    labels[30:36, 30:36, 30:36] = 4  # pancreas in the opposite one; kidney and spleen absent
+    case = _block_case(labels, [2.0, 2.0, 2.0], [[4.0, 4.0, 4.0], [72.0, 72.0, 72.0]])
 
     def pancreas_share(weights: dict[str, float]) -> float:
         config = load_config(
@@ -136,20 +144,11 @@ def test_position_scale_jitter_scales_positions_about_the_box_centre():
     import numpy as np
 
     from flare_seg.contract import ModelContract
-    from flare_seg.training.data import PreparedCase
     from flare_seg.training.train import segmentation_patch
 
     labels = np.zeros((24, 24, 24), np.uint8)
     labels[8:16, 8:16, 8:16] = 1
-    case = PreparedCase(
-        name="block",
-        loc_image=np.zeros((4, 4, 4), np.float32),
-        loc_target=np.zeros((4, 4, 4, 4), np.float32),
-        seg_image=np.where(labels > 0, 50.0, -100.0).astype(np.float32),
-        seg_labels=labels,
-        seg_spacing_mm_zyx=np.array([2.0, 3.0, 1.5]),
-        organ_box_mm=np.array([[16.0, 24.0, 12.0], [32.0, 48.0, 24.0]]),
-    )
+    case = _block_case(labels, [2.0, 3.0, 1.5], [[16.0, 24.0, 12.0], [32.0, 48.0, 24.0]])
     contract = ModelContract()
     steps_mm = np.array([2.0, 3.0, 1.5]) / contract.coordinate_scale_mm
     plain = {
