@@ -54,6 +54,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             lesions=args.lesions,
             arms=args.arms,
             lateral_spleen=args.lateral_spleen,
+            fatty_pancreas=args.fatty_pancreas,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -397,6 +398,11 @@ def _add_synth(sub: _Subparsers) -> None:
         "--lateral-spleen",
         action="store_true",
         help="the spleen further out to the left flank and closer to the ribs in 60%% of cases",
+    )
+    p.add_argument(
+        "--fatty-pancreas",
+        action="store_true",
+        help="a lobulated, fat-infiltrated, thinner pancreas (fat between its lobules) in 60%% of cases",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

@@ -15,7 +15,11 @@ to HU values, before windowing. With probability ``appearance_prob`` a sample ge
    of up to ``correlated_noise_hu`` after the blur;
 6. darker bone: HU above 150 compressed towards 150 by up to ``bone_darkening`` (a fraction), as in
    osteopenic or thick-slice scans, where a vertebral body is no brighter than an enhanced kidney
-   (applied first, on the clean sample).
+   (applied first, on the clean sample);
+7. a coarser acquisition: the sample averaged onto a grid up to ``low_resolution_factor`` times
+   coarser (in-plane and, independently, along z) and interpolated back linearly, as a scan
+   reconstructed at 3-5 mm and resampled to the network's grid looks (partial volume at organ
+   borders, linear-interpolation blur); after the blur, before the bias field and noise.
 
 Air (below -500 HU) is left out of 1, 2 and 4, so the body outline and the lungs stay where they are.
 """
@@ -44,6 +48,7 @@ class Appearance:
     bias_field_hu: float = 0.0  # largest amplitude of the smooth bias field
     correlated_noise_hu: float = 0.0  # largest SD of the correlated noise
     bone_darkening: float = 0.0  # largest fraction by which HU above 150 are compressed towards 150
+    low_resolution_factor: float = 1.0  # coarsest acquisition grid, as a factor on the sample's spacing
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prob <= 1.0:
@@ -59,6 +64,10 @@ class Appearance:
                 raise ValueError(f"appearance {name} must be >= 0, not {getattr(self, name)}")
         if not 0.0 <= self.bone_darkening < 1.0:
             raise ValueError(f"appearance bone_darkening must lie in [0, 1), not {self.bone_darkening}")
+        if not 1.0 <= self.low_resolution_factor <= 4.0:
+            raise ValueError(
+                f"appearance low_resolution_factor must lie in [1, 4], not {self.low_resolution_factor}"
+            )
 
 
 def random_tissue_curve(rng: np.random.Generator, amplitude_hu: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +103,23 @@ def correlated_noise(
     return noise * np.float32(sd_hu / sd)
 
 
+def coarser_acquisition(hu: np.ndarray, factors_zyx: tuple[float, float, float]) -> np.ndarray:
+    """``hu`` (3-D) as seen through a grid ``factors_zyx`` times coarser: averaged onto that grid
+    (each coarse voxel about the mean of the fine voxels it covers, as a thick slice integrates)
+    and interpolated back linearly to ``hu``'s exact shape."""
+    shape = np.array(hu.shape)
+    coarse_shape = np.maximum(np.round(shape / np.asarray(factors_zyx)).astype(int), 2)
+    if np.array_equal(coarse_shape, shape):
+        return hu
+    # area averaging: a Gaussian with the variance of a box one coarse voxel wide (less a fine
+    # voxel's own), symmetric so that borders do not shift, then linear sampling at its centres
+    width = shape / coarse_shape
+    smooth = ndimage.gaussian_filter(hu, np.sqrt(np.maximum(width**2 - 1.0, 0.0) / 12.0), mode="nearest")
+    coarse = ndimage.zoom(smooth, coarse_shape / shape, order=1, mode="nearest", grid_mode=True)
+    back = ndimage.zoom(coarse, shape / np.array(coarse.shape), order=1, mode="nearest", grid_mode=True)
+    return back[tuple(slice(0, n) for n in shape)].astype(np.float32)
+
+
 def randomize_appearance(
     rng: np.random.Generator, hu: np.ndarray, labels: np.ndarray | None, appearance: Appearance
 ) -> np.ndarray:
@@ -118,6 +144,10 @@ def randomize_appearance(
         s_xy = rng.uniform(0.0, appearance.blur_sigma_vox)
         s_z = rng.uniform(0.0, appearance.blur_sigma_vox)
         out = ndimage.gaussian_filter(out, (s_z, s_xy, s_xy), truncate=3.0)
+    if appearance.low_resolution_factor > 1.0 and out.ndim == 3:
+        f_xy = rng.uniform(1.0, appearance.low_resolution_factor)
+        f_z = rng.uniform(1.0, appearance.low_resolution_factor)
+        out = coarser_acquisition(out, (f_z, f_xy, f_xy))
     if appearance.bias_field_hu > 0:
         amplitude = rng.uniform(0.0, appearance.bias_field_hu)
         out += smooth_field(rng, out.shape, amplitude) * tissue

@@ -7,6 +7,7 @@ import pytest
 
 from flare_seg.training.augment import (
     Appearance,
+    coarser_acquisition,
     correlated_noise,
     random_tissue_curve,
     randomize_appearance,
@@ -139,3 +140,40 @@ def test_bone_darkening_compresses_only_dense_values_towards_150_hu():
     assert np.all(np.diff(out.ravel()) >= -1e-3)
     with pytest.raises(ValueError, match="bone_darkening"):
         Appearance(bone_darkening=1.0)
+
+
+def test_a_coarser_acquisition_spreads_an_edge_over_the_coarse_voxel_without_moving_it():
+    hu = np.zeros((12, 20, 48), np.float32)
+    hu[:, :, 24:] = 100.0
+    for factor in (1.5, 2.5, 3.5):
+        out = coarser_acquisition(hu, (1.0, 1.0, factor))
+        assert out.shape == hu.shape and out.dtype == np.float32
+        profile = out[6, 10]
+        width = np.count_nonzero((profile > 5) & (profile < 95))
+        assert factor - 1.5 <= width <= 2 * factor + 1  # partial volume over about one coarse voxel
+        # symmetric about the edge (23.5): the mean is kept, so the border does not move
+        assert profile.mean() == pytest.approx(50.0, abs=0.5)
+        np.testing.assert_allclose(out[:, 0, :], out[:, 10, :], atol=1e-4)  # the other axes untouched
+    flat = np.full((10, 12, 14), 37.0, np.float32)
+    np.testing.assert_allclose(coarser_acquisition(flat, (3.0, 2.0, 2.0)), flat, atol=1e-4)
+    np.testing.assert_array_equal(coarser_acquisition(hu, (1.0, 1.0, 1.0)), hu)
+
+
+def test_low_resolution_is_drawn_only_when_asked_and_blurs_organ_borders():
+    hu, labels = _volume()
+    plain = Appearance(prob=1.0, organ_shift_hu=10.0, bias_field_hu=10.0)
+    coarse = Appearance(prob=1.0, organ_shift_hu=10.0, bias_field_hu=10.0, low_resolution_factor=3.0)
+    a = randomize_appearance(np.random.default_rng(3), hu, labels, plain)
+    # the organ offsets are drawn before the coarser grid, so the same seed gives the same organ HU
+    b = randomize_appearance(np.random.default_rng(3), hu, labels, coarse)
+    inner = np.zeros(hu.shape, bool)
+    inner[6:8, 8:10, 8:10] = True  # the middle of organ 1, away from its border
+    assert abs(float(b[inner].mean() - a[inner].mean())) < 12.0
+    steepest = [
+        np.abs(np.diff(randomize_appearance(np.random.default_rng(s), hu, labels, coarse), axis=2)).max()
+        for s in range(5)
+    ]
+    assert max(steepest) < np.abs(np.diff(a, axis=2)).max()
+    for bad in (0.5, 5.0):
+        with pytest.raises(ValueError, match="low_resolution_factor"):
+            Appearance(low_resolution_factor=bad)

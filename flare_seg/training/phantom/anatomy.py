@@ -57,6 +57,9 @@ class OrganVariety:
         the flank itself (further out to the side).
     spleen_inset: how far the spleen's centre lies inside the cavity wall, as a factor on the
         textbook distance (below 1: closer to the ribs).
+    pancreas_fat_fraction: the share of the pancreas taken by fat between its lobules (0: none).
+    pancreas_lobule_mm: the lobules' size (the shortest wavelength of the lobule pattern), mm.
+    pancreas_lobule_seed: seed of the lobule pattern.
     """
 
     pancreas_thickness: float = 1.0
@@ -67,6 +70,9 @@ class OrganVariety:
     cavity_depth: float = 1.0
     spleen_flank_deg: float = 0.0
     spleen_inset: float = 1.0
+    pancreas_fat_fraction: float = 0.0
+    pancreas_lobule_mm: float = 8.0
+    pancreas_lobule_seed: int = 0
 
 
 class AnatomyBuilder:

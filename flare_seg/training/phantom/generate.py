@@ -39,6 +39,8 @@ from flare_seg.training.phantom.params import (
 from flare_seg.training.phantom.variety import (
     add_bony_pelvis,
     bone_density_appearance,
+    fatty_pancreas_rng,
+    fatty_pancreas_variety,
     lateral_spleen_rng,
     lateral_spleen_variety,
     organ_variety_rng,
@@ -67,6 +69,8 @@ def generate_case_with_info(
         appearance = bone_density_appearance(rng_organs, appearance)
     if options.lateral_spleen:
         variety = lateral_spleen_variety(lateral_spleen_rng(seed), variety)
+    if options.fatty_pancreas:
+        variety = fatty_pancreas_variety(fatty_pancreas_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan)
     anatomy = builder.build()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import ndtri
 
 from flare_seg.training.phantom.appearance import Waves
 from flare_seg.training.phantom.body import THETA
@@ -39,7 +40,7 @@ from flare_seg.training.phantom.shapes import (
 )
 
 if TYPE_CHECKING:
-    from flare_seg.training.phantom.anatomy import AnatomyBuilder
+    from flare_seg.training.phantom.anatomy import AnatomyBuilder, OrganVariety
 
 Exclusion = tuple[ShapeFn, np.ndarray, np.ndarray, float]  # (shape, lo, hi, clearance in mm)
 
@@ -331,7 +332,10 @@ def add_pancreas(b: AnatomyBuilder) -> None:
     organ = Organ(lambda k: shape, 1.0, [b.cavity_clip(2.0)], b.exclusions)
     texture = b.texture(b.u(2, 5), (30, 80))
     pancreas_hu = b.hu["pancreas"]
-    add_organ(b, "pancreas", PANCREAS, organ, lo, hi, lambda ctx: pancreas_hu + ctx.field(texture), halo)
+    paint: HuFn = lambda ctx: pancreas_hu + ctx.field(texture)  # noqa: E731
+    if b.variety.pancreas_fat_fraction > 0:
+        paint = _lobulated_hu(paint, b.hu["visceral_fat"], b.variety)
+    add_organ(b, "pancreas", PANCREAS, organ, lo, hi, paint, halo)
     b.pancreas_head, b.pancreas_head_semi, b.pancreas_halo = head, head_semi, halo
     b.pancreas_neck = neck
     # the splenic vein runs along the back of the body and tail; the portal confluence is behind the neck
@@ -346,6 +350,26 @@ def add_pancreas(b: AnatomyBuilder) -> None:
         ]
     )
     b.confluence = neck + posterior * (r_neck + b.u(7, 9)) + np.array([-5.0, 0.0, 3.0])
+
+
+def _lobulated_hu(parenchyma: HuFn, fat_hu: float, variety: OrganVariety) -> HuFn:
+    """``parenchyma`` with fat between lobules: a sum of eight plane waves (wavelengths 1-2.5
+    times the lobule size) thresholded so that ``variety.pancreas_fat_fraction`` of the organ is
+    fat, with a 1 mm soft edge (partial volume). Evaluated on the fine grid: lobules are smaller
+    than the coarse grid the other textures are sampled on."""
+    lobule = variety.pancreas_lobule_mm
+    # its own stream (the variety's seed), so the anatomy stream's draws stay those of the seed
+    rng = np.random.default_rng(variety.pancreas_lobule_seed)
+    waves = Waves.random(rng, 8, (lobule, 2.5 * lobule), 1.0)  # about N(0, 1)
+    threshold = float(ndtri(1.0 - variety.pancreas_fat_fraction))
+    slope = 2.0 * np.pi / lobule  # field units per mm near a crossing, roughly
+
+    def paint(ctx: PaintContext) -> np.ndarray:
+        hu = np.asarray(parenchyma(ctx), np.float32)
+        fat = np.clip((waves(*ctx.coords()) - threshold) * slope + 0.5, 0.0, 1.0)
+        return (hu * (1.0 - fat) + np.float32(fat_hu) * fat).astype(np.float32)
+
+    return paint
 
 
 def add_liver(b: AnatomyBuilder) -> None:

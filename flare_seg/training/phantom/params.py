@@ -46,6 +46,8 @@ class PhantomOptions:
     arms: the arms down beside the trunk in some cases (``phantom.arms``).
     lateral_spleen: the spleen further out to the left flank and closer to the ribs in some cases
         (``phantom.variety``).
+    fatty_pancreas: a lobulated, fat-infiltrated and thinner pancreas in some cases, labelled as a
+        whole (``phantom.variety``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -57,6 +59,7 @@ class PhantomOptions:
     lesions: bool = False
     arms: bool = False
     lateral_spleen: bool = False
+    fatty_pancreas: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

@@ -204,9 +204,13 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "cavity_depth",
         "spleen_flank_deg",
         "spleen_inset",
+        "pancreas_fat_fraction",
+        "pancreas_lobule_mm",
+        "pancreas_lobule_seed",
     }
-    # the spleen's position stays the textbook one without --lateral-spleen
+    # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without fat
     assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
+    assert info["organ_variety"]["pancreas_fat_fraction"] == 0.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
@@ -243,3 +247,49 @@ def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
         np.testing.assert_array_equal(mask == LABEL[organ], plain_mask == LABEL[organ])
     plain_ml, lateral_ml = ((m == LABEL["spleen"]).sum() for m in (plain_mask, mask))
     assert 0.8 < lateral_ml / plain_ml < 1.25
+
+
+def test_a_fatty_pancreas_is_lobulated_darker_and_thinner_and_leaves_the_rest():
+    """In cases it changes (60%), the pancreas holds fat between its lobules (so it averages near
+    water, not at soft-tissue HU, with fat-dark voxels inside its label) and is thinner; the liver,
+    kidneys and spleen are unchanged (the anatomy stream's draws are those of the seed)."""
+    from flare_seg.training.phantom.variety import fatty_pancreas_rng, fatty_pancreas_variety
+
+    draws = [fatty_pancreas_variety(fatty_pancreas_rng(s), None) for s in range(200)]
+    fatty = [v for v in draws if v.pancreas_fat_fraction > 0]
+    assert 0.5 < len(fatty) / len(draws) < 0.7
+    assert all(0.2 <= v.pancreas_fat_fraction <= 0.5 and 0.6 <= v.pancreas_thickness <= 0.9 for v in fatty)
+    assert all(v == OrganVariety() for v in draws if v.pancreas_fat_fraction == 0)
+    assert len({v.pancreas_lobule_seed for v in fatty}) == len(fatty)
+    # an atrophic pancreas of --anatomy-variety gets thinner still
+    thinner = fatty_pancreas_variety(fatty_pancreas_rng(3), OrganVariety(pancreas_thickness=0.5))
+    assert thinner.pancreas_thickness < 0.5
+
+    seed = next(
+        case_seed(3000, i)
+        for i in range(20)
+        if fatty_pancreas_variety(fatty_pancreas_rng(case_seed(3000, i)), None).pancreas_fat_fraction > 0.35
+    )
+    plain_image, plain_mask, _ = _arrays(PLAIN, seed)
+    options = PhantomOptions(size="small", flip_probability=0.0, fatty_pancreas=True)
+    image, mask, info = _arrays(options, seed)
+    assert info.organ_variety is not None and info.organ_variety["pancreas_fat_fraction"] > 0.35
+    pancreas, plain_pancreas = mask == LABEL["pancreas"], plain_mask == LABEL["pancreas"]
+    assert pancreas.sum() < 0.9 * plain_pancreas.sum()
+    assert np.median(image[pancreas]) < np.median(plain_image[plain_pancreas]) - 25
+    assert np.percentile(image[pancreas], 10) < -40  # fat clefts inside the label
+    for organ in ("liver", "kidney", "spleen"):
+        changed = (mask == LABEL[organ]) != (plain_mask == LABEL[organ])
+        assert changed.sum() <= 0.01 * (plain_mask == LABEL[organ]).sum()  # only where the pancreas let go
+
+
+def test_fatty_pancreas_is_on_the_command_line_and_recorded(tmp_path):
+    from flare_seg.cli import main
+
+    out = tmp_path / "ds"
+    args = ["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--fatty-pancreas"]
+    assert main(args) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["fatty_pancreas"] is True
+    (info,) = dataset["case_info"].values()
+    assert "pancreas_fat_fraction" in info["organ_variety"]
