@@ -81,7 +81,7 @@ class DicomSource:
     frame_of_reference_uid: str
     description: str
     series_number: int | None
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # about a DICOM SEG that references these images (derived UIDs)
 
     @property
     def multi_frame(self) -> bool:
@@ -147,10 +147,9 @@ def read_series(candidate: SeriesCandidate, max_voxels: int, *, where: str) -> D
         )
     _check_frame_of_reference(files, where)
     array = _decode(files, planes, order, geometry, where)
-    source = _source(candidate, planes, order)
-    for w in source.warnings:
-        logger.warning("%s: %s", where, w)
-    return DicomVolume(CtVolume(array, geometry), source)
+    # The source's warnings concern a SEG that references the images: whoever writes one says them
+    # (a NIfTI mask of the same series needs no UIDs).
+    return DicomVolume(CtVolume(array, geometry), _source(candidate, planes, order))
 
 
 # ----------------------------------------------------------------------------- planes and geometry

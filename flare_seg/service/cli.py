@@ -287,7 +287,9 @@ def _segment_case(
     report.status, report.output, report.outputs = "ok", names[0], names
     report.volumes_ml = dict(result.volumes_ml)
     report.organs_localized = result.organs_localized
-    report.warnings = [*(read.source.warnings if read.source else ()), *result.warnings]
+    writes_seg = any(kind != NIFTI for kind in types)  # the UID warnings concern the SEG's references
+    seg_warnings = read.source.warnings if read.source is not None and writes_seg else ()
+    report.warnings = [*seg_warnings, *result.warnings]
     extras = _extras_or_warning(output_dir, case.case, result, ct_zyx, options, report)
     report.outputs = [*names, *extras.files]
     return extras.statistics

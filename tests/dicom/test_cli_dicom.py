@@ -118,6 +118,27 @@ def test_seg_and_nifti_of_a_series_match_the_mask_of_its_nifti(
     assert np.array_equal(sitk.GetArrayViewFromImage(resampled), sitk.GetArrayViewFromImage(nifti_mask))
 
 
+def test_uid_warnings_come_only_with_a_seg(tiny_models: Path, tmp_path: Path, workspace) -> None:
+    """Images without Study and Series Instance UIDs (as some anonymizers leave them) get derived
+    UIDs in a SEG, with a warning; a NIfTI mask of the same series needs no UIDs and says nothing."""
+    _, case = workspace
+    bare = tmp_path / "bare"
+    for path in _copy_series(case, bare):
+        ds = pydicom.dcmread(path)
+        del ds.StudyInstanceUID, ds.SeriesInstanceUID
+        ds.save_as(path)
+    args = ["--models-dir", str(tiny_models)]
+    warned = {}
+    for kind in ("nifti", "dicom-seg"):
+        out = tmp_path / kind
+        assert main(["predict", str(bare), str(out), "--output-type", kind, *args]) == 0
+        (report,) = json.loads((out / "summary.json").read_text())["cases"]
+        assert report["status"] == "ok"
+        warned[kind] = [w for w in report["warnings"] if "Instance UID" in w]
+    assert warned["nifti"] == []
+    assert len(warned["dicom-seg"]) == 2 and all("derived" in w for w in warned["dicom-seg"])
+
+
 def test_input_errors_come_before_the_models_and_say_what_is_wrong(tmp_path: Path, workspace, capsys) -> None:
     inputs, _ = workspace
     no_models = ["--models-dir", str(tmp_path / "no-models")]

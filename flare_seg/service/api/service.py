@@ -353,7 +353,8 @@ class Service:
             summary = summary.model_copy(update={"statistics": stats})
         if source is not None:
             summary.source_series = series
-            summary.warnings = [*source.warnings, *summary.warnings]
+            if output == DICOM_SEG:  # the UID warnings concern the SEG's references only
+                summary.warnings = [*source.warnings, *summary.warnings]
         return Outcome(summary=summary, mask_bytes=mask_bytes)
 
     def _read_dicom_zip(self, path: Path, name: str) -> tuple[CtVolume, DicomSource, str | None]:
