@@ -59,6 +59,7 @@ def test_write_dataset_writes_the_flare_layout(
         "lesions": False,
         "arms": False,
         "lateral_spleen": False,
+        "fatty_pancreas": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
