@@ -19,6 +19,7 @@ import numpy as np
 from flare_seg.training.phantom.body import THETA, Body
 from flare_seg.training.phantom.canvas import HuFn, PaintContext, Part
 from flare_seg.training.phantom.coarse import ShapeFn
+from flare_seg.training.phantom.params import option_rng
 
 if TYPE_CHECKING:
     from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
@@ -31,7 +32,7 @@ _REACH_MAX_MM = 241.0
 
 def arms_rng(seed: int) -> np.random.Generator:
     """The eighth random stream of a case seed."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(8)[7])
+    return option_rng(seed, 7)
 
 
 def add_arms(rng: np.random.Generator, b: AnatomyBuilder, anatomy: Anatomy) -> Anatomy:

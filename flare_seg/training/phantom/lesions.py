@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flare_seg.training.phantom.coarse import ShapeFn
+from flare_seg.training.phantom.params import option_rng
 from flare_seg.training.phantom.shapes import Frame, Warp, unit
 
 KIDNEY_CYST_PROBABILITY = 0.35  # per kidney (simple cysts are common after 50)
@@ -58,7 +59,7 @@ NO_LESIONS = LesionPlan()
 
 def lesion_rng(seed: int) -> np.random.Generator:
     """The seventh random stream of a case seed."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(7)[6])
+    return option_rng(seed, 6)
 
 
 def sample_lesions(rng: np.random.Generator) -> LesionPlan:

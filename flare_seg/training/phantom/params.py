@@ -116,3 +116,9 @@ def case_rngs(seed: int) -> list[np.random.Generator]:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)]
+
+
+def option_rng(seed: int, index: int) -> np.random.Generator:
+    """Random stream ``index`` (0-based; 0-3 are ``case_rngs``) of a case seed: each generator
+    option draws from its own, so turning one on leaves every other draw of the seed unchanged."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(index + 1)[index])

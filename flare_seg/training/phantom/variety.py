@@ -14,6 +14,7 @@ import numpy as np
 
 from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder, OrganVariety
 from flare_seg.training.phantom.appearance import Appearance
+from flare_seg.training.phantom.params import option_rng
 from flare_seg.training.phantom.pelvis import pelvis_parts
 
 # Soft tissues whose mean HU gets a per-case offset (air, fat, water, bone and contrast media keep
@@ -42,17 +43,17 @@ OSTEOPENIA_PROBABILITY = 0.5  # vertebral bodies of 80-200 HU: no brighter than 
 
 def variety_rng(seed: int) -> np.random.Generator:
     """The fifth random stream of a case seed (the first four are ``params.case_rngs``)."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(5)[4])
+    return option_rng(seed, 4)
 
 
 def organ_variety_rng(seed: int) -> np.random.Generator:
     """The sixth random stream of a case seed (the organ variety of ``anatomy_variety``)."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(6)[5])
+    return option_rng(seed, 5)
 
 
 def lateral_spleen_rng(seed: int) -> np.random.Generator:
     """The ninth random stream of a case seed (the spleen position of ``lateral_spleen``)."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(9)[8])
+    return option_rng(seed, 8)
 
 
 LATERAL_SPLEEN_PROBABILITY = 0.6
@@ -61,7 +62,7 @@ FATTY_PANCREAS_LOBULES_PROBABILITY = 0.6
 
 def fatty_pancreas_rng(seed: int) -> np.random.Generator:
     """The tenth random stream of a case seed (the pancreas of ``fatty_pancreas``)."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(10)[9])
+    return option_rng(seed, 9)
 
 
 def fatty_pancreas_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
