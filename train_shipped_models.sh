@@ -115,27 +115,20 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     flare-seg synth "${WORK}/phantoms_1600" --cases 48 --seed 1600 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --workers 2
     link_sets "${PANCREAS_DATA}" phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600
   fi
+  # finetune DATA NAME FROM: run ${WORK}/runs/segmentation_NAME with configs/segmentation_NAME.yaml,
+  # starting from the network or run FROM
+  finetune() {
+    flare-seg train-segmentation "$1" --run-dir "${WORK}/runs/segmentation_$2" \
+      --config "configs/segmentation_$2.yaml" --init-from "$3" --cache-dir "${WORK}/cache"
+  }
   # a (its run folder may be a copy of checkpoints/realct_finetune/segmentation: it resumes as done)
-  flare-seg train-segmentation "${FT_DATA}" --run-dir "${WORK}/runs/segmentation_finetune" \
-    --config configs/segmentation_finetune.yaml --init-from "${BASE}/segmentation" --cache-dir "${WORK}/cache"
-  # b
-  flare-seg train-segmentation "${VARIETY_DATA}" --run-dir "${WORK}/runs/segmentation_variety" \
-    --config configs/segmentation_variety.yaml --init-from "${WORK}/runs/segmentation_finetune" --cache-dir "${WORK}/cache"
-  # c
-  flare-seg train-segmentation "${LATERAL_DATA}" --run-dir "${WORK}/runs/segmentation_lateral" \
-    --config configs/segmentation_lateral.yaml --init-from "${WORK}/runs/segmentation_variety" --cache-dir "${WORK}/cache"
-  # d
-  flare-seg train-segmentation "${APPEARANCE_DATA}" --run-dir "${WORK}/runs/segmentation_appearance" \
-    --config configs/segmentation_appearance.yaml --init-from "${WORK}/runs/segmentation_lateral" --cache-dir "${WORK}/cache"
-  # e
-  flare-seg train-segmentation "${PANCREAS_DATA}" --run-dir "${WORK}/runs/segmentation_pancreas" \
-    --config configs/segmentation_pancreas.yaml --init-from "${WORK}/runs/segmentation_appearance" --cache-dir "${WORK}/cache"
-  # f
-  flare-seg train-segmentation "${PANCREAS_DATA}" --run-dir "${WORK}/runs/segmentation_intensity" \
-    --config configs/segmentation_intensity.yaml --init-from "${WORK}/runs/segmentation_pancreas" --cache-dir "${WORK}/cache"
-  # g
-  flare-seg train-segmentation "${PANCREAS_DATA}" --run-dir "${WORK}/runs/segmentation_intensity_strong" \
-    --config configs/segmentation_intensity_strong.yaml --init-from "${WORK}/runs/segmentation_intensity" --cache-dir "${WORK}/cache"
+  finetune "${FT_DATA}" finetune "${BASE}/segmentation"
+  finetune "${VARIETY_DATA}" variety "${WORK}/runs/segmentation_finetune"  # b
+  finetune "${LATERAL_DATA}" lateral "${WORK}/runs/segmentation_variety"  # c
+  finetune "${APPEARANCE_DATA}" appearance "${WORK}/runs/segmentation_lateral"  # d
+  finetune "${PANCREAS_DATA}" pancreas "${WORK}/runs/segmentation_appearance"  # e
+  finetune "${PANCREAS_DATA}" intensity "${WORK}/runs/segmentation_pancreas"  # f
+  finetune "${PANCREAS_DATA}" intensity_strong "${WORK}/runs/segmentation_intensity"  # g
   LOC_RUN="${BASE}/localization"
   SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_lateral"
     --segmentation-run "${WORK}/runs/segmentation_intensity_strong")
