@@ -116,12 +116,12 @@ def _variety_case(seed: int):
     return _arrays(VARIETY, seed), _arrays(PLAIN, seed)
 
 
-def _seed_where(predicate) -> int:
-    """The first case seed of dataset seed 3000 whose organ variety satisfies ``predicate``."""
+def _seed_where(predicate, draw=lambda seed: sample_organ_variety(organ_variety_rng(seed))) -> int:
+    """The first case seed of dataset seed 3000 whose variety (``draw(seed)``: by default that of
+    anatomy_variety) satisfies ``predicate``."""
     for i in range(40):
         seed = case_seed(3000, i)
-        factors = sample_organ_variety(organ_variety_rng(seed))
-        if predicate(factors):
+        if predicate(draw(seed)):
             return seed
     raise AssertionError("no seed among 40 has the wanted variety")
 
@@ -228,10 +228,8 @@ def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
     kept = lateral_spleen_variety(lateral_spleen_rng(1), OrganVariety(liver_depth=1.2))
     assert kept.liver_depth == 1.2
 
-    seed = next(
-        case_seed(3000, i)
-        for i in range(20)
-        if lateral_spleen_variety(lateral_spleen_rng(case_seed(3000, i)), None).spleen_flank_deg > 12
+    seed = _seed_where(
+        lambda v: v.spleen_flank_deg > 12, lambda s: lateral_spleen_variety(lateral_spleen_rng(s), None)
     )
     _, plain_mask, _ = _arrays(PLAIN, seed)
     lateral = PhantomOptions(size="small", flip_probability=0.0, lateral_spleen=True)
@@ -265,10 +263,9 @@ def test_a_fatty_pancreas_is_lobulated_darker_and_thinner_and_leaves_the_rest():
     thinner = fatty_pancreas_variety(fatty_pancreas_rng(3), OrganVariety(pancreas_thickness=0.5))
     assert thinner.pancreas_thickness < 0.5
 
-    seed = next(
-        case_seed(3000, i)
-        for i in range(20)
-        if fatty_pancreas_variety(fatty_pancreas_rng(case_seed(3000, i)), None).pancreas_fat_fraction > 0.35
+    seed = _seed_where(
+        lambda v: v.pancreas_fat_fraction > 0.35,
+        lambda s: fatty_pancreas_variety(fatty_pancreas_rng(s), None),
     )
     plain_image, plain_mask, _ = _arrays(PLAIN, seed)
     options = PhantomOptions(size="small", flip_probability=0.0, fatty_pancreas=True)
