@@ -60,6 +60,16 @@ class OrganVariety:
     pancreas_fat_fraction: the share of the pancreas taken by fat between its lobules (0: none).
     pancreas_lobule_mm: the lobules' size (the shortest wavelength of the lobule pattern), mm.
     pancreas_lobule_seed: seed of the lobule pattern.
+    liver_left_lobe: the left lobe's reach to the left and its width, as a factor (above 1: a left
+        lobe that spans the epigastrium in front of the stomach, towards the spleen).
+    liver_forward_mm: how far the liver's centre lies in front of the textbook position, mm.
+    kidney_rise_mm: how far both kidneys lie above the textbook height, mm (the right upper pole
+        then sits in the liver's renal impression).
+    kidney_turn_deg: how many degrees further the kidneys' hila turn to the front.
+    kidney_lean: how much further the kidneys' long axes lean with the lower pole to the front (the
+        added antero-posterior component of the axis per unit of its height).
+    spleen_volume: the spleen's volume, as a factor on the textbook draw.
+    spleen_rise_mm: how far the spleen's centre lies above the textbook height under the dome, mm.
     """
 
     pancreas_thickness: float = 1.0
@@ -73,6 +83,13 @@ class OrganVariety:
     pancreas_fat_fraction: float = 0.0
     pancreas_lobule_mm: float = 8.0
     pancreas_lobule_seed: int = 0
+    liver_left_lobe: float = 1.0
+    liver_forward_mm: float = 0.0
+    kidney_rise_mm: float = 0.0
+    kidney_turn_deg: float = 0.0
+    kidney_lean: float = 0.0
+    spleen_volume: float = 1.0
+    spleen_rise_mm: float = 0.0
 
 
 class AnatomyBuilder:

@@ -43,6 +43,8 @@ from flare_seg.training.phantom.variety import (
     fatty_pancreas_variety,
     lateral_spleen_rng,
     lateral_spleen_variety,
+    organ_layout_rng,
+    organ_layout_variety,
     organ_variety_rng,
     sample_organ_variety,
     spread_appearance,
@@ -71,6 +73,8 @@ def generate_case_with_info(
         variety = lateral_spleen_variety(lateral_spleen_rng(seed), variety)
     if options.fatty_pancreas:
         variety = fatty_pancreas_variety(fatty_pancreas_rng(seed), variety)
+    if options.organ_layout:
+        variety = organ_layout_variety(organ_layout_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan)
     anatomy = builder.build()

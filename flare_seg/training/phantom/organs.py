@@ -128,7 +128,7 @@ def add_kidneys(b: AnatomyBuilder) -> None:
     """Bean-shaped kidneys beside the spine at L1-L2 (the right one lower), hilum anteromedial,
     with renal pelvis and renal vein; both get the kidney label. Sets `b.left_kidney_z`,
     `b.left_kidney` and `b.kidney_bottom_z`."""
-    b.left_kidney_z = b.l1_z - b.u(5, 25)
+    b.left_kidney_z = b.l1_z - b.u(5, 25) + b.variety.kidney_rise_mm
     bottoms = []
     for side in (1, -1):
         z_k = b.left_kidney_z if side > 0 else b.left_kidney_z - b.u(10, 20)
@@ -174,8 +174,10 @@ def _kidney_frame(b: AnatomyBuilder, side: int, z_k: float) -> Frame:
     medial = np.array([-side, 0.0, 0.0])
     y_k = float(b.spine.center_y(np.float32(z_k))) + b.u(2, 14)
     center = np.array([side * b.u(62, 75), y_k, z_k])
-    long_axis = unit(0.25 * medial + np.array([0, b.u(0.1, 0.3), 1.0]) + b.rng.normal(0, 0.05, 3))
-    hilum_dir = unit(np.cos(0.6) * medial + np.sin(0.6) * np.array([0, -1.0, 0]) + b.rng.normal(0, 0.05, 3))
+    lean = b.u(0.1, 0.3) + b.variety.kidney_lean  # the lower pole to the front (along the psoas)
+    long_axis = unit(0.25 * medial + np.array([0, lean, 1.0]) + b.rng.normal(0, 0.05, 3))
+    turn = 0.6 + math.radians(b.variety.kidney_turn_deg)  # hilum from medial towards the front
+    hilum_dir = unit(np.cos(turn) * medial + np.sin(turn) * np.array([0, -1.0, 0]) + b.rng.normal(0, 0.05, 3))
     return Frame(center, orthonormal(hilum_dir, long_axis))
 
 
@@ -263,7 +265,8 @@ def add_spleen(b: AnatomyBuilder) -> None:
     semi = np.array([b.u(19, 23), b.u(35, 41) * b.variety.spleen_depth, b.u(56, 64)])
     rho = float(np.interp(theta, THETA, body.cavity_lut)) - semi[0] * b.u(0.7, 1.0) * b.variety.spleen_inset
     x, y = rho * math.cos(theta), rho * math.sin(theta)
-    center = np.array([x, y, float(body.diaphragm_z(np.float32(x), np.float32(y))) - b.u(40, 55)])
+    drop = b.u(40, 55) - b.variety.spleen_rise_mm
+    center = np.array([x, y, float(body.diaphragm_z(np.float32(x), np.float32(y))) - drop])
     long_axis = unit(np.array([b.u(0.15, 0.35), -b.u(0.3, 0.55) * b.variety.spleen_tilt, -1.0]))
     to_hilum = unit(np.array([-math.cos(theta) - 0.2, -math.sin(theta) - 0.7, 0.0]))
     frame = Frame(center, orthonormal(to_hilum, long_axis))
@@ -280,7 +283,7 @@ def add_spleen(b: AnatomyBuilder) -> None:
     reach = float(semi.max()) * 1.15 + warp.max_mm + 2.0
     halo = b.u(0.0, 3.0)
     clips = [b.cavity_clip(0.5), b.below_diaphragm]
-    target = 200.0 * b.u(0.85, 1.15) ** 3
+    target = 200.0 * b.u(0.85, 1.15) ** 3 * b.variety.spleen_volume
     organ, k = calibrated(template, lambda k: around(center, reach * k), target, clips, b.exclusions)
     mottled = b.phase == "arterial"  # the arterial-phase spleen is mottled
     texture = b.texture(12.0, (15, 40), waves=4) if mottled else b.texture(3.0)
@@ -378,7 +381,8 @@ def add_liver(b: AnatomyBuilder) -> None:
     Sets `b.liver_center`, `b.liver_scale` and `b.liver_hilum`."""
     shape = _sample_liver_shape(b)
     halo = b.u(0.0, 2.0)
-    target = 1650.0 * b.u(0.87, 1.13) ** 3  # ~7% is carved out later by the IVC, portal vein, gallbladder
+    # ~7% is carved out later by the IVC, portal vein and gallbladder; a larger left lobe adds to it
+    target = 1650.0 * b.u(0.87, 1.13) ** 3 * (1.0 + 0.3 * (b.variety.liver_left_lobe - 1.0))
     clips = [b.cavity_clip(0.5), b.below_diaphragm]
     organ, k = calibrated(shape.template, shape.bbox, target, clips, b.exclusions)
     center = shape.frame.center
@@ -441,10 +445,11 @@ class _LiverShape:
 def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     """Position, lobe sizes, lower cut, orientation and warp of the liver."""
     rng = b.rng
-    center = np.array([-b.cav_a * b.u(0.40, 0.50), b.u(-10, 15), -b.u(70, 85)])
+    center = np.array([-b.cav_a * b.u(0.40, 0.50), b.u(-10, 15) - b.variety.liver_forward_mm, -b.u(70, 85)])
     right = np.array([70.0, 82.0 * b.variety.liver_depth, 92.0]) * np.exp(rng.normal(0, 0.04, 3))
-    left_off = np.array([b.u(70, 85), -b.u(30, 45), b.u(20, 35)])
-    left = np.array([b.u(65, 80), b.u(36, 46), b.u(32, 42)])
+    lobe = b.variety.liver_left_lobe
+    left_off = np.array([b.u(70, 85) * lobe, -b.u(30, 45), b.u(20, 35)])
+    left = np.array([b.u(65, 80) * lobe, b.u(36, 46) * math.sqrt(lobe), b.u(32, 42)])
     taper = b.u(0.3, 0.5)
     plane_n = unit([b.u(0.25, 0.45), -b.u(0.25, 0.45), -1.0])
     plane_d = b.u(72, 88) * abs(plane_n[2])

@@ -48,6 +48,9 @@ class PhantomOptions:
         (``phantom.variety``).
     fatty_pancreas: a lobulated, fat-infiltrated and thinner pancreas in some cases, labelled as a
         whole (``phantom.variety``).
+    organ_layout: the organs placed and sized as in many real abdomens in some cases: a larger left
+        liver lobe, the liver further to the front, higher kidneys turned further to the front, a
+        larger and higher spleen (``phantom.variety``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -60,6 +63,7 @@ class PhantomOptions:
     arms: bool = False
     lateral_spleen: bool = False
     fatty_pancreas: bool = False
+    organ_layout: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

@@ -96,6 +96,37 @@ def lateral_spleen_variety(rng: np.random.Generator, variety: OrganVariety | Non
     )
 
 
+ORGAN_LAYOUT_PROBABILITY = 0.7
+
+
+def organ_layout_rng(seed: int) -> np.random.Generator:
+    """The eleventh random stream of a case seed (the organ layout of ``organ_layout``)."""
+    return option_rng(seed, 10)
+
+
+def organ_layout_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
+    """``variety`` (None: the textbook one) with, in ``ORGAN_LAYOUT_PROBABILITY`` of cases, the
+    organs placed and sized as in many real abdomens rather than the textbook's: a left liver lobe
+    reaching up to 40% further to the left, the liver up to 20 mm further to the front, both kidneys
+    up to 20 mm higher (upper poles at T11-T12; the right one then sits in the liver's renal
+    impression) with their hila turned up to 25 degrees further to the front and their lower poles
+    leaning further to the front (up to about 20 degrees more, as along a steep psoas), and a spleen up to
+    60% larger (200-320 mL) and up to 15 mm higher under the dome."""
+    variety = variety or OrganVariety()
+    if rng.random() >= ORGAN_LAYOUT_PROBABILITY:
+        return variety
+    return dataclasses.replace(
+        variety,
+        liver_left_lobe=float(rng.uniform(1.0, 1.4)),
+        liver_forward_mm=float(rng.uniform(0.0, 20.0)),
+        kidney_rise_mm=float(rng.uniform(0.0, 20.0)),
+        kidney_turn_deg=float(rng.uniform(0.0, 25.0)),
+        kidney_lean=float(rng.uniform(0.0, 0.35)),
+        spleen_volume=float(rng.uniform(1.0, 1.6)),
+        spleen_rise_mm=float(rng.uniform(0.0, 15.0)),
+    )
+
+
 def sample_organ_variety(rng: np.random.Generator) -> OrganVariety:
     """Organ size and shape factors: an atrophic pancreas in half the cases, a liver up to 30% and a
     spleen up to 40% deeper, the spleen's long axis tilted up to 2.5 times further to the front, and

@@ -290,3 +290,53 @@ def test_fatty_pancreas_is_on_the_command_line_and_recorded(tmp_path):
     assert dataset["options"]["fatty_pancreas"] is True
     (info,) = dataset["case_info"].values()
     assert "pancreas_fat_fraction" in info["organ_variety"]
+
+
+def test_organ_layout_draws_its_factors_in_most_cases_and_keeps_the_others():
+    from flare_seg.training.phantom.variety import organ_layout_rng, organ_layout_variety
+
+    draws = [organ_layout_variety(organ_layout_rng(s), None) for s in range(200)]
+    moved = [v for v in draws if v.spleen_volume > 1.0]
+    assert 0.6 < len(moved) / len(draws) < 0.8
+    assert all(v == OrganVariety() for v in draws if v.spleen_volume == 1.0)
+    for v in moved:
+        assert 1.0 <= v.liver_left_lobe <= 1.4 and 0 <= v.liver_forward_mm <= 20
+        assert 0 <= v.kidney_rise_mm <= 20 and 0 <= v.kidney_turn_deg <= 25 and 0 <= v.kidney_lean <= 0.35
+        assert 1.0 <= v.spleen_volume <= 1.6 and 0 <= v.spleen_rise_mm <= 15
+    kept = organ_layout_variety(organ_layout_rng(1), OrganVariety(liver_depth=1.2, spleen_flank_deg=9.0))
+    assert kept.liver_depth == 1.2 and kept.spleen_flank_deg == 9.0
+
+
+def test_organ_layout_raises_the_kidneys_enlarges_the_spleen_and_the_left_liver_lobe(tmp_path):
+    """Where it draws large factors, the kidneys lie higher (LPS +z: a higher slice index without
+    flips), the spleen is larger, and the liver reaches further to the patient's left (+x); the
+    case is otherwise the seed's (same grid). On the command line and recorded in dataset.json."""
+    from flare_seg.cli import main
+    from flare_seg.training.phantom.variety import organ_layout_rng, organ_layout_variety
+
+    seed = _seed_where(
+        lambda v: v.kidney_rise_mm > 12 and v.spleen_volume > 1.3 and v.liver_left_lobe > 1.2,
+        lambda s: organ_layout_variety(organ_layout_rng(s), None),
+    )
+    _, plain_mask, plain_info = _arrays(PLAIN, seed)
+    layout = PhantomOptions(size="small", flip_probability=0.0, organ_layout=True)
+    _, mask, info = _arrays(layout, seed)
+    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
+    assert info.organ_variety is not None and info.organ_variety["kidney_rise_mm"] > 12
+    dz = info.spacing_xyz[2]
+
+    def centroid(m, organ, axis):
+        return float(np.nonzero(m == LABEL[organ])[axis].mean())
+
+    assert (centroid(mask, "kidney", 0) - centroid(plain_mask, "kidney", 0)) * dz > 8.0
+    spleen_ml, plain_spleen_ml = ((m == LABEL["spleen"]).sum() for m in (mask, plain_mask))
+    assert spleen_ml > 1.15 * plain_spleen_ml
+    leftmost, plain_leftmost = (np.nonzero(m == LABEL["liver"])[2].max() for m in (mask, plain_mask))
+    assert leftmost > plain_leftmost
+
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--organ-layout"]) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["organ_layout"] is True
+    (case,) = dataset["case_info"].values()
+    assert "kidney_rise_mm" in case["organ_variety"]
