@@ -19,7 +19,10 @@ to HU values, before windowing. With probability ``appearance_prob`` a sample ge
 7. a coarser acquisition: the sample averaged onto a grid up to ``low_resolution_factor`` times
    coarser (in-plane and, independently, along z) and interpolated back linearly, as a scan
    reconstructed at 3-5 mm and resampled to the network's grid looks (partial volume at organ
-   borders, linear-interpolation blur); after the blur, before the bias field and noise.
+   borders, linear-interpolation blur); after the blur, before the bias field and noise;
+8. a sharper reconstruction kernel: in-plane unsharp masking (the sample plus up to ``sharpen``
+   times its difference from an in-plane Gaussian blur of 0.7-1.5 voxels), which steepens organ
+   borders and overshoots at them, as edge-enhancing kernels do; after 7, before the bias field.
 
 Air (below -500 HU) is left out of 1, 2 and 4, so the body outline and the lungs stay where they are.
 """
@@ -49,6 +52,7 @@ class Appearance:
     correlated_noise_hu: float = 0.0  # largest SD of the correlated noise
     bone_darkening: float = 0.0  # largest fraction by which HU above 150 are compressed towards 150
     low_resolution_factor: float = 1.0  # coarsest acquisition grid, as a factor on the sample's spacing
+    sharpen: float = 0.0  # largest unsharp-masking amount (in-plane)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prob <= 1.0:
@@ -59,6 +63,7 @@ class Appearance:
             "blur_sigma_vox",
             "bias_field_hu",
             "correlated_noise_hu",
+            "sharpen",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"appearance {name} must be >= 0, not {getattr(self, name)}")
@@ -120,6 +125,13 @@ def coarser_acquisition(hu: np.ndarray, factors_zyx: tuple[float, float, float])
     return back[tuple(slice(0, n) for n in shape)].astype(np.float32)
 
 
+def sharpened(hu: np.ndarray, amount: float, sigma_vox: float) -> np.ndarray:
+    """``hu`` (z, y, x) through an edge-enhancing kernel: plus ``amount`` times its difference from
+    an in-plane Gaussian blur of ``sigma_vox`` voxels (flat regions keep their HU)."""
+    soft = ndimage.gaussian_filter(hu, (0.0, sigma_vox, sigma_vox), truncate=3.0, mode="nearest")
+    return (hu + np.float32(amount) * (hu - soft)).astype(np.float32)
+
+
 def randomize_appearance(
     rng: np.random.Generator, hu: np.ndarray, labels: np.ndarray | None, appearance: Appearance
 ) -> np.ndarray:
@@ -148,6 +160,8 @@ def randomize_appearance(
         f_xy = rng.uniform(1.0, appearance.low_resolution_factor)
         f_z = rng.uniform(1.0, appearance.low_resolution_factor)
         out = coarser_acquisition(out, (f_z, f_xy, f_xy))
+    if appearance.sharpen > 0 and out.ndim == 3:
+        out = sharpened(out, rng.uniform(0.0, appearance.sharpen), rng.uniform(0.7, 1.5))
     if appearance.bias_field_hu > 0:
         amplitude = rng.uniform(0.0, appearance.bias_field_hu)
         out += smooth_field(rng, out.shape, amplitude) * tissue

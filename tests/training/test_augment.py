@@ -11,6 +11,7 @@ from flare_seg.training.augment import (
     correlated_noise,
     random_tissue_curve,
     randomize_appearance,
+    sharpened,
     smooth_field,
 )
 from flare_seg.training.config import load_config
@@ -177,3 +178,35 @@ def test_low_resolution_is_drawn_only_when_asked_and_blurs_organ_borders():
     for bad in (0.5, 5.0):
         with pytest.raises(ValueError, match="low_resolution_factor"):
             Appearance(low_resolution_factor=bad)
+
+
+def test_sharpening_steepens_borders_overshoots_and_keeps_flat_regions():
+    hu = np.full((6, 32, 32), -100.0, np.float32)  # fat on the right (x >= 16), an organ on the left
+    hu[:, :, :16] = 60.0
+    hu[3:] += 20.0  # slices differ along z
+    sharp = sharpened(hu, 1.0, 1.0)
+    # far from the border (beyond the Gaussian's reach): unchanged, slice by slice
+    np.testing.assert_allclose(sharp[:, :, :10], hu[:, :, :10], atol=1e-3)
+    np.testing.assert_allclose(sharp[:, :, 22:], hu[:, :, 22:], atol=1e-3)
+    # across the border: a steeper step, overshooting above the organ and below the fat
+    row, plain_row = sharp[1, 16], hu[1, 16]
+    assert row[15] - row[16] > plain_row[15] - plain_row[16]
+    assert row[15] > 60.0 + 10 and row[16] < -100.0 - 10
+
+
+def test_sharpening_is_drawn_only_when_asked():
+    hu, labels = _volume()
+    plain = Appearance(prob=1.0, organ_shift_hu=10.0, blur_sigma_vox=0.5)
+    sharp = Appearance(prob=1.0, organ_shift_hu=10.0, blur_sigma_vox=0.5, sharpen=1.5)
+    a = randomize_appearance(np.random.default_rng(4), hu, labels, plain)
+    b = randomize_appearance(np.random.default_rng(4), hu, labels, sharp)
+    again = randomize_appearance(np.random.default_rng(4), hu, labels, plain)
+    np.testing.assert_array_equal(a, again)
+    assert not np.array_equal(a, b)
+    steepest = max(
+        np.abs(np.diff(randomize_appearance(np.random.default_rng(s), hu, labels, sharp), axis=2)).max()
+        for s in range(5)
+    )
+    assert steepest > np.abs(np.diff(a, axis=2)).max()
+    with pytest.raises(ValueError, match="sharpen"):
+        Appearance(sharpen=-0.1)
