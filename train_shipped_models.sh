@@ -115,6 +115,14 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     flare-seg synth "${WORK}/phantoms_1600" --cases 48 --seed 1600 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --workers 2
     link_sets "${PANCREAS_DATA}" phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600
   fi
+  ORGAN_LAYOUT_DATA="${ORGAN_LAYOUT_DATA:-${WORK}/train_organ_layout}"
+  ORGAN_LAYOUT_ALL_DATA="${ORGAN_LAYOUT_ALL_DATA:-${WORK}/train_organ_layout_all}"
+  if [ ! -d "${ORGAN_LAYOUT_DATA}/TrainingImg" ] || [ ! -d "${ORGAN_LAYOUT_ALL_DATA}/TrainingImg" ]; then
+    [ -d "${WORK}/phantoms_1700/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1700" --cases 48 --seed 1700 \
+      --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --organ-layout --workers 2
+    link_sets "${ORGAN_LAYOUT_DATA}" phantoms_1000 phantoms_1600 phantoms_1700
+    link_sets "${ORGAN_LAYOUT_ALL_DATA}" phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600 phantoms_1700
+  fi
   # finetune DATA NAME FROM: run ${WORK}/runs/segmentation_NAME with configs/segmentation_NAME.yaml,
   # starting from the network or run FROM
   finetune() {
@@ -129,6 +137,8 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   finetune "${PANCREAS_DATA}" pancreas "${WORK}/runs/segmentation_appearance"  # e
   finetune "${PANCREAS_DATA}" intensity "${WORK}/runs/segmentation_pancreas"  # f
   finetune "${PANCREAS_DATA}" intensity_strong "${WORK}/runs/segmentation_intensity"  # g
+  finetune "${ORGAN_LAYOUT_DATA}" organ_layout "${WORK}/runs/segmentation_intensity_strong"  # h
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" organ_layout_mild "${WORK}/runs/segmentation_lateral"  # i
   LOC_RUN="${BASE}/localization"
   SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_lateral"
     --segmentation-run "${WORK}/runs/segmentation_intensity_strong")

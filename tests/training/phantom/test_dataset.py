@@ -60,6 +60,7 @@ def test_write_dataset_writes_the_flare_layout(
         "arms": False,
         "lateral_spleen": False,
         "fatty_pancreas": False,
+        "organ_layout": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)

@@ -207,10 +207,19 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "pancreas_fat_fraction",
         "pancreas_lobule_mm",
         "pancreas_lobule_seed",
+        "liver_left_lobe",
+        "liver_forward_mm",
+        "kidney_rise_mm",
+        "kidney_turn_deg",
+        "kidney_lean",
+        "spleen_volume",
+        "spleen_rise_mm",
     }
-    # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without fat
+    # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without
+    # fat, the organ layout without --organ-layout
     assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
     assert info["organ_variety"]["pancreas_fat_fraction"] == 0.0
+    assert info["organ_variety"]["kidney_rise_mm"] == 0.0 and info["organ_variety"]["spleen_volume"] == 1.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
