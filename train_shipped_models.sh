@@ -10,7 +10,7 @@
 #    the pancreas weighted 3:1 as a patch centre); run straight through, it gives models of the
 #    same kind. Set BASE to a copy of those models to skip it.
 # 2. real-CT training of the segmentation network (FINETUNE=0 skips it and ships the base models),
-#    on phantoms only, in seven runs:
+#    on phantoms only, in fifteen runs:
 #    a. from the base weights, with appearance randomization (configs/segmentation_finetune.yaml)
 #       on the first phantom set plus a set with the bony pelvis and wider soft-tissue intensities
 #       (synth --iliac-wings --hu-spread-hu 15);
@@ -27,17 +27,37 @@
 #       every other option);
 #    f. from e (configs/segmentation_intensity.yaml), on the same sets, with the organs' HU
 #       randomized further (per-organ offsets of SD 25 HU, a soft-tissue curve of up to 40 HU);
-#    g. from f (configs/segmentation_intensity_strong.yaml), further still (35 and 50 HU).
-#    The shipped segmentation network is the mean of the base network, c and g (export with three
-#    --segmentation-run); the localization network is the base one. Fine-tuning the localization
-#    net the same way (configs/localization_{finetune,variety}.yaml, weights in
-#    checkpoints/realct_finetune/ and checkpoints/realct_variety/) cut organs on the real scans, so
-#    the recipe does not run it; nor configs/segmentation_layout.yaml (weights in
-#    checkpoints/realct_layout/), whose network, alone or as a third member, took less of the real
-#    CT's spleen. The weights of a to g are in checkpoints/realct_finetune/,
-#    checkpoints/realct_variety/, checkpoints/realct_lateral/, checkpoints/realct_appearance/,
-#    checkpoints/realct_pancreas/, checkpoints/realct_intensity/ and
-#    checkpoints/realct_intensity_strong/ (run folders: copy each one's segmentation/ to
+#    g. from f (configs/segmentation_intensity_strong.yaml), further still (35 and 50 HU);
+#    h. from g (configs/segmentation_organ_layout.yaml), with g's randomization, on the first set,
+#       the --fatty-pancreas set and one that also varies the organs' layout (--organ-layout: a
+#       larger left liver lobe, the liver further forward, higher kidneys turned and leaning to the
+#       front, a larger and higher spleen);
+#    i. from c (configs/segmentation_organ_layout_mild.yaml), with c's randomization, on six sets
+#       (those of e and the --organ-layout set);
+#    j. from i (configs/segmentation_organ_layout_strong.yaml), on the same sets, with g's
+#       randomization;
+#    k. from j (configs/segmentation_organ_layout_long.yaml), the same for another 3000 steps (a
+#       warm restart with its own sampling seed);
+#    l. from j (configs/segmentation_collapsed_stomach.yaml), as k with a seventh set that often has
+#       an empty stomach of enhancing rugal folds (--collapsed-stomach);
+#    m. from j (configs/segmentation_liver_masses.yaml), as k with a seventh set in which every case
+#       has one large liver mass (--liver-masses 1);
+#    n. from i (configs/segmentation_liver_masses_mild.yaml), on m's sets with i's randomization;
+#    o. from k (configs/segmentation_liver_masses_long.yaml), on m's sets with k's randomization.
+#    The shipped segmentation network is the mean of the base network, i and k (export with three
+#    --segmentation-run); the localization network is the base one. d to h and l to o are not part
+#    of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
+#    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
+#    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
+#    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
+#    or as a third member, took less of the real CT's spleen. The weights of a to o are in
+#    checkpoints/realct_finetune/, checkpoints/realct_variety/, checkpoints/realct_lateral/, checkpoints/realct_appearance/,
+#    checkpoints/realct_pancreas/, checkpoints/realct_intensity/,
+#    checkpoints/realct_intensity_strong/, checkpoints/realct_organ_layout/,
+#    checkpoints/realct_organ_layout_mild/, checkpoints/realct_organ_layout_strong/,
+#    checkpoints/realct_organ_layout_long/, checkpoints/realct_collapsed_stomach/,
+#    checkpoints/realct_liver_masses/, checkpoints/realct_liver_masses_mild/ and
+#    checkpoints/realct_liver_masses_long/ (run folders: copy each one's segmentation/ to
 #    ${WORK}/runs/segmentation_<name> as named below and the runs resume as done, or export them).
 # Then both are evaluated on phantoms of an unseen seed and on the real development CT (if REAL_CT
 # holds it; measured only, never trained on, and a regression gate: a candidate is not shipped if
@@ -115,13 +135,17 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     flare-seg synth "${WORK}/phantoms_1600" --cases 48 --seed 1600 --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --workers 2
     link_sets "${PANCREAS_DATA}" phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600
   fi
+  # the --organ-layout set and the later ones take every generator option so far; i to o train on
+  # the six sets of ORGAN_LAYOUT_SETS (plus one more for l to o)
+  EVERY_OPTION=(--iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --organ-layout)
+  ORGAN_LAYOUT_SETS=(phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600 phantoms_1700)
   ORGAN_LAYOUT_DATA="${ORGAN_LAYOUT_DATA:-${WORK}/train_organ_layout}"
   ORGAN_LAYOUT_ALL_DATA="${ORGAN_LAYOUT_ALL_DATA:-${WORK}/train_organ_layout_all}"
   if [ ! -d "${ORGAN_LAYOUT_DATA}/TrainingImg" ] || [ ! -d "${ORGAN_LAYOUT_ALL_DATA}/TrainingImg" ]; then
     [ -d "${WORK}/phantoms_1700/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1700" --cases 48 --seed 1700 \
-      --iliac-wings --hu-spread-hu 15 --anatomy-variety --lesions --arms --lateral-spleen --fatty-pancreas --organ-layout --workers 2
+      "${EVERY_OPTION[@]}" --workers 2
     link_sets "${ORGAN_LAYOUT_DATA}" phantoms_1000 phantoms_1600 phantoms_1700
-    link_sets "${ORGAN_LAYOUT_ALL_DATA}" phantoms_1000 phantoms_1300 phantoms_1400 phantoms_1500 phantoms_1600 phantoms_1700
+    link_sets "${ORGAN_LAYOUT_ALL_DATA}" "${ORGAN_LAYOUT_SETS[@]}"
   fi
   # finetune DATA NAME FROM: run ${WORK}/runs/segmentation_NAME with configs/segmentation_NAME.yaml,
   # starting from the network or run FROM
@@ -133,15 +157,36 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   finetune "${FT_DATA}" finetune "${BASE}/segmentation"
   finetune "${VARIETY_DATA}" variety "${WORK}/runs/segmentation_finetune"  # b
   finetune "${LATERAL_DATA}" lateral "${WORK}/runs/segmentation_variety"  # c
-  finetune "${APPEARANCE_DATA}" appearance "${WORK}/runs/segmentation_lateral"  # d
-  finetune "${PANCREAS_DATA}" pancreas "${WORK}/runs/segmentation_appearance"  # e
-  finetune "${PANCREAS_DATA}" intensity "${WORK}/runs/segmentation_pancreas"  # f
-  finetune "${PANCREAS_DATA}" intensity_strong "${WORK}/runs/segmentation_intensity"  # g
-  finetune "${ORGAN_LAYOUT_DATA}" organ_layout "${WORK}/runs/segmentation_intensity_strong"  # h
   finetune "${ORGAN_LAYOUT_ALL_DATA}" organ_layout_mild "${WORK}/runs/segmentation_lateral"  # i
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" organ_layout_strong "${WORK}/runs/segmentation_organ_layout_mild"  # j
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" organ_layout_long "${WORK}/runs/segmentation_organ_layout_strong"  # k
+  # d to h and l to o are measured candidates that the shipped network does not use (CANDIDATES=1 runs them)
+  if [ "${CANDIDATES:-0}" = 1 ]; then
+    finetune "${APPEARANCE_DATA}" appearance "${WORK}/runs/segmentation_lateral"  # d
+    finetune "${PANCREAS_DATA}" pancreas "${WORK}/runs/segmentation_appearance"  # e
+    finetune "${PANCREAS_DATA}" intensity "${WORK}/runs/segmentation_pancreas"  # f
+    finetune "${PANCREAS_DATA}" intensity_strong "${WORK}/runs/segmentation_intensity"  # g
+    finetune "${ORGAN_LAYOUT_DATA}" organ_layout "${WORK}/runs/segmentation_intensity_strong"  # h
+    STOMACH_DATA="${STOMACH_DATA:-${WORK}/train_collapsed_stomach}"
+    if [ ! -d "${STOMACH_DATA}/TrainingImg" ]; then
+      [ -d "${WORK}/phantoms_1800/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1800" --cases 48 --seed 1800 \
+        "${EVERY_OPTION[@]}" --collapsed-stomach --workers 2
+      link_sets "${STOMACH_DATA}" "${ORGAN_LAYOUT_SETS[@]}" phantoms_1800
+    fi
+    finetune "${STOMACH_DATA}" collapsed_stomach "${WORK}/runs/segmentation_organ_layout_strong"  # l
+    MASS_DATA="${MASS_DATA:-${WORK}/train_liver_masses}"
+    if [ ! -d "${MASS_DATA}/TrainingImg" ]; then
+      [ -d "${WORK}/phantoms_1910/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1910" --cases 48 --seed 1910 \
+        "${EVERY_OPTION[@]}" --liver-masses 1 --workers 2
+      link_sets "${MASS_DATA}" "${ORGAN_LAYOUT_SETS[@]}" phantoms_1910
+    fi
+    finetune "${MASS_DATA}" liver_masses "${WORK}/runs/segmentation_organ_layout_strong"  # m
+    finetune "${MASS_DATA}" liver_masses_mild "${WORK}/runs/segmentation_organ_layout_mild"  # n
+    finetune "${MASS_DATA}" liver_masses_long "${WORK}/runs/segmentation_organ_layout_long"  # o
+  fi
   LOC_RUN="${BASE}/localization"
-  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_lateral"
-    --segmentation-run "${WORK}/runs/segmentation_intensity_strong")
+  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_organ_layout_mild"
+    --segmentation-run "${WORK}/runs/segmentation_organ_layout_long")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
@@ -153,7 +198,7 @@ mkdir -p "${WORK}/test_inputs"
 cp -f "${TEST}"/TrainingImg/*_0000.nii.gz "${WORK}/test_inputs/"
 flare-seg predict "${WORK}/test_inputs" "${WORK}/test_predictions"
 flare-seg evaluate "${WORK}/test_predictions" "${TEST}/TrainingMask"
-# --- and on the real development CT, measured only (never trained on, nor used to choose a model)
+# --- and on the real development CT, measured only (never trained on; the regression gate above)
 REAL_CT="${REAL_CT:-../shared/realct}"
 REAL_EVAL=()
 if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
@@ -166,4 +211,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; the shipped segmentation network is the mean of the base network, the --lateral-spleen step and the last step), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the shipped segmentation network is the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."

@@ -56,6 +56,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             lateral_spleen=args.lateral_spleen,
             fatty_pancreas=args.fatty_pancreas,
             organ_layout=args.organ_layout,
+            collapsed_stomach=args.collapsed_stomach,
+            liver_masses=args.liver_masses,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -410,6 +412,22 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="organs placed and sized as in many real abdomens in 70%% of cases (a larger left liver "
         "lobe, higher kidneys turned to the front, a larger and higher spleen)",
+    )
+    p.add_argument(
+        "--collapsed-stomach",
+        action="store_true",
+        help="an empty stomach in about 60%% of cases (25%% without), painted as a thick wall of rugal "
+        "folds whose mucosa enhances with contrast, as bright as the liver in the portal-venous phase",
+    )
+    p.add_argument(
+        "--liver-masses",
+        type=float,
+        nargs="?",
+        const=1 / 3,  # phantom.lesions.LIVER_MASS_SHARE (not imported here: the CLI starts light)
+        default=0.0,
+        metavar="SHARE",
+        help="one large liver mass (5-15 cm; hypodense, hyperdense, necrotic or heterogeneous, often "
+        "bulging out of the liver) in SHARE of the cases (a third if not given), labelled liver",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

@@ -61,9 +61,7 @@ def render_preview(
 ) -> Image.Image:
     """The preview as an RGB image: three panels side by side, a legend and a title beneath."""
     if ct_zyx.shape != labels_zyx.shape or tuple(labels_zyx.shape) != geometry.shape_zyx:
-        raise ValueError(
-            f"CT {ct_zyx.shape}, labels {labels_zyx.shape} and grid {geometry.shape_zyx} differ"
-        )
+        raise ValueError(f"CT {ct_zyx.shape}, labels {labels_zyx.shape} and grid {geometry.shape_zyx} differ")
     axes, canonical = canonical_axes(_nearest_axis_aligned(geometry))
     ct, labels = axes.view(ct_zyx), axes.view(labels_zyx)
     views = _views(ct, labels, canonical, organs)
@@ -139,9 +137,7 @@ def _best_slice(profile: np.ndarray) -> int:
     return int(np.lexsort((total, present))[-1])
 
 
-def _views(
-    ct: np.ndarray, labels: np.ndarray, geometry: Geometry, organs: Mapping[int, str]
-) -> list[_View]:
+def _views(ct: np.ndarray, labels: np.ndarray, geometry: Geometry, organs: Mapping[int, str]) -> list[_View]:
     """Axial, coronal and sagittal slices (canonical LPS arrays in, screen orientation out)."""
     per_organ = _organ_profiles(labels, organs)
     profiles = [p.sum(axis=0) for p in per_organ]

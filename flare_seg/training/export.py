@@ -279,7 +279,7 @@ def _manifest(
 
 def _real_ct_evaluation(path: Path) -> dict[str, Any]:
     """A real-CT ``evaluation.json``, marked (unless it says otherwise under ``case``) as measured
-    only: no training or model choice used it."""
+    only: never trained on."""
     evaluation = dict(_read_json(path) or {})
     evaluation.setdefault("case", f"the real CT of {path.parent} (measured only, never trained on)")
     return evaluation

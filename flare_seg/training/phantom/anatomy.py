@@ -22,6 +22,7 @@ import numpy as np
 from flare_seg.training.phantom import bowel, organs, skeleton, soft_tissue, vessels
 from flare_seg.training.phantom.appearance import Appearance, Waves
 from flare_seg.training.phantom.body import THETA, Body, sample_body
+from flare_seg.training.phantom.bowel import StomachPlan
 from flare_seg.training.phantom.canvas import Part
 from flare_seg.training.phantom.coarse import ShapeFn
 from flare_seg.training.phantom.lesions import NO_LESIONS, LesionPlan
@@ -127,6 +128,7 @@ class AnatomyBuilder:
     liver_scale: float
     liver_hilum: np.ndarray
     pylorus: np.ndarray
+    stomach_collapsed: bool  # empty (collapsed) stomach
 
     def __init__(
         self,
@@ -134,10 +136,12 @@ class AnatomyBuilder:
         appearance: Appearance,
         variety: OrganVariety | None = None,
         lesions: LesionPlan = NO_LESIONS,
+        stomach: StomachPlan | None = None,
     ) -> None:
         self.rng, self.hu = rng, appearance.hu
         self.variety = variety or OrganVariety()
         self.lesions = lesions
+        self.stomach = stomach  # None: the textbook stomach (empty in 25% of cases, no folds)
         self.phase, self.oral_contrast = appearance.phase, appearance.oral_contrast
         self.force: list[Part] = []
         self.organs: list[Part] = []

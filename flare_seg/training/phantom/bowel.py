@@ -1,19 +1,78 @@
 """The gastrointestinal tract: stomach, duodenum, colon and small-bowel loops, as tubes with a wall
 and a content (food, fluid, oral contrast, gas, stool, or collapsed). Bowel is a filler: it only
-takes voxels that no organ or other structure claimed."""
+takes voxels that no organ or other structure claimed.
+
+With ``PhantomOptions.collapsed_stomach`` the stomach is emptied in half of the cases besides the
+textbook 25% (``StomachPlan``, drawn from a twelfth random stream of the case seed), and every empty
+stomach is painted as a thick wall of rugal folds whose mucosa enhances with contrast, with fluid
+or gas in the clefts between them. An empty stomach lies between the left liver lobe and the spleen
+and is as bright as the liver in the portal-venous phase; its folds, not its HU, tell it from the
+liver.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flare_seg.training.phantom.appearance import Waves
+from flare_seg.training.phantom.appearance import PHASES, Waves
 from flare_seg.training.phantom.canvas import HuFn, PaintContext, Part
+from flare_seg.training.phantom.params import option_rng
 from flare_seg.training.phantom.shapes import Tube, unit
 
 if TYPE_CHECKING:
     from flare_seg.training.phantom.anatomy import AnatomyBuilder
+
+
+COLLAPSED_STOMACH_PROBABILITY = 0.5  # of cases with the collapsed_stomach option
+# How much brighter (HU) than the rest of the wall the gastric mucosa is, per phase (PHASES order).
+MUCOSA_ENHANCEMENT_HU = ((0, 10), (30, 80), (20, 60), (10, 30))
+
+
+@dataclass(frozen=True)
+class StomachPlan:
+    """An empty stomach (``collapsed``) and how its folds look: the fold pattern (a smooth field of
+    SD 1 whose crests are mucosa), the mucosa's and the submucosa's HU relative to the wall's, and
+    what fills the clefts between folds ("water" or "gas")."""
+
+    collapsed: bool
+    folds: Waves
+    mucosa_hu: float
+    submucosa_hu: float
+    cleft: str
+
+
+def stomach_rng(seed: int) -> np.random.Generator:
+    """The twelfth random stream of a case seed (the stomach of ``collapsed_stomach``)."""
+    return option_rng(seed, 11)
+
+
+def sample_stomach_plan(rng: np.random.Generator, phase: str) -> StomachPlan:
+    """Whether the stomach is empty (``COLLAPSED_STOMACH_PROBABILITY``) and its folds: 8-16 mm
+    apart, the mucosa brighter than the wall by the phase's ``MUCOSA_ENHANCEMENT_HU``, the
+    submucosa 10-40 HU darker."""
+    collapsed = bool(rng.random() < COLLAPSED_STOMACH_PROBABILITY)
+    folds = Waves.random(rng, 6, (8, 16), 1.0)
+    mucosa = float(rng.uniform(*MUCOSA_ENHANCEMENT_HU[PHASES.index(phase)]))
+    submucosa = -float(rng.uniform(10, 40))
+    cleft = "gas" if rng.random() < 0.3 else "water"
+    return StomachPlan(collapsed, folds, mucosa, submucosa, cleft)
+
+
+def folds_hu(hu: dict[str, float], plan: StomachPlan) -> HuFn:
+    """An empty stomach: mucosa on the folds' crests, submucosa between them, and the deepest clefts
+    (away from the serosa) holding fluid or gas."""
+
+    def fn(ctx: PaintContext) -> np.ndarray:
+        wall = np.float32(hu["bowel_wall"])
+        pattern = ctx.field(plan.folds)
+        out = np.where(pattern > 0.0, wall + np.float32(plan.mucosa_hu), wall + np.float32(plan.submucosa_hu))
+        np.copyto(out, np.float32(hu[plan.cleft]), where=(pattern < -1.0) & (ctx.sdf < -3.0))
+        return out.astype(np.float32)
+
+    return fn
 
 
 def bowel_hu(
@@ -43,10 +102,17 @@ def bowel_hu(
 
 
 def add_bowel(
-    b: AnatomyBuilder, name: str, curve: np.ndarray, radii: np.ndarray, content: str, gas_level: bool
+    b: AnatomyBuilder,
+    name: str,
+    curve: np.ndarray,
+    radii: np.ndarray,
+    content: str,
+    gas_level: bool,
+    folds: StomachPlan | None = None,
 ) -> None:
     """One bowel segment along `curve` ((m, 3) control points, mm) with radii (m,) mm; with
-    `gas_level`, gas fills the front of a fluid or food content."""
+    `gas_level`, gas fills the front of a fluid or food content; with `folds`, it is painted as an
+    empty stomach's folds instead (the same draws are made either way)."""
     tube = Tube([curve], [radii])
     wall = b.u(2, 4)
     level = None
@@ -54,13 +120,14 @@ def add_bowel(
         front = float(np.min(curve[:, 1] - radii))
         level = front + b.u(0.1, 0.7) * float(np.mean(radii)) * 2
     mottle = Waves.random(b.rng, 8, (8, 20), 1.0)
-    b.fillers.append(
-        Part(name, tube, tube.lo, tube.hi, bowel_hu(b.hu, content, wall, level, mottle), h_mm=3.0)
-    )
+    paint = bowel_hu(b.hu, content, wall, level, mottle) if folds is None else folds_hu(b.hu, folds)
+    b.fillers.append(Part(name, tube, tube.lo, tube.hi, paint, h_mm=3.0))
 
 
 def add_stomach(b: AnatomyBuilder) -> None:
-    """Fundus under the left dome, body, antrum and pylorus; sets `b.pylorus`."""
+    """Fundus under the left dome, body, antrum and pylorus; sets `b.pylorus` and
+    `b.stomach_collapsed`. With `b.stomach` (the collapsed_stomach option) an empty stomach, the
+    textbook one's 25% or the plan's, is painted as folds."""
     u, contrast = b.u, 1.0 if b.oral_contrast else 0.0
     top = float(b.body.diaphragm_z(np.float32(50.0), np.float32(20.0)))
     fundus = np.array([u(40, 60), u(5, 30), top - u(25, 35)])
@@ -68,11 +135,16 @@ def add_stomach(b: AnatomyBuilder) -> None:
     antrum = np.array([u(0, 20), -u(35, 55), body[2] - u(10, 25)])
     pylorus = b.pylorus = np.array([-u(15, 30), -u(25, 40), antrum[2] + u(0, 10)])
     collapsed = b.rng.random() < 0.25
-    radii = np.array([u(30, 42), u(25, 35), u(15, 22), u(10, 13)]) * (0.6 if collapsed else 1.0)
+    full_radii = np.array([u(30, 42), u(25, 35), u(15, 22), u(10, 13)])
     content = (
         "collapsed" if collapsed else b.choice(["food", "fluid", "contrast"], [0.5, 0.5, 0.6 * contrast])
     )
-    add_bowel(b, "stomach", np.stack([fundus, body, antrum, pylorus]), radii, content, True)
+    folds = None
+    if b.stomach is not None and (collapsed or b.stomach.collapsed):
+        collapsed, folds = True, b.stomach
+    b.stomach_collapsed = collapsed
+    radii = full_radii * (0.6 if collapsed else 1.0)
+    add_bowel(b, "stomach", np.stack([fundus, body, antrum, pylorus]), radii, content, True, folds)
 
 
 def add_duodenum(b: AnatomyBuilder) -> None:

@@ -26,8 +26,15 @@ from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
 from flare_seg.training.phantom.appearance import add_noise, sample_appearance
 from flare_seg.training.phantom.arms import add_arms, arms_rng
 from flare_seg.training.phantom.body import paint_body
+from flare_seg.training.phantom.bowel import sample_stomach_plan, stomach_rng
 from flare_seg.training.phantom.canvas import Canvas
-from flare_seg.training.phantom.lesions import NO_LESIONS, lesion_rng, sample_lesions
+from flare_seg.training.phantom.lesions import (
+    NO_LESIONS,
+    lesion_rng,
+    liver_mass_rng,
+    sample_lesions,
+    sample_liver_mass,
+)
 from flare_seg.training.phantom.params import (
     DEFAULT_OPTIONS,
     FREE,
@@ -76,7 +83,13 @@ def generate_case_with_info(
     if options.organ_layout:
         variety = organ_layout_variety(organ_layout_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
-    builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan)
+    mass = None
+    if options.liver_masses > 0:
+        mass = sample_liver_mass(liver_mass_rng(seed), appearance.phase, options.liver_masses)
+    if mass is not None:
+        plan = dataclasses.replace(plan, liver=(*plan.liver, mass))
+    stomach = sample_stomach_plan(stomach_rng(seed), appearance.phase) if options.collapsed_stomach else None
+    builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan, stomach)
     anatomy = builder.build()
     if options.iliac_wings:
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
@@ -118,6 +131,8 @@ def generate_case_with_info(
         organ_variety=None if variety is None else _rounded(dataclasses.asdict(variety)),
         lesions=plan.summary() if options.lesions else None,
         arms_down=any(p.name.startswith("arm_") for p in anatomy.parts) if options.arms else None,
+        stomach_collapsed=builder.stomach_collapsed if options.collapsed_stomach else None,
+        liver_mass=(mass.kind if mass is not None else "") if options.liver_masses > 0 else None,
     )
     return image, mask, info
 

@@ -6,6 +6,12 @@ bulge for the organ it sits in, not for a gap in it.
 Lesions are spheres in the organ's template coordinates (so that they follow its warp), placed by
 a direction and a depth relative to the template's semi-axes; they are drawn from a seventh random
 stream of the case seed, so that a seed's anatomy is otherwise the same with the option on or off.
+
+``PhantomOptions.liver_masses`` adds, in that share of the cases (a third from the command line
+unless given) and from a thirteenth stream, one large liver mass as tumours look in real scans
+(``sample_liver_mass``): hypodense, hyperdense (arterial-phase enhancement), with a necrotic core,
+or heterogeneous, 5-15 cm across, often bulging out of the liver's outline, in a liver grown by the
+mass's volume.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flare_seg.training.phantom.appearance import Waves
 from flare_seg.training.phantom.coarse import ShapeFn
 from flare_seg.training.phantom.params import option_rng
 from flare_seg.training.phantom.shapes import Frame, Warp, unit
@@ -21,17 +28,29 @@ from flare_seg.training.phantom.shapes import Frame, Warp, unit
 KIDNEY_CYST_PROBABILITY = 0.35  # per kidney (simple cysts are common after 50)
 LIVER_LESION_PROBABILITY = 0.45  # per case: cysts, metastases, a tumour
 LARGE_MASS_PROBABILITY = 0.12  # per case with liver lesions: one mass of 4-8 cm radius
+LIVER_MASS_SHARE = 1 / 3  # the share of cases with a mass that --liver-masses gives without a value
+LIVER_MASS_KINDS = ("hypodense", "hyperdense", "necrotic", "heterogeneous")
 
 
 @dataclass(frozen=True)
 class Lesion:
     """A sphere at ``position`` (template coordinates: fractions of the organ's semi-axes) with
-    radius ``radius_mm``; ``hu`` is its mean HU if ``fluid``, else an offset from the organ's."""
+    radius ``radius_mm``; ``hu`` is its mean HU if ``fluid``, else an offset from the organ's.
+
+    A mass may also have a necrotic core (the inner ``core_fraction`` of its radius at ``core_hu``),
+    a smooth ``texture`` (HU added inside it), and ``grows_organ``: the organ's volume target grows
+    by the mass's, as a liver with a large tumour is larger.
+    """
 
     position: tuple[float, float, float]
     radius_mm: float
     hu: float
     fluid: bool
+    core_fraction: float = 0.0
+    core_hu: float = 0.0
+    texture: Waves | None = None
+    grows_organ: bool = False
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,40 @@ def sample_lesions(rng: np.random.Generator) -> LesionPlan:
     if rng.random() < LIVER_LESION_PROBABILITY:
         liver = _liver_lesions(rng)
     return LesionPlan(left_kidney=kidneys[0], right_kidney=kidneys[1], liver=liver)
+
+
+def liver_mass_rng(seed: int) -> np.random.Generator:
+    """The thirteenth random stream of a case seed (the mass of ``liver_masses``)."""
+    return option_rng(seed, 12)
+
+
+def sample_liver_mass(rng: np.random.Generator, phase: str, share: float = LIVER_MASS_SHARE) -> Lesion | None:
+    """One large liver mass in ``share`` of cases (else None): 25-75 mm radius, centred from
+    mid-liver to its surface (so that many bulge out), one of ``LIVER_MASS_KINDS``:
+    hypodense (15-60 HU below the liver), hyperdense (10-50 HU above it when enhanced, as
+    hepatocellular carcinoma in the arterial and portal-venous phases; else slightly hypodense),
+    necrotic (a rim near the liver's HU around a 5-35 HU core of 30-70% of the radius), or
+    heterogeneous (a smooth texture of SD 15-30 HU about 0-40 HU below the liver); the other kinds
+    carry a faint texture of SD 3-8 HU."""
+    if rng.random() >= share:
+        return None
+    radius = float(rng.uniform(25, 75))
+    position = _position(rng, 0.3, 0.9)
+    kind = LIVER_MASS_KINDS[int(rng.integers(len(LIVER_MASS_KINDS)))]
+    texture = Waves.random(rng, 4, (10, 40), float(rng.uniform(3, 8)))
+    core_fraction, core_hu = 0.0, 0.0
+    if kind == "hypodense":
+        offset = -float(rng.uniform(15, 60))
+    elif kind == "hyperdense":
+        enhanced = phase in ("arterial", "portal_venous")
+        offset = float(rng.uniform(10, 50)) if enhanced else -float(rng.uniform(5, 20))
+    elif kind == "necrotic":
+        offset = float(rng.uniform(-20, 10))
+        core_fraction, core_hu = float(rng.uniform(0.3, 0.7)), float(rng.uniform(5, 35))
+    else:
+        offset = -float(rng.uniform(0, 40))
+        texture = Waves.random(rng, 6, (10, 30), float(rng.uniform(15, 30)))
+    return Lesion(position, radius, offset, False, core_fraction, core_hu, texture, True, kind)
 
 
 def _kidney_cysts(rng: np.random.Generator) -> tuple[Lesion, ...]:

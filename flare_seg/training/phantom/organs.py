@@ -215,7 +215,17 @@ def _lesion_paint(
 
     def paint(ctx: PaintContext, out: np.ndarray) -> None:
         for lesion, fn in zip(lesions, fns, strict=True):
-            np.copyto(out, np.float32(lesion_hu(lesion, organ_hu)), where=ctx.field(fn) < 0)
+            sdf = ctx.field(fn)
+            if lesion.texture is None and lesion.core_fraction == 0.0:
+                np.copyto(out, np.float32(lesion_hu(lesion, organ_hu)), where=sdf < 0)
+                continue
+            value = np.full(sdf.shape, lesion_hu(lesion, organ_hu), np.float32)
+            if lesion.texture is not None:
+                value += ctx.field(lesion.texture)
+            if lesion.core_fraction > 0.0:
+                core = sdf < -(1.0 - lesion.core_fraction) * lesion.radius_mm
+                np.copyto(value, np.float32(lesion.core_hu), where=core)
+            np.copyto(out, value, where=sdf < 0)
 
     return paint
 
@@ -383,6 +393,7 @@ def add_liver(b: AnatomyBuilder) -> None:
     halo = b.u(0.0, 2.0)
     # ~7% is carved out later by the IVC, portal vein and gallbladder; a larger left lobe adds to it
     target = 1650.0 * b.u(0.87, 1.13) ** 3 * (1.0 + 0.3 * (b.variety.liver_left_lobe - 1.0))
+    target += sum(4.0 / 3.0 * math.pi * m.radius_mm**3 / 1000.0 for m in shape.lesions if m.grows_organ)
     clips = [b.cavity_clip(0.5), b.below_diaphragm]
     organ, k = calibrated(shape.template, shape.bbox, target, clips, b.exclusions)
     center = shape.frame.center
@@ -436,6 +447,9 @@ class _LiverShape:
         """Anatomy box (lo, hi), mm, around both lobes at scale k, warp included."""
         t_lo = np.minimum(-self.right, self.left_off - self.left)  # template box (mm, local axes)
         t_hi = np.maximum(self.right, self.left_off + self.left)
+        for lesion in (m for m in self.lesions if m.grows_organ):  # a large mass may bulge beyond both lobes
+            centre, r = np.asarray(lesion.position) * self.right, lesion.radius_mm / k
+            t_lo, t_hi = np.minimum(t_lo, centre - r), np.maximum(t_hi, centre + r)
         corners = np.array(list(itertools.product(*zip(t_lo, t_hi, strict=True))))
         pts = self.frame.center + (corners * k) @ self.frame.axes
         pad = self.warp.max_mm * k + 4.0

@@ -51,6 +51,11 @@ class PhantomOptions:
     organ_layout: the organs placed and sized as in many real abdomens in some cases: a larger left
         liver lobe, the liver further to the front, higher kidneys turned further to the front, a
         larger and higher spleen (``phantom.variety``).
+    collapsed_stomach: an empty stomach in some cases, a thick wall of rugal folds whose mucosa
+        enhances with contrast (``phantom.bowel``).
+    liver_masses: the share of cases (0 to 1; 0: none) with one large liver mass (hypodense,
+        hyperdense, necrotic or heterogeneous, often bulging out of the liver), labelled liver
+        (``phantom.lesions``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -64,6 +69,8 @@ class PhantomOptions:
     lateral_spleen: bool = False
     fatty_pancreas: bool = False
     organ_layout: bool = False
+    collapsed_stomach: bool = False
+    liver_masses: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -72,6 +79,8 @@ class PhantomOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        if not 0.0 <= self.liver_masses <= 1.0:
+            raise ValueError(f"liver_masses must lie in [0, 1], got {self.liver_masses!r}")
         if not 0.0 <= self.hu_spread_hu <= 100.0:
             raise ValueError(f"hu_spread_hu must lie in [0, 100], got {self.hu_spread_hu!r}")
 
@@ -87,6 +96,9 @@ class PhantomInfo:
     organ_variety: the organ size and shape factors (``OrganVariety``) with anatomy_variety, else None.
     lesions: lesion counts per organ with the lesions option, else None.
     arms_down: whether the arms lie beside the trunk, with the arms option, else None.
+    stomach_collapsed: whether the stomach is empty (painted as folds), with the collapsed_stomach
+        option, else None.
+    liver_mass: the kind of large liver mass ("" for none), with the liver_masses option, else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -107,6 +119,8 @@ class PhantomInfo:
     organ_variety: dict[str, float] | None = None
     lesions: dict[str, int] | None = None
     arms_down: bool | None = None
+    stomach_collapsed: bool | None = None
+    liver_mass: str | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

@@ -3,13 +3,14 @@ once per test session)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
 import SimpleITK as sitk
 
 from flare_seg.labels import LABELS
-from flare_seg.training.phantom import PhantomInfo, PhantomOptions, generate_case_with_info
+from flare_seg.training.phantom import PhantomInfo, PhantomOptions, case_seed, generate_case_with_info
 
 SMALL = PhantomOptions(size="small")
 SEEDS = tuple(range(8))
@@ -19,6 +20,15 @@ LABEL = {name: value for value, name in LABELS.items()}
 @cache
 def _case(seed: int, options: PhantomOptions = SMALL) -> tuple[sitk.Image, sitk.Image, PhantomInfo]:
     return generate_case_with_info(seed, options)
+
+
+def first_case_seed(predicate: Callable[[int], bool], dataset_seed: int, cases: int) -> int:
+    """The first of the first ``cases`` case seeds of ``dataset_seed`` that satisfies ``predicate``."""
+    for i in range(cases):
+        seed = case_seed(dataset_seed, i)
+        if predicate(seed):
+            return seed
+    raise AssertionError(f"no case seed among the first {cases} of dataset seed {dataset_seed} qualifies")
 
 
 def _geometry(image: sitk.Image) -> tuple:

@@ -61,6 +61,8 @@ def test_write_dataset_writes_the_flare_layout(
         "lateral_spleen": False,
         "fatty_pancreas": False,
         "organ_layout": False,
+        "collapsed_stomach": False,
+        "liver_masses": 0.0,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)

@@ -16,7 +16,7 @@ from flare_seg.training.phantom.appearance import HU_RANGES, sample_appearance
 from flare_seg.training.phantom.organs import measure_ml
 from flare_seg.training.phantom.params import case_rngs
 from flare_seg.training.phantom.variety import SPREAD_TISSUES, organ_variety_rng, sample_organ_variety
-from tests.training.phantom.helpers import LABEL
+from tests.training.phantom.helpers import LABEL, first_case_seed
 
 PELVIS_SEED = case_seed(3000, 8)  # a small abdomen-pelvis case
 PLAIN = PhantomOptions(size="small", flip_probability=0.0)
@@ -119,11 +119,7 @@ def _variety_case(seed: int):
 def _seed_where(predicate, draw=lambda seed: sample_organ_variety(organ_variety_rng(seed))) -> int:
     """The first case seed of dataset seed 3000 whose variety (``draw(seed)``: by default that of
     anatomy_variety) satisfies ``predicate``."""
-    for i in range(40):
-        seed = case_seed(3000, i)
-        if predicate(draw(seed)):
-            return seed
-    raise AssertionError("no seed among 40 has the wanted variety")
+    return first_case_seed(lambda seed: predicate(draw(seed)), 3000, 40)
 
 
 def _organ_ml(seed: int, variety: OrganVariety) -> dict[str, float]:
