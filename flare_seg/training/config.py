@@ -43,6 +43,12 @@ class TrainConfig:
     # contrast-enhanced scan into one that looks unenhanced, so organs must be told apart by shape
     # and position rather than by their enhancement
     contrast_compression_prob: float = 0.0
+    # localization: probability of cutting the scan's top, bottom or both to a random shorter field
+    # of view (at least ``fov_min_mm`` long): real scans start below the diaphragm, mid-liver or at
+    # the kidneys and end anywhere from above the kidneys to the pelvis, and the organs' box must
+    # still be found in them
+    fov_crop_prob: float = 0.0
+    fov_min_mm: float = 100.0
     # augmentation: appearance randomization (flare_seg.training.augment.Appearance fields: prob,
     # organ_shift_hu, tissue_curve_hu, blur_sigma_vox, bias_field_hu, correlated_noise_hu)
     appearance: dict[str, float] = field(default_factory=dict)
@@ -63,6 +69,10 @@ class TrainConfig:
             raise ValueError("steps and batch_per_device must be >= 1")
         if self.patch_size_vox % 8 or self.patch_size_vox < 16:
             raise ValueError(f"patch_size_vox must be a multiple of 8 and >= 16, not {self.patch_size_vox}")
+        if not 0.0 <= self.fov_crop_prob <= 1.0 or self.fov_min_mm <= 0.0:
+            raise ValueError(
+                f"fov_crop_prob must be in [0, 1] and fov_min_mm > 0, not {self.fov_crop_prob}, {self.fov_min_mm}"
+            )
         if not 0.0 <= self.position_scale_jitter < 0.5:
             raise ValueError(f"position_scale_jitter must be in [0, 0.5), not {self.position_scale_jitter}")
         if not self.filters or any(f < 1 for f in self.filters):

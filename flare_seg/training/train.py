@@ -151,19 +151,38 @@ def _augment_hu(
     return (hu * scale + shift + noise).astype(np.float32)
 
 
+def crop_field_of_view(
+    rng: np.random.Generator, image: np.ndarray, target: np.ndarray, min_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices [a, b) of a whole-body volume and its targets, as a scan of a shorter field of
+    view: b - a uniform between ``min_slices`` and all of them, placed uniformly (the top cut, the
+    bottom, or both). Cut organs keep their targets on the slices that remain."""
+    d = image.shape[0]
+    if d <= min_slices:
+        return image, target
+    length = int(rng.integers(min_slices, d + 1))
+    start = int(rng.integers(0, d - length + 1))
+    return image[start : start + length], target[start : start + length]
+
+
 def localization_samples(
     cases: list[PreparedCase], config: TrainConfig, contract: ModelContract, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless (input (D,H,W,1), target (D,H,W,organs)) pairs, padded to valid sizes."""
+    """Endless (input (D,H,W,1), target (D,H,W,organs)) pairs, padded to valid sizes; with
+    ``config.fov_crop_prob``, of a shorter field of view (``crop_field_of_view``)."""
     rng = np.random.default_rng(seed)
+    min_slices = max(1, int(round(config.fov_min_mm / contract.localization_spacing_mm)))
     while True:
         case = cases[rng.integers(len(cases))]
-        organs = np.where(case.loc_target.max(axis=-1) > 0.5, case.loc_target.argmax(axis=-1) + 1, 0)
-        hu = _augment_hu(rng, case.loc_image, config, organs)
+        image, occupancy = case.loc_image, case.loc_target
+        if config.fov_crop_prob > 0 and rng.random() < config.fov_crop_prob:
+            image, occupancy = crop_field_of_view(rng, image, occupancy, min_slices)
+        organs = np.where(occupancy.max(axis=-1) > 0.5, occupancy.argmax(axis=-1) + 1, 0)
+        hu = _augment_hu(rng, image, config, organs)
         x = tf_utils.normalize_localization(tf.constant(hu), contract)[0]
-        target = np.zeros((*x.shape[:3], case.loc_target.shape[-1]), np.float32)
-        d, h, w = case.loc_target.shape[:3]
-        target[:d, :h, :w] = case.loc_target
+        target = np.zeros((*x.shape[:3], occupancy.shape[-1]), np.float32)
+        d, h, w = occupancy.shape[:3]
+        target[:d, :h, :w] = occupancy
         yield x.numpy(), target
 
 

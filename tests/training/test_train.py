@@ -207,3 +207,63 @@ def test_masks_with_other_label_sets_are_refused(phantom_dataset, tmp_path):
     sitk.WriteImage(mask, str(case.mask_path), useCompression=True)
     with pytest.raises(DatasetError, match=f"case {case.name}: the mask has label 13"):
         prepare_case(case, ModelContract(), TfUtilsModule(ModelContract()))
+
+
+def test_field_of_view_crop_cuts_whole_slices_of_image_and_targets_alike():
+    """A shorter scan: consecutive slices, at least the minimum, the same ones of the image and
+    the targets; the top, the bottom and both get cut; a scan no longer than the minimum stays."""
+    import numpy as np
+
+    from flare_seg.training.train import crop_field_of_view
+
+    d = 40
+    image = np.broadcast_to(np.arange(d, dtype=np.float32)[:, None, None], (d, 5, 6)).copy()
+    target = np.broadcast_to(np.arange(d, dtype=np.float32)[:, None, None, None], (d, 5, 6, 4)).copy()
+    rng = np.random.default_rng(0)
+    starts, stops = [], []
+    for _ in range(200):
+        im, tg = crop_field_of_view(rng, image, target, 12)
+        first, n = int(im[0, 0, 0]), im.shape[0]
+        assert 12 <= n <= d and im.shape[1:] == (5, 6) and tg.shape == (n, 5, 6, 4)
+        np.testing.assert_array_equal(im[:, 0, 0], np.arange(first, first + n))
+        np.testing.assert_array_equal(tg[:, 0, 0, 0], im[:, 0, 0])
+        starts.append(first)
+        stops.append(first + n)
+    starts_, stops_ = np.array(starts), np.array(stops)
+    assert ((starts_ > 0) & (stops_ == d)).any() and ((starts_ == 0) & (stops_ < d)).any()
+    assert ((starts_ > 0) & (stops_ < d)).any()
+    short = image[:10]
+    assert crop_field_of_view(rng, short, target[:10], 12)[0] is short
+
+
+def test_localization_samples_with_field_of_view_crops():
+    """With fov_crop_prob 1, the samples are shorter scans that mostly cut the organ (it spans 40
+    of 48 slices); with 0, every sample holds the whole volume's organ occupancy."""
+    import numpy as np
+
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.train import localization_samples
+
+    d = 48
+    occupancy = np.zeros((d, 16, 16, 4), np.float32)
+    occupancy[4:44, 4:12, 4:12, 0] = 1.0
+    case = _block_case(np.zeros((8, 8, 8), np.uint8), [2.0, 2.0, 2.0], [[0.0] * 3, [16.0] * 3])
+    case = type(case)(**{**case.__dict__, "loc_image": np.zeros((d, 16, 16), np.float32), "loc_target": occupancy})
+    contract = ModelContract()
+    for prob, expect_whole in ((0.0, True), (1.0, False)):
+        config = load_config("localization", fov_crop_prob=prob, fov_min_mm=60.0)
+        samples = localization_samples([case], config, contract, seed=1)
+        totals = [float(next(samples)[1][..., 0].sum()) for _ in range(12)]
+        whole = float(occupancy[..., 0].sum())
+        if expect_whole:
+            assert totals == [whole] * 12
+        else:
+            assert sum(t < whole for t in totals) >= 8 and min(totals) < 0.8 * whole
+            assert all(t >= 5 * 64 for t in totals)  # at least 60 mm / 6 mm = 10 slices, 5 of them organ
+
+
+def test_field_of_view_settings_are_checked():
+    with pytest.raises(ValueError, match="fov_crop_prob"):
+        load_config("localization", fov_crop_prob=1.5)
+    with pytest.raises(ValueError, match="fov_min_mm"):
+        load_config("localization", fov_min_mm=0.0)
