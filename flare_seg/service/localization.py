@@ -29,6 +29,7 @@ Everything is in edge coordinates of the localization grid ((z, y, x), voxel ``i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,18 +143,24 @@ def plan_localization(
 def _extend_cut_organ(
     organ: OrganLocation, spacing: np.ndarray, shape: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The organ's box, extended beyond the scan's top or bottom face to the organ's typical
-    length when the organ reaches that face and is shorter: the box of the whole organ, as far as
-    it can be told, so that a scan starting below the diaphragm (or ending above the kidneys'
-    lower poles) does not move the organs' box centre by half the missing part."""
-    lo, hi = np.asarray(organ.lo_zyx, float), np.asarray(organ.hi_zyx, float)
-    missing = TYPICAL_LENGTH_MM[organ.name] / spacing[0] - (hi[0] - lo[0])
+    return extend_cut_box(organ.name, organ.lo_zyx, organ.hi_zyx, spacing, shape)
+
+
+def extend_cut_box(
+    name: str, lo_zyx: Sequence[float], hi_zyx: Sequence[float], spacing: Sequence[float], shape: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An organ's box (edge coordinates on a grid of ``spacing`` and ``shape``), extended beyond
+    the scan's top or bottom face to the organ's typical length when the organ reaches that face
+    and is shorter: the box of the whole organ, as far as it can be told, so that a scan starting
+    below the diaphragm (or ending above the kidneys' lower poles) does not move the organs' box
+    centre by half the missing part. Training computes the segmentation network's box centre the
+    same way for the shorter scans it simulates."""
+    lo, hi = np.array(lo_zyx, float), np.array(hi_zyx, float)
+    missing = TYPICAL_LENGTH_MM[name] / float(spacing[0]) - (hi[0] - lo[0])
     if missing > 0:
         if hi[0] >= shape[0] and lo[0] > 0:
-            hi = hi.copy()
             hi[0] += missing
         elif lo[0] <= 0 and hi[0] < shape[0]:
-            lo = lo.copy()
             lo[0] -= missing
     return lo, hi
 

@@ -26,6 +26,7 @@ import yaml
 from flare_seg.contract import SEGMENTATION_INPUT_CHANNELS, ModelContract
 from flare_seg.labels import NUM_CLASSES, NUM_ORGANS, ORGANS
 from flare_seg.progress import Progress
+from flare_seg.service.localization import extend_cut_box
 from flare_seg.training import tf_utils
 from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
@@ -186,33 +187,97 @@ def localization_samples(
         yield x.numpy(), target
 
 
+def sample_scan_cut(rng: np.random.Generator, case: PreparedCase, min_mm: float) -> tuple[int, int]:
+    """Slices [z0, z1) of a case's cached box kept as a shorter scan whose top face, bottom face
+    or both cut through the organs (uniformly within their box), keeping at least ``min_mm`` of
+    it (or all of it when it is shorter) and at least 16 slices."""
+    d = case.seg_image.shape[0]
+    sz = float(case.seg_spacing_mm_zyx[0])
+    b0, b1 = (float(v) / sz for v in case.organ_box_mm[:, 0])
+    keep = min(max(min_mm / sz, 16.0), b1 - b0)
+    z0, z1 = 0.0, float(d)
+    kind = int(rng.integers(3))  # 0: the top cut, 1: the bottom, 2: both
+    if kind == 0:
+        z1 = rng.uniform(b0 + keep, b1)
+    elif kind == 1:
+        z0 = rng.uniform(b0, b1 - keep)
+    else:
+        z0 = rng.uniform(b0, b1 - keep)
+        z1 = rng.uniform(z0 + keep, max(b1, z0 + keep))
+    lo, hi = max(0, int(np.floor(z0))), min(d, int(np.ceil(z1)))
+    if hi - lo < 16:
+        lo, hi = max(0, min(lo, hi - 16)), min(d, max(hi, lo + 16))
+    return lo, hi
+
+
+def visible_organ_box_mm(labels: np.ndarray, z0: int, z1: int, spacing_mm_zyx: np.ndarray) -> np.ndarray:
+    """The organs' box (2, 3) in mm from the grid's leading edge as inference computes it for a
+    scan of slices [z0, z1): each organ's box on those slices, extended past a face it reaches to
+    its typical length (``extend_cut_box``)."""
+    part = labels[z0:z1]
+    los, his = [], []
+    for k, name in ORGANS.items():
+        mask = part == k
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        if len(zs) == 0:
+            continue
+        ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+        lo = np.array([zs[0], ys[0], xs[0]], float)
+        hi = np.array([zs[-1] + 1, ys[-1] + 1, xs[-1] + 1], float)
+        lo, hi = extend_cut_box(name, lo, hi, spacing_mm_zyx, (z1 - z0, np.inf, np.inf))
+        los.append(lo + [z0, 0, 0])
+        his.append(hi + [z0, 0, 0])
+    return np.stack([np.min(los, axis=0), np.max(his, axis=0)]) * np.asarray(spacing_mm_zyx, float)
+
+
 def segmentation_patch(
     rng: np.random.Generator, case: PreparedCase, config: TrainConfig, contract: ModelContract
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One training patch: (P,P,P,4) network input and (P,P,P) labels, around an organ voxel or anywhere."""
+    """One training patch: (P,P,P,4) network input and (P,P,P) labels, around an organ voxel or
+    anywhere. With ``config.fov_crop_prob``, the case is first cut to a shorter scan
+    (``sample_scan_cut``): the patch then ends at a face it crosses, as the network's input ends
+    at the scan's face at inference (its depth a multiple of 8, at least 16), and the box centre
+    is the one inference computes for that scan (``visible_organ_box_mm``)."""
     p = config.patch_size_vox
     shape = np.asarray(case.seg_image.shape)
+    spacing = case.seg_spacing_mm_zyx
+    z0, z1 = 0, int(shape[0])
+    box_mm = case.organ_box_mm
+    if config.fov_crop_prob > 0 and rng.random() < config.fov_crop_prob:
+        z0, z1 = sample_scan_cut(rng, case, config.fov_min_mm)
+        box_mm = visible_organ_box_mm(case.seg_labels, z0, z1, spacing)
+    kept = case.seg_labels[z0:z1]
     if rng.random() < config.foreground_fraction:
-        present = [k for k in ORGANS if np.any(case.seg_labels == k)]
+        present = [k for k in ORGANS if np.any(kept == k)]
         weights = np.array([config.organ_sampling_weights.get(ORGANS[k], 1.0) for k in present], float)
         if weights.sum() <= 0.0:
             weights = np.ones(len(present))
         k = present[rng.choice(len(present), p=weights / weights.sum())]
-        vox = np.argwhere(case.seg_labels == k)
+        vox = np.argwhere(kept == k) + [z0, 0, 0]
         centre = vox[rng.integers(len(vox))] + rng.integers(-p // 4, p // 4 + 1, 3)
     else:
-        centre = rng.integers(0, shape)
+        centre = rng.integers([z0, 0, 0], [z1, shape[1], shape[2]])
     start = centre - p // 2
-    hu = np.full((p, p, p), AIR_HU, np.float32)
-    labels = np.zeros((p, p, p), np.uint8)
-    lo, hi = np.maximum(start, 0), np.minimum(start + p, shape)
+    depth = p
+    zs, ze = int(start[0]), int(start[0]) + p
+    cut_below, cut_above = 0 < z0 and zs < z0, z1 < shape[0] and ze > z1
+    if cut_below or cut_above:
+        zs, ze = max(zs, z0) if cut_below else zs, min(ze, z1) if cut_above else ze
+        depth = max(16, (ze - zs) // 8 * 8)
+        if cut_below:  # the face stays where it is; the patch is trimmed on its other side
+            start[0] = zs
+        else:
+            start[0] = ze - depth
+    hu = np.full((depth, p, p), AIR_HU, np.float32)
+    labels = np.zeros((depth, p, p), np.uint8)
+    lo = np.maximum(start, [z0, 0, 0])
+    hi = np.minimum(start + [depth, p, p], [z1, shape[1], shape[2]])
     if np.all(hi > lo):
         dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
         src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         hu[dst] = case.seg_image[src]
         labels[dst] = case.seg_labels[src]
-    spacing = case.seg_spacing_mm_zyx
-    box_centre_mm = case.organ_box_mm.mean(axis=0) + rng.normal(0.0, config.centre_jitter_mm, 3)
+    box_centre_mm = box_mm.mean(axis=0) + rng.normal(0.0, config.centre_jitter_mm, 3)
     centre_in_patch_mm = box_centre_mm - start * spacing
     # Position channels are (index + 0.5) * spacing - centre: scaling both scales the positions
     # about the box centre, leaving the image as it is.
@@ -475,7 +540,9 @@ def _task_samples(
         samples = segmentation_samples(train_cases, config, contract, seed)
         loss_fn = segmentation_loss
         p = config.patch_size_vox
-        in_shape, out_c = (p, p, p, SEGMENTATION_INPUT_CHANNELS), NUM_CLASSES
+        # a patch that ends at a simulated scan face is shallower (fov_crop_prob)
+        depth = None if config.fov_crop_prob > 0 else p
+        in_shape, out_c = (depth, p, p, SEGMENTATION_INPUT_CHANNELS), NUM_CLASSES
     out_shape = (*in_shape[:3], out_c)
     return samples, loss_fn, (tf.TensorSpec(in_shape, tf.float32), tf.TensorSpec(out_shape, tf.float32))
 

@@ -267,3 +267,109 @@ def test_field_of_view_settings_are_checked():
         load_config("localization", fov_crop_prob=1.5)
     with pytest.raises(ValueError, match="fov_min_mm"):
         load_config("localization", fov_min_mm=0.0)
+
+
+def _z_coded_case():
+    """A 200-slice cached box at 2 mm whose HU tell each slice's index (-250 + z, inside the
+    segmentation window), with an 80 mm liver on slices 80-120: shorter than a liver, so a face
+    that cuts it extends its box to the typical length."""
+    import numpy as np
+
+    from flare_seg.training.data import PreparedCase
+
+    d = 200
+    labels = np.zeros((d, 80, 80), np.uint8)
+    labels[80:120, 20:60, 20:60] = 1
+    hu = np.broadcast_to((-250.0 + np.arange(d, dtype=np.float32))[:, None, None], labels.shape).copy()
+    return PreparedCase(
+        name="z-coded",
+        loc_image=np.zeros((4, 4, 4), np.float32),
+        loc_target=np.zeros((4, 4, 4, 4), np.float32),
+        seg_image=hu,
+        seg_labels=labels,
+        seg_spacing_mm_zyx=np.array([2.0, 2.0, 2.0]),
+        organ_box_mm=np.array([[160.0, 40.0, 40.0], [240.0, 120.0, 120.0]]),
+    )
+
+
+def test_scan_cuts_go_through_the_organs_and_keep_enough_of_them():
+    import numpy as np
+
+    from flare_seg.training.train import sample_scan_cut
+
+    case = _z_coded_case()
+    rng = np.random.default_rng(0)
+    cuts = [sample_scan_cut(rng, case, 30.0) for _ in range(300)]
+    for z0, z1 in cuts:
+        assert 0 <= z0 < z1 <= 200 and z1 - z0 >= 16
+        assert z0 >= 80 or z1 <= 120  # a face lies in the liver
+        assert min(z1, 120) - max(z0, 80) >= 14  # about 30 mm of it (15 slices) stays
+    kinds = {(z0 > 0, z1 < 200) for z0, z1 in cuts}
+    assert kinds == {(False, True), (True, False), (True, True)}
+
+
+def test_visible_organ_box_is_extended_past_a_face_like_at_inference():
+    import numpy as np
+
+    from flare_seg.service.localization import TYPICAL_LENGTH_MM
+    from flare_seg.training.train import visible_organ_box_mm
+
+    case = _z_coded_case()
+    spacing = case.seg_spacing_mm_zyx
+    typical = TYPICAL_LENGTH_MM["liver"]
+    # the top face at slice 100 cuts the liver: its box runs from its bottom to the typical length
+    box = visible_organ_box_mm(case.seg_labels, 0, 100, spacing)
+    np.testing.assert_allclose(box[:, 0], [160.0, 160.0 + typical])
+    np.testing.assert_allclose(box[:, 1:], [[40.0, 40.0], [120.0, 120.0]])
+    # the bottom face at slice 100: from the typical length below its top
+    box = visible_organ_box_mm(case.seg_labels, 100, 200, spacing)
+    np.testing.assert_allclose(box[:, 0], [240.0 - typical, 240.0])
+    # both faces cut it: nothing tells which way it goes on, so the box is what is seen
+    box = visible_organ_box_mm(case.seg_labels, 90, 110, spacing)
+    np.testing.assert_allclose(box[:, 0], [180.0, 220.0])
+    # no face touches it: its own box
+    np.testing.assert_allclose(visible_organ_box_mm(case.seg_labels, 0, 200, spacing), case.organ_box_mm)
+
+
+def test_segmentation_patches_end_at_a_simulated_scan_face():
+    """With fov_crop_prob 1: patch depths are multiples of 8 between 16 and the patch size; a
+    shallower patch holds consecutive slices of the scan and no air beyond a face (its input ends
+    there, as at inference); the position channels are centred on the box inference would compute
+    (here with no centre jitter): 235 mm for a top cut of the liver, 165 mm for a bottom one."""
+    import numpy as np
+
+    from flare_seg.contract import ModelContract
+    from flare_seg.training.train import segmentation_patch
+
+    case = _z_coded_case()
+    contract = ModelContract()
+    config = load_config(
+        "segmentation",
+        patch_size_vox=64,
+        foreground_fraction=1.0,
+        centre_jitter_mm=0.0,
+        intensity_scale=0.0,
+        intensity_shift_hu=0.0,
+        noise_hu=0.0,
+        fov_crop_prob=1.0,
+        fov_min_mm=30.0,
+    )
+    rng = np.random.default_rng(3)
+    depths, centres = [], []
+    for _ in range(80):
+        x, labels = segmentation_patch(rng, case, config, contract)
+        depth = x.shape[0]
+        assert x.shape[1:] == (64, 64, 4) and labels.shape == (depth, 64, 64)
+        assert depth % 8 == 0 and 16 <= depth <= 64
+        z = np.round(x[:, 32, 32, 0] * 350.0 + 50.0 + 250.0)  # undo the window: the slice index
+        inside = (z >= 0) & (z < 200)
+        if depth < 64:
+            assert inside.all()
+            np.testing.assert_array_equal(np.diff(z), 1.0)
+        first = z[inside][0] - np.flatnonzero(inside)[0]  # the patch's first slice in the box
+        # position channel: ((i + 0.5) * 2 mm - centre in patch) / 100 mm
+        centre_in_patch = (0.5 * 2.0) - x[0, 0, 0, 1] * contract.coordinate_scale_mm
+        centres.append(round(float(centre_in_patch + first * 2.0)))
+        depths.append(depth)
+    assert min(depths) < 64 and max(depths) == 64
+    assert centres.count(235) >= 10 and centres.count(165) >= 10
