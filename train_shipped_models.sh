@@ -43,9 +43,17 @@
 #    m. from j (configs/segmentation_liver_masses.yaml), as k with a seventh set in which every case
 #       has one large liver mass (--liver-masses 1);
 #    n. from i (configs/segmentation_liver_masses_mild.yaml), on m's sets with i's randomization;
-#    o. from k (configs/segmentation_liver_masses_long.yaml), on m's sets with k's randomization.
-#    The shipped segmentation network is the mean of the base network, i and k (export with three
-#    --segmentation-run); the localization network is the base one. d to h and l to o are not part
+#    o. from k (configs/segmentation_liver_masses_long.yaml), on m's sets with k's randomization;
+#    p. from the base network (configs/segmentation_fov_base.yaml) and q. from i
+#       (configs/segmentation_fov_mild.yaml), 2000 steps each on i's six sets with 40% of the patches
+#       cut to a shorter scan whose face cuts the organs (the patch ends at the face, as the input
+#       does at inference; the box centre is the one inference computes for that scan);
+#    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
+#    2000 steps on the same sets with half the samples cut to a shorter scan
+#    (configs/localization_fov.yaml).
+#    The shipped segmentation network is the mean of p, q and k (export with three
+#    --segmentation-run); the localization network is the field-of-view one (weights of it, p and q
+#    in checkpoints/realct_fov/). d to h and l to o are not part
 #    of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
@@ -184,8 +192,14 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${MASS_DATA}" liver_masses_mild "${WORK}/runs/segmentation_organ_layout_mild"  # n
     finetune "${MASS_DATA}" liver_masses_long "${WORK}/runs/segmentation_organ_layout_long"  # o
   fi
-  LOC_RUN="${BASE}/localization"
-  SEG_RUNS=(--segmentation-run "${BASE}/segmentation" --segmentation-run "${WORK}/runs/segmentation_organ_layout_mild"
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base "${BASE}/segmentation"  # p
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_mild "${WORK}/runs/segmentation_organ_layout_mild"  # q
+  # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
+  [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
+  flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
+    --config configs/localization_fov.yaml --cache-dir "${WORK}/cache"
+  LOC_RUN="${WORK}/runs/localization_fov"
+  SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_fov_base" --segmentation-run "${WORK}/runs/segmentation_fov_mild"
     --segmentation-run "${WORK}/runs/segmentation_organ_layout_long")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
