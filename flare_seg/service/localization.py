@@ -147,7 +147,11 @@ def _extend_cut_organ(
 
 
 def extend_cut_box(
-    name: str, lo_zyx: Sequence[float], hi_zyx: Sequence[float], spacing: Sequence[float], shape: Sequence[float]
+    name: str,
+    lo_zyx: Sequence[float] | np.ndarray,
+    hi_zyx: Sequence[float] | np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
+    shape: Sequence[float] | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An organ's box (edge coordinates on a grid of ``spacing`` and ``shape``), extended beyond
     the scan's top or bottom face to the organ's typical length when the organ reaches that face

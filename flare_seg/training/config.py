@@ -71,7 +71,8 @@ class TrainConfig:
             raise ValueError(f"patch_size_vox must be a multiple of 8 and >= 16, not {self.patch_size_vox}")
         if not 0.0 <= self.fov_crop_prob <= 1.0 or self.fov_min_mm <= 0.0:
             raise ValueError(
-                f"fov_crop_prob must be in [0, 1] and fov_min_mm > 0, not {self.fov_crop_prob}, {self.fov_min_mm}"
+                "fov_crop_prob must be in [0, 1] and fov_min_mm > 0, "
+                f"not {self.fov_crop_prob}, {self.fov_min_mm}"
             )
         if not 0.0 <= self.position_scale_jitter < 0.5:
             raise ValueError(f"position_scale_jitter must be in [0, 0.5), not {self.position_scale_jitter}")

@@ -172,7 +172,7 @@ def localization_samples(
     """Endless (input (D,H,W,1), target (D,H,W,organs)) pairs, padded to valid sizes; with
     ``config.fov_crop_prob``, of a shorter field of view (``crop_field_of_view``)."""
     rng = np.random.default_rng(seed)
-    min_slices = max(1, int(round(config.fov_min_mm / contract.localization_spacing_mm)))
+    min_slices = max(1, round(config.fov_min_mm / contract.localization_spacing_mm))
     while True:
         case = cases[rng.integers(len(cases))]
         image, occupancy = case.loc_image, case.loc_target
@@ -225,8 +225,9 @@ def visible_organ_box_mm(labels: np.ndarray, z0: int, z1: int, spacing_mm_zyx: n
         lo = np.array([zs[0], ys[0], xs[0]], float)
         hi = np.array([zs[-1] + 1, ys[-1] + 1, xs[-1] + 1], float)
         lo, hi = extend_cut_box(name, lo, hi, spacing_mm_zyx, (z1 - z0, np.inf, np.inf))
-        los.append(lo + [z0, 0, 0])
-        his.append(hi + [z0, 0, 0])
+        offset = np.array([z0, 0, 0], float)
+        los.append(lo + offset)
+        his.append(hi + offset)
     return np.stack([np.min(los, axis=0), np.max(his, axis=0)]) * np.asarray(spacing_mm_zyx, float)
 
 
@@ -253,14 +254,14 @@ def segmentation_patch(
         if weights.sum() <= 0.0:
             weights = np.ones(len(present))
         k = present[rng.choice(len(present), p=weights / weights.sum())]
-        vox = np.argwhere(kept == k) + [z0, 0, 0]
+        vox = np.argwhere(kept == k) + np.array([z0, 0, 0])
         centre = vox[rng.integers(len(vox))] + rng.integers(-p // 4, p // 4 + 1, 3)
     else:
         centre = rng.integers([z0, 0, 0], [z1, shape[1], shape[2]])
     start = centre - p // 2
     depth = p
     zs, ze = int(start[0]), int(start[0]) + p
-    cut_below, cut_above = 0 < z0 and zs < z0, z1 < shape[0] and ze > z1
+    cut_below, cut_above = z0 > 0 and zs < z0, z1 < shape[0] and ze > z1
     if cut_below or cut_above:
         zs, ze = max(zs, z0) if cut_below else zs, min(ze, z1) if cut_above else ze
         depth = max(16, (ze - zs) // 8 * 8)
@@ -271,7 +272,7 @@ def segmentation_patch(
     hu = np.full((depth, p, p), AIR_HU, np.float32)
     labels = np.zeros((depth, p, p), np.uint8)
     lo = np.maximum(start, [z0, 0, 0])
-    hi = np.minimum(start + [depth, p, p], [z1, shape[1], shape[2]])
+    hi = np.minimum(start + np.array([depth, p, p]), [z1, shape[1], shape[2]])
     if np.all(hi > lo):
         dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
         src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))

@@ -248,7 +248,8 @@ def test_localization_samples_with_field_of_view_crops():
     occupancy = np.zeros((d, 16, 16, 4), np.float32)
     occupancy[4:44, 4:12, 4:12, 0] = 1.0
     case = _block_case(np.zeros((8, 8, 8), np.uint8), [2.0, 2.0, 2.0], [[0.0] * 3, [16.0] * 3])
-    case = type(case)(**{**case.__dict__, "loc_image": np.zeros((d, 16, 16), np.float32), "loc_target": occupancy})
+    fields = {**case.__dict__, "loc_image": np.zeros((d, 16, 16), np.float32), "loc_target": occupancy}
+    case = type(case)(**fields)
     contract = ModelContract()
     for prob, expect_whole in ((0.0, True), (1.0, False)):
         config = load_config("localization", fov_crop_prob=prob, fov_min_mm=60.0)
