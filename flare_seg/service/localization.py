@@ -124,7 +124,7 @@ def plan_localization(
         return LocalizationPlan(*whole, *whole, False, (), tuple(dropped), tuple(missing), tuple(warnings))
     region_lo = np.min([o.lo_zyx for o in kept], axis=0)
     region_hi = np.max([o.hi_zyx for o in kept], axis=0)
-    boxes = [_extend_cut_organ(o, spacing, shape) for o in kept]
+    boxes = [extend_cut_box(o.name, o.lo_zyx, o.hi_zyx, spacing, shape) for o in kept]
     lo = np.min([b[0] for b in boxes], axis=0)
     hi = np.max([b[1] for b in boxes], axis=0)
     if dropped or missing:
@@ -138,12 +138,6 @@ def plan_localization(
     return LocalizationPlan(
         lo, hi, region_lo, region_hi, True, kept, tuple(dropped), tuple(missing), tuple(warnings)
     )
-
-
-def _extend_cut_organ(
-    organ: OrganLocation, spacing: np.ndarray, shape: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    return extend_cut_box(organ.name, organ.lo_zyx, organ.hi_zyx, spacing, shape)
 
 
 def extend_cut_box(

@@ -43,10 +43,11 @@ class TrainConfig:
     # contrast-enhanced scan into one that looks unenhanced, so organs must be told apart by shape
     # and position rather than by their enhancement
     contrast_compression_prob: float = 0.0
-    # localization: probability of cutting the scan's top, bottom or both to a random shorter field
-    # of view (at least ``fov_min_mm`` long): real scans start below the diaphragm, mid-liver or at
-    # the kidneys and end anywhere from above the kidneys to the pelvis, and the organs' box must
-    # still be found in them
+    # both tasks: probability of cutting a sample's scan to a shorter field of view (top, bottom or
+    # both; at least ``fov_min_mm`` long): real scans start below the diaphragm, mid-liver or at the
+    # kidneys and end anywhere from above the kidneys to the pelvis. Localization samples are cut
+    # anywhere; segmentation patches at a face through the organs, where they end (see
+    # ``train.segmentation_patch``)
     fov_crop_prob: float = 0.0
     fov_min_mm: float = 100.0
     # augmentation: appearance randomization (flare_seg.training.augment.Appearance fields: prob,

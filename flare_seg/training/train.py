@@ -30,7 +30,7 @@ from flare_seg.service.localization import extend_cut_box
 from flare_seg.training import tf_utils
 from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
-from flare_seg.training.data import PreparedCase, list_cases, prepare_dataset
+from flare_seg.training.data import PreparedCase, list_cases, organ_box_edges, prepare_dataset
 from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
 from flare_seg.training.networks import localization_net, spatial_configuration_net
 
@@ -215,17 +215,13 @@ def visible_organ_box_mm(labels: np.ndarray, z0: int, z1: int, spacing_mm_zyx: n
     scan of slices [z0, z1): each organ's box on those slices, extended past a face it reaches to
     its typical length (``extend_cut_box``)."""
     part = labels[z0:z1]
+    offset = np.array([z0, 0, 0], float)
     los, his = [], []
     for k, name in ORGANS.items():
-        mask = part == k
-        zs = np.flatnonzero(mask.any(axis=(1, 2)))
-        if len(zs) == 0:
+        box = organ_box_edges(part == k)
+        if box is None:
             continue
-        ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
-        lo = np.array([zs[0], ys[0], xs[0]], float)
-        hi = np.array([zs[-1] + 1, ys[-1] + 1, xs[-1] + 1], float)
-        lo, hi = extend_cut_box(name, lo, hi, spacing_mm_zyx, (z1 - z0, np.inf, np.inf))
-        offset = np.array([z0, 0, 0], float)
+        lo, hi = extend_cut_box(name, box[0], box[1], spacing_mm_zyx, (z1 - z0, np.inf, np.inf))
         los.append(lo + offset)
         his.append(hi + offset)
     return np.stack([np.min(los, axis=0), np.max(his, axis=0)]) * np.asarray(spacing_mm_zyx, float)
