@@ -91,7 +91,13 @@ def test_an_organ_long_enough_or_inside_the_scan_is_not_extended():
 
 
 def test_kidneys_cut_off_at_the_bottom_extend_the_box_downwards():
-    organs = dict(ABDOMEN, kidney=[(0, 12, 26, 34, 14, 22), (0, 14, 26, 34, 40, 48)])
+    """A scan that ends above the kidneys' lower poles (the organs above them where they lie)."""
+    organs = {
+        "liver": (12, 32, 8, 30, 6, 30),
+        "kidney": [(0, 12, 26, 34, 14, 22), (0, 14, 26, 34, 40, 48)],
+        "spleen": (14, 30, 22, 34, 44, 54),
+        "pancreas": (12, 18, 18, 24, 22, 42),
+    }
     heat = heatmaps(organs=organs)
     plan = plan_localization(heat, SPACING, 0.5)
     assert plan.region_lo_zyx[0] == 0
@@ -129,6 +135,44 @@ def test_an_organ_far_in_height_from_the_others_is_dropped():
     plan = plan_localization(heat, SPACING, 0.5)
     assert plan.dropped == ("pancreas",)
     assert plan.hi_zyx[0] == 50
+
+
+def test_a_spleen_in_the_pelvis_of_a_scan_that_starts_mid_liver_is_dropped():
+    """The real failure: the top of the scan cuts the liver, and the spleen's only blob is a
+    small one in the pelvis, ~180 mm below the others (the old check, against a median that
+    counted the spleen itself and allowed 200 mm, kept it and stretched the box over the pelvis)."""
+    organs = {
+        "liver": (36, 48, 14, 29, 11, 26),
+        "kidney": [(35, 48, 26, 34, 16, 24), (36, 48, 26, 34, 41, 49)],
+        "spleen": (9, 16, 31, 37, 48, 54),
+        "pancreas": (41, 46, 18, 22, 25, 29),
+    }
+    plan = plan_localization(heatmaps(shape_zyx=(48, 51, 61), organs=organs), SPACING, 0.5)
+    assert plan.dropped == ("spleen",)
+    assert any("spleen" in w and "in height" in w for w in plan.warnings)
+    assert plan.lo_zyx[0] >= 35  # the box no longer reaches down into the pelvis
+    assert plan.region_lo_zyx[0] == pytest.approx(35 - GROW_MM / 6.0)
+
+
+def test_the_height_check_compares_each_organ_with_the_others_only():
+    """With three organs, an outlier 160 mm below the other two is dropped, and the two are kept:
+    compared with a median that counted the outlier, each of them would look 80 mm off."""
+    organs = {
+        "liver": (40, 56, 8, 30, 6, 30),
+        "kidney": [(36, 50, 26, 34, 14, 22), (36, 50, 26, 34, 40, 48)],
+        "spleen": (12, 20, 22, 34, 44, 54),
+    }
+    plan = plan_localization(heatmaps(shape_zyx=(60, 48, 64), organs=organs), SPACING, 0.5)
+    assert plan.dropped == ("spleen",) and plan.missing == ("pancreas",)
+    assert {o.name for o in plan.organs} == {"liver", "kidney"}
+
+
+def test_low_kidneys_within_anatomical_range_are_kept():
+    """Kidneys 110 mm below the median of the others (the lowest the phantoms hold, plus margin)
+    are normal anatomy, not an outlier."""
+    organs = dict(ABDOMEN, kidney=[(10, 26, 26, 34, 14, 22), (10, 26, 26, 34, 40, 48)])
+    plan = plan_localization(heatmaps(organs=organs), SPACING, 0.5)
+    assert plan.dropped == () and plan.warnings == ()
 
 
 def test_no_heatmap_above_the_threshold_gives_the_whole_grid_without_a_plan_warning():
