@@ -30,6 +30,7 @@ Air (below -500 HU) is left out of 1, 2 and 4, so the body outline and the lungs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -88,13 +89,27 @@ def smooth_field(
     rng: np.random.Generator, shape: tuple[int, ...], amplitude: float, nodes: int = 4
 ) -> np.ndarray:
     """A smooth random field in [-amplitude, amplitude] over ``shape``: uniform noise on a coarse
-    grid of ``nodes`` per axis, interpolated cubically."""
-    coarse = rng.uniform(-1.0, 1.0, (nodes,) * len(shape))
-    zoom = [n / nodes for n in shape]
-    field = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
-    field = field[tuple(slice(0, n) for n in shape)]
+    grid of ``nodes`` per axis, interpolated cubically (``ndimage.zoom``'s cubic spline, applied
+    as one small interpolation matrix per axis: the spline is separable, and the matrices make it
+    about a hundred times faster on a training patch than interpolating in 3-D)."""
+    field = rng.uniform(-1.0, 1.0, (nodes,) * len(shape))
+    for axis, n in enumerate(shape):
+        field = np.moveaxis(np.tensordot(_cubic_zoom_matrix(nodes, n), field, axes=(1, axis)), 0, axis)
     peak = float(np.abs(field).max()) or 1.0
     return (field / peak * amplitude).astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _cubic_zoom_matrix(nodes: int, n: int) -> np.ndarray:
+    """(n, nodes): column i is unit node i interpolated to ``n`` samples as ``smooth_field`` did
+    with ``ndimage.zoom`` (cubic, mode "nearest", grid_mode=True; the first ``n`` samples)."""
+    eye = np.eye(nodes)
+    cols = [
+        ndimage.zoom(eye[i], n / nodes, order=3, mode="nearest", grid_mode=True)[:n] for i in range(nodes)
+    ]
+    matrix = np.stack(cols, axis=1)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def correlated_noise(

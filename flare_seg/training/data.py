@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,50 @@ class PreparedCase:
     seg_labels: np.ndarray  # (D, H, W) uint8 labels on the same grid
     seg_spacing_mm_zyx: np.ndarray  # (3,)
     organ_box_mm: np.ndarray  # (2, 3): organs' box, mm from the seg grid's leading edge, (lo, hi)
+
+    @cached_property
+    def organ_slices(self) -> OrganSlices:
+        """Where each organ lies on each slice of ``seg_labels`` (computed on first use, once per
+        case): what patch sampling asks of every patch without scanning the labels again."""
+        return OrganSlices.of(self.seg_labels)
+
+
+@dataclass(frozen=True)
+class OrganSlices:
+    """Per slice z of a label volume (D, H, W) and organ (column k - 1 for label k): the voxel
+    count, and the in-plane box [lo, hi) in edge coordinates (y, x) of its voxels on that slice
+    (0, 0 where it has none)."""
+
+    counts: np.ndarray  # (D, organs) int64
+    lo_yx: np.ndarray  # (D, organs, 2) int64
+    hi_yx: np.ndarray  # (D, organs, 2) int64
+
+    @classmethod
+    def of(cls, labels_zyx: np.ndarray) -> OrganSlices:
+        d, h, w = labels_zyx.shape
+        n = len(ORGANS)
+        counts = np.zeros((d, n), np.int64)
+        lo, hi = np.zeros((d, n, 2), np.int64), np.zeros((d, n, 2), np.int64)
+        for j, k in enumerate(sorted(ORGANS)):
+            mask = labels_zyx == k
+            counts[:, j] = mask.sum(axis=(1, 2))
+            for a, (rows, size) in enumerate(((mask.any(axis=2), h), (mask.any(axis=1), w))):
+                has = rows.any(axis=1)
+                lo[has, j, a] = np.argmax(rows[has], axis=1)
+                hi[has, j, a] = size - np.argmax(rows[has, ::-1], axis=1)
+        return cls(counts, lo, hi)
+
+    def organ_box_edges(self, k: int, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Edge-coordinate box [lo, hi) (z, y, x; z relative to ``z0``) of label ``k`` on slices
+        [z0, z1), or None when it has no voxel there (as ``organ_box_edges(labels[z0:z1] == k)``)."""
+        j = sorted(ORGANS).index(k)
+        rows = np.flatnonzero(self.counts[z0:z1, j])
+        if rows.size == 0:
+            return None
+        zs = rows + z0
+        lo = np.array([rows[0], *self.lo_yx[zs, j].min(axis=0)], float)
+        hi = np.array([rows[-1] + 1, *self.hi_yx[zs, j].max(axis=0)], float)
+        return lo, hi
 
 
 def nearest_labels(labels_zyx: np.ndarray, crop: GridCrop) -> np.ndarray:

@@ -30,7 +30,7 @@ from flare_seg.service.localization import extend_cut_box
 from flare_seg.training import tf_utils
 from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
-from flare_seg.training.data import PreparedCase, list_cases, organ_box_edges, prepare_dataset
+from flare_seg.training.data import OrganSlices, PreparedCase, list_cases, prepare_dataset
 from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
 from flare_seg.training.networks import localization_net, spatial_configuration_net
 
@@ -210,15 +210,14 @@ def sample_scan_cut(rng: np.random.Generator, case: PreparedCase, min_mm: float)
     return lo, hi
 
 
-def visible_organ_box_mm(labels: np.ndarray, z0: int, z1: int, spacing_mm_zyx: np.ndarray) -> np.ndarray:
+def visible_organ_box_mm(slices: OrganSlices, z0: int, z1: int, spacing_mm_zyx: np.ndarray) -> np.ndarray:
     """The organs' box (2, 3) in mm from the grid's leading edge as inference computes it for a
-    scan of slices [z0, z1): each organ's box on those slices, extended past a face it reaches to
-    its typical length (``extend_cut_box``)."""
-    part = labels[z0:z1]
+    scan of slices [z0, z1) of a case (``slices``: its ``PreparedCase.organ_slices``): each organ's
+    box on those slices, extended past a face it reaches to its typical length (``extend_cut_box``)."""
     offset = np.array([z0, 0, 0], float)
     los, his = [], []
     for k, name in ORGANS.items():
-        box = organ_box_edges(part == k)
+        box = slices.organ_box_edges(k, z0, z1)
         if box is None:
             continue
         lo, hi = extend_cut_box(name, box[0], box[1], spacing_mm_zyx, (z1 - z0, np.inf, np.inf))
@@ -242,16 +241,19 @@ def segmentation_patch(
     box_mm = case.organ_box_mm
     if config.fov_crop_prob > 0 and rng.random() < config.fov_crop_prob:
         z0, z1 = sample_scan_cut(rng, case, config.fov_min_mm)
-        box_mm = visible_organ_box_mm(case.seg_labels, z0, z1, spacing)
-    kept = case.seg_labels[z0:z1]
+        box_mm = visible_organ_box_mm(case.organ_slices, z0, z1, spacing)
+    counts = case.organ_slices.counts[z0:z1]
     if rng.random() < config.foreground_fraction:
-        present = [k for k in ORGANS if np.any(kept == k)]
-        weights = np.array([config.organ_sampling_weights.get(ORGANS[k], 1.0) for k in present], float)
+        present = [j for j in range(counts.shape[1]) if counts[:, j].any()]
+        names = [ORGANS[k] for k in sorted(ORGANS)]
+        weights = np.array([config.organ_sampling_weights.get(names[j], 1.0) for j in present], float)
         if weights.sum() <= 0.0:
             weights = np.ones(len(present))
-        k = present[rng.choice(len(present), p=weights / weights.sum())]
-        vox = np.argwhere(kept == k) + np.array([z0, 0, 0])
-        centre = vox[rng.integers(len(vox))] + rng.integers(-p // 4, p // 4 + 1, 3)
+        j = present[rng.choice(len(present), p=weights / weights.sum())]
+        # a voxel of the organ, uniformly: its slice in proportion to the organ's voxels there
+        z = z0 + int(rng.choice(len(counts), p=counts[:, j] / counts[:, j].sum()))
+        yx = np.argwhere(case.seg_labels[z] == sorted(ORGANS)[j])
+        centre = np.array([z, *yx[rng.integers(len(yx))]]) + rng.integers(-p // 4, p // 4 + 1, 3)
     else:
         centre = rng.integers([z0, 0, 0], [z1, shape[1], shape[2]])
     start = centre - p // 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from flare_seg.training.augment import (
     Appearance,
@@ -83,6 +84,18 @@ def test_the_bias_field_is_smooth_and_bounded():
     assert field.shape == (20, 30, 40)
     assert np.abs(field).max() == pytest.approx(25.0, rel=1e-5)
     assert np.abs(np.diff(field, axis=2)).max() < 5.0
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64), (17, 30, 41), (40, 64, 64)])
+def test_the_bias_field_is_the_cubic_spline_zoom_of_its_coarse_nodes(shape):
+    """The per-axis matrices give what a 3-D cubic ``ndimage.zoom`` of the same nodes gives."""
+    coarse = np.random.default_rng(8).uniform(-1.0, 1.0, (4, 4, 4))
+    expected = ndimage.zoom(coarse, [n / 4 for n in shape], order=3, mode="nearest", grid_mode=True)
+    expected = expected[tuple(slice(0, n) for n in shape)]
+    expected = expected / np.abs(expected).max() * 30.0
+    field = smooth_field(np.random.default_rng(8), shape, 30.0)
+    assert field.shape == shape
+    np.testing.assert_allclose(field, expected, atol=1e-4)
 
 
 def test_blur_and_noise_change_the_sample_but_keep_its_shape_and_dtype():

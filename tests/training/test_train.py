@@ -319,17 +319,17 @@ def test_visible_organ_box_is_extended_past_a_face_like_at_inference():
     spacing = case.seg_spacing_mm_zyx
     typical = TYPICAL_LENGTH_MM["liver"]
     # the top face at slice 100 cuts the liver: its box runs from its bottom to the typical length
-    box = visible_organ_box_mm(case.seg_labels, 0, 100, spacing)
+    box = visible_organ_box_mm(case.organ_slices, 0, 100, spacing)
     np.testing.assert_allclose(box[:, 0], [160.0, 160.0 + typical])
     np.testing.assert_allclose(box[:, 1:], [[40.0, 40.0], [120.0, 120.0]])
     # the bottom face at slice 100: from the typical length below its top
-    box = visible_organ_box_mm(case.seg_labels, 100, 200, spacing)
+    box = visible_organ_box_mm(case.organ_slices, 100, 200, spacing)
     np.testing.assert_allclose(box[:, 0], [240.0 - typical, 240.0])
     # both faces cut it: nothing tells which way it goes on, so the box is what is seen
-    box = visible_organ_box_mm(case.seg_labels, 90, 110, spacing)
+    box = visible_organ_box_mm(case.organ_slices, 90, 110, spacing)
     np.testing.assert_allclose(box[:, 0], [180.0, 220.0])
     # no face touches it: its own box
-    np.testing.assert_allclose(visible_organ_box_mm(case.seg_labels, 0, 200, spacing), case.organ_box_mm)
+    np.testing.assert_allclose(visible_organ_box_mm(case.organ_slices, 0, 200, spacing), case.organ_box_mm)
 
 
 def test_segmentation_patches_end_at_a_simulated_scan_face():
@@ -374,3 +374,30 @@ def test_segmentation_patches_end_at_a_simulated_scan_face():
         depths.append(depth)
     assert min(depths) < 64 and max(depths) == 64
     assert centres.count(235) >= 10 and centres.count(165) >= 10
+
+
+def test_organ_slices_give_each_organs_box_on_any_run_of_slices():
+    """The per-slice index answers what scanning the labels answers: each organ's box on
+    slices [z0, z1), z relative to z0, or None where it has no voxel."""
+    import numpy as np
+
+    from flare_seg.training.data import OrganSlices, organ_box_edges
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((30, 20, 25), np.uint8)
+    for k in (1, 2, 3):  # blobs of random extent; label 4 absent
+        z0, y0, x0 = rng.integers(0, 12, 3)
+        dz, dy, dx = rng.integers(3, 9, 3)
+        labels[z0 : z0 + dz, y0 : y0 + dy, x0 : x0 + dx] = k
+    labels[rng.random(labels.shape) < 0.01] = 2  # scattered voxels too
+    slices = OrganSlices.of(labels)
+    assert slices.counts.sum() == np.count_nonzero(labels)
+    for z0, z1 in ((0, 30), (5, 17), (20, 30), (29, 30)):
+        for k in (1, 2, 3, 4):
+            expected = organ_box_edges(labels[z0:z1] == k)
+            got = slices.organ_box_edges(k, z0, z1)
+            if expected is None:
+                assert got is None
+            else:
+                np.testing.assert_array_equal(got[0], expected[0])
+                np.testing.assert_array_equal(got[1], expected[1])
