@@ -58,6 +58,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             organ_layout=args.organ_layout,
             collapsed_stomach=args.collapsed_stomach,
             liver_masses=args.liver_masses,
+            low_left_lobe=args.low_left_lobe,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -428,6 +429,12 @@ def _add_synth(sub: _Subparsers) -> None:
         metavar="SHARE",
         help="one large liver mass (5-15 cm; hypodense, hyperdense, necrotic or heterogeneous, often "
         "bulging out of the liver) in SHARE of the cases (a third if not given), labelled liver",
+    )
+    p.add_argument(
+        "--low-left-lobe",
+        action="store_true",
+        help="a left liver lobe that reaches lower, in front of the stomach (its lowest point 1-4 cm "
+        "above the right lobe's), in 60%% of cases",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

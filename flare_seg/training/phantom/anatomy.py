@@ -71,6 +71,8 @@ class OrganVariety:
         added antero-posterior component of the axis per unit of its height).
     spleen_volume: the spleen's volume, as a factor on the textbook draw.
     spleen_rise_mm: how far the spleen's centre lies above the textbook height under the dome, mm.
+    liver_left_lobe_drop_mm: how far the left lobe's centre lies below the textbook height, mm (its
+        lowest point then only 1-4 cm above the right lobe's, as in many real livers).
     """
 
     pancreas_thickness: float = 1.0
@@ -91,6 +93,7 @@ class OrganVariety:
     kidney_lean: float = 0.0
     spleen_volume: float = 1.0
     spleen_rise_mm: float = 0.0
+    liver_left_lobe_drop_mm: float = 0.0
 
 
 class AnatomyBuilder:

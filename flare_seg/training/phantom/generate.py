@@ -50,6 +50,8 @@ from flare_seg.training.phantom.variety import (
     fatty_pancreas_variety,
     lateral_spleen_rng,
     lateral_spleen_variety,
+    low_left_lobe_rng,
+    low_left_lobe_variety,
     organ_layout_rng,
     organ_layout_variety,
     organ_variety_rng,
@@ -82,6 +84,8 @@ def generate_case_with_info(
         variety = fatty_pancreas_variety(fatty_pancreas_rng(seed), variety)
     if options.organ_layout:
         variety = organ_layout_variety(organ_layout_rng(seed), variety)
+    if options.low_left_lobe:
+        variety = low_left_lobe_variety(low_left_lobe_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     mass = None
     if options.liver_masses > 0:

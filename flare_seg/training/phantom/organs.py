@@ -462,7 +462,7 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     center = np.array([-b.cav_a * b.u(0.40, 0.50), b.u(-10, 15) - b.variety.liver_forward_mm, -b.u(70, 85)])
     right = np.array([70.0, 82.0 * b.variety.liver_depth, 92.0]) * np.exp(rng.normal(0, 0.04, 3))
     lobe = b.variety.liver_left_lobe
-    left_off = np.array([b.u(70, 85) * lobe, -b.u(30, 45), b.u(20, 35)])
+    left_off = np.array([b.u(70, 85) * lobe, -b.u(30, 45), b.u(20, 35) - b.variety.liver_left_lobe_drop_mm])
     left = np.array([b.u(65, 80) * lobe, b.u(36, 46) * math.sqrt(lobe), b.u(32, 42)])
     taper = b.u(0.3, 0.5)
     plane_n = unit([b.u(0.25, 0.45), -b.u(0.25, 0.45), -1.0])

@@ -56,6 +56,8 @@ class PhantomOptions:
     liver_masses: the share of cases (0 to 1; 0: none) with one large liver mass (hypodense,
         hyperdense, necrotic or heterogeneous, often bulging out of the liver), labelled liver
         (``phantom.lesions``).
+    low_left_lobe: a left liver lobe that reaches lower, in front of the stomach and towards the
+        gallbladder's level, in some cases (``phantom.variety``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -71,6 +73,7 @@ class PhantomOptions:
     organ_layout: bool = False
     collapsed_stomach: bool = False
     liver_masses: float = 0.0
+    low_left_lobe: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

@@ -210,12 +210,14 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "kidney_lean",
         "spleen_volume",
         "spleen_rise_mm",
+        "liver_left_lobe_drop_mm",
     }
     # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without
-    # fat, the organ layout without --organ-layout
+    # fat, the organ layout without --organ-layout, the left liver lobe without --low-left-lobe
     assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
     assert info["organ_variety"]["pancreas_fat_fraction"] == 0.0
     assert info["organ_variety"]["kidney_rise_mm"] == 0.0 and info["organ_variety"]["spleen_volume"] == 1.0
+    assert info["organ_variety"]["liver_left_lobe_drop_mm"] == 0.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
@@ -345,3 +347,47 @@ def test_organ_layout_raises_the_kidneys_enlarges_the_spleen_and_the_left_liver_
     assert dataset["options"]["organ_layout"] is True
     (case,) = dataset["case_info"].values()
     assert "kidney_rise_mm" in case["organ_variety"]
+
+
+def test_low_left_lobe_draws_its_drop_in_most_cases_and_keeps_the_others():
+    from flare_seg.training.phantom.variety import low_left_lobe_rng, low_left_lobe_variety
+
+    draws = [low_left_lobe_variety(low_left_lobe_rng(s), None) for s in range(200)]
+    dropped = [v.liver_left_lobe_drop_mm for v in draws if v.liver_left_lobe_drop_mm > 0]
+    assert 0.5 < len(dropped) / len(draws) < 0.7
+    assert all(10.0 <= d <= 35.0 for d in dropped)
+    assert all(v == OrganVariety() for v in draws if v.liver_left_lobe_drop_mm == 0)
+    kept = low_left_lobe_variety(low_left_lobe_rng(3), OrganVariety(liver_left_lobe=1.3, kidney_rise_mm=5.0))
+    assert kept.liver_left_lobe == 1.3 and kept.kidney_rise_mm == 5.0
+
+
+def test_low_left_lobe_lowers_the_liver_left_of_the_midline(tmp_path):
+    """Where it draws a large drop, the liver's leftmost part (the 30% of its width furthest to
+    the patient's left, +x: a higher column index without flips) reaches lower (LPS -z: a lower
+    slice index), closer to the right lobe's lowest point; the grid is the seed's. On the command
+    line and in dataset.json."""
+    from flare_seg.cli import main
+    from flare_seg.training.phantom.variety import low_left_lobe_rng, low_left_lobe_variety
+
+    seed = _seed_where(
+        lambda v: v.liver_left_lobe_drop_mm > 25.0,
+        lambda s: low_left_lobe_variety(low_left_lobe_rng(s), None),
+    )
+    _, plain_mask, plain_info = _arrays(PLAIN, seed)
+    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, low_left_lobe=True), seed)
+    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
+    assert info.organ_variety is not None and info.organ_variety["liver_left_lobe_drop_mm"] > 25.0
+
+    def left_lobe_bottom_mm(m):
+        z, _, x = np.nonzero(m == LABEL["liver"])
+        left = x > x.min() + 0.7 * (x.max() - x.min())
+        return (z[left].min() - z.min()) * info.spacing_xyz[2]  # above the liver's lowest slice
+
+    assert left_lobe_bottom_mm(mask) < left_lobe_bottom_mm(plain_mask) - 20.0
+
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--low-left-lobe"]) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["low_left_lobe"] is True
+    (case,) = dataset["case_info"].values()
+    assert "liver_left_lobe_drop_mm" in case["organ_variety"]
