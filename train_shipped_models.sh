@@ -48,13 +48,21 @@
 #       (configs/segmentation_fov_mild.yaml), 2000 steps each on i's six sets with 40% of the patches
 #       cut to a shorter scan whose face cuts the organs (the patch ends at the face, as the input
 #       does at inference; the box centre is the one inference computes for that scan);
+#    r. from k (configs/segmentation_fov_strong.yaml), the same with k's randomization;
+#    s. from the base network (configs/segmentation_fov_base_mild.yaml), as p with i's
+#       randomization;
+#    t. from q (configs/segmentation_low_left_lobe.yaml), 2000 steps on the first set, the
+#       --fatty-pancreas and --organ-layout sets and one in which 60% of the cases have a lower left
+#       liver lobe (--low-left-lobe with every other option);
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
-#    The shipped segmentation network is the mean of p, q and k (export with three
+#    The shipped segmentation network is the mean of p, q, t and r (export with four
 #    --segmentation-run); the localization network is the field-of-view one (weights of it, p and q
-#    in checkpoints/realct_fov/). d to h and l to o are not part
-#    of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
+#    in checkpoints/realct_fov/, of r, s and t in checkpoints/realct_fov2/segmentation_{strong,
+#    base_mild,low_left_lobe}: copy them to ${WORK}/runs/segmentation_fov_strong, _fov_base_mild and
+#    _low_left_lobe). d to h, l to o and s
+#    are not part of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -194,13 +202,24 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   fi
   finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base "${BASE}/segmentation"  # p
   finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_mild "${WORK}/runs/segmentation_organ_layout_mild"  # q
+  finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_strong "${WORK}/runs/segmentation_organ_layout_long"  # r
+  if [ "${CANDIDATES:-0}" = 1 ]; then
+    finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base_mild "${BASE}/segmentation"  # s
+  fi
+  LOW_LEFT_LOBE_DATA="${LOW_LEFT_LOBE_DATA:-${WORK}/train_low_left_lobe}"
+  if [ ! -d "${LOW_LEFT_LOBE_DATA}/TrainingImg" ]; then
+    [ -d "${WORK}/phantoms_1720/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1720" --cases 48 --seed 1720 \
+      "${EVERY_OPTION[@]}" --low-left-lobe --workers 2
+    link_sets "${LOW_LEFT_LOBE_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720
+  fi
+  finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe "${WORK}/runs/segmentation_fov_mild"  # t
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
   flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
     --config configs/localization_fov.yaml --cache-dir "${WORK}/cache"
   LOC_RUN="${WORK}/runs/localization_fov"
   SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_fov_base" --segmentation-run "${WORK}/runs/segmentation_fov_mild"
-    --segmentation-run "${WORK}/runs/segmentation_organ_layout_long")
+    --segmentation-run "${WORK}/runs/segmentation_low_left_lobe" --segmentation-run "${WORK}/runs/segmentation_fov_strong")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
@@ -225,4 +244,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the shipped segmentation network is the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the 20261203-060725 segmentation network was the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000). Since 20261203-100930: the localization network is the variety-stage one fine-tuned on the six organ-layout sets (--seed 1000, 1300, 1400, 1500, 1600, 1700) with half its samples cut to shorter scans (configs/localization_fov.yaml). This version: the segmentation network is the mean of four nets fine-tuned 2000 steps each with 40% of the patches cut to shorter scans: from the base network (p, configs/segmentation_fov_base.yaml), from step i (q, segmentation_fov_mild.yaml), from step k (r, segmentation_fov_strong.yaml), all three on the six organ-layout sets, and from q on --seed 1000, 1600, 1700 and --seed 1720 (every option plus --low-left-lobe, 48 cases; t, segmentation_low_left_lobe.yaml)."
