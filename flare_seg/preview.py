@@ -174,9 +174,14 @@ def _colour(label: int) -> tuple[int, int, int]:
 
 
 def _draw_panel(view: _View, organs: Mapping[int, str]) -> Image.Image:
-    """One view windowed, scaled to its physical aspect ratio and overlaid with the organs."""
+    """One view windowed, scaled to its physical aspect ratio and overlaid with the organs: a
+    ``PANEL_HEIGHT_PX`` high panel, or, for a view wider than ``MAX_PANEL_WIDTH_PX`` at that height
+    (the coronal or sagittal view of a thin slab of slices), that wide and less high."""
+    aspect = view.width_mm / max(view.height_mm, 1e-6)
     height = PANEL_HEIGHT_PX
-    width = max(1, min(MAX_PANEL_WIDTH_PX, round(height * view.width_mm / max(view.height_mm, 1e-6))))
+    if height * aspect > MAX_PANEL_WIDTH_PX:
+        height = max(1, round(MAX_PANEL_WIDTH_PX / aspect))
+    width = max(1, min(MAX_PANEL_WIDTH_PX, round(height * aspect)))
     lo, hi = WINDOW_HU
     grey = np.clip((np.asarray(view.ct, np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     base = Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR)
@@ -250,7 +255,9 @@ def _compose(
     x = gap
     for panel, caption, slot in zip(panels, captions, slots, strict=True):
         draw.text((x, y + 2), caption, fill=TEXT, font=small)
-        out.paste(panel, (x + (slot - panel.width) // 2, y + caption_h))
+        out.paste(
+            panel, (x + (slot - panel.width) // 2, y + caption_h + (PANEL_HEIGHT_PX - panel.height) // 2)
+        )
         x += slot + gap
     y += caption_h + PANEL_HEIGHT_PX + gap
     x = gap

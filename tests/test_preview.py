@@ -101,3 +101,22 @@ def test_no_organ_shows_the_middle_and_mismatch_is_an_error() -> None:
     assert len(_panels(image)) == 3
     with pytest.raises(ValueError, match="differ"):
         render_preview(ct[:-1], labels[:-1], geometry)
+
+
+def test_a_thin_slab_keeps_its_physical_proportions() -> None:
+    """20 slices of 2 mm (40 mm) under 350 mm in-plane, an organ 200 mm wide and 30 mm high: the
+    coronal view is far wider than high; it is drawn lower, not squeezed into the panel's width."""
+    geometry = Geometry((175, 175, 20), (2.0, 2.0, 2.0), (-174.0, -174.0, -19.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    zyx = np.indices(geometry.shape_zyx).reshape(3, -1).T
+    points = geometry.index_to_physical_xyz(zyx[:, ::-1]).reshape(*geometry.shape_zyx, 3)
+    labels = np.zeros(geometry.shape_zyx, np.uint8)
+    inside = np.all(np.abs(points) <= np.array([100.0, 20.0, 15.0]), axis=-1)
+    labels[inside] = 1
+    ct = np.where(labels > 0, 60, 20).astype(np.int16)
+    rgb = np.asarray(render_preview(ct, labels, geometry))
+    rows, cols = np.nonzero(np.all(rgb == COLOURS[1], axis=2))
+    # the coronal panel's outline: the middle third of the image
+    middle = (cols > rgb.shape[1] / 3) & (cols < 2 * rgb.shape[1] / 3)
+    height = rows[middle].max() - rows[middle].min() + 1
+    width = cols[middle].max() - cols[middle].min() + 1
+    assert height / width == pytest.approx(32.0 / 202.0, abs=0.05)
