@@ -54,14 +54,15 @@
 #    t. from q (configs/segmentation_low_left_lobe.yaml), 2000 steps on the first set, the
 #       --fatty-pancreas and --organ-layout sets and one in which 60% of the cases have a lower left
 #       liver lobe (--low-left-lobe with every other option);
+#    u. from r (configs/segmentation_low_left_lobe_strong.yaml), the same on t's sets;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
 #    The shipped segmentation network is the mean of p, q, t and r (export with four
 #    --segmentation-run); the localization network is the field-of-view one (weights of it, p and q
-#    in checkpoints/realct_fov/, of r, s and t in checkpoints/realct_fov2/segmentation_{strong,
-#    base_mild,low_left_lobe}: copy them to ${WORK}/runs/segmentation_fov_strong, _fov_base_mild and
-#    _low_left_lobe). d to h, l to o and s
+#    in checkpoints/realct_fov/, of r, s, t and u in checkpoints/realct_fov2/segmentation_{strong,
+#    base_mild,low_left_lobe,low_left_lobe_strong}: copy them to ${WORK}/runs/segmentation_fov_strong,
+#    _fov_base_mild, _low_left_lobe and _low_left_lobe_strong). d to h, l to o, s and u
 #    are not part of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
@@ -213,6 +214,9 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     link_sets "${LOW_LEFT_LOBE_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720
   fi
   finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe "${WORK}/runs/segmentation_fov_mild"  # t
+  if [ "${CANDIDATES:-0}" = 1 ]; then
+    finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_strong "${WORK}/runs/segmentation_fov_strong"  # u
+  fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
   flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
