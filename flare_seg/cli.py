@@ -433,8 +433,9 @@ def _add_synth(sub: _Subparsers) -> None:
     p.add_argument(
         "--low-left-lobe",
         action="store_true",
-        help="a left liver lobe that reaches lower, in front of the stomach (its lowest point 1-4 cm "
-        "above the right lobe's), in 60%% of cases",
+        help="a left liver lobe that reaches 10-35 mm lower, in front of the stomach (the lowest point "
+        "of the liver's leftmost 30%% about 3-6 cm above the liver's lowest point, 6-10 cm without), "
+        "in 60%% of cases",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

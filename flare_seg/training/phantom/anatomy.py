@@ -71,8 +71,9 @@ class OrganVariety:
         added antero-posterior component of the axis per unit of its height).
     spleen_volume: the spleen's volume, as a factor on the textbook draw.
     spleen_rise_mm: how far the spleen's centre lies above the textbook height under the dome, mm.
-    liver_left_lobe_drop_mm: how far the left lobe's centre lies below the textbook height, mm (its
-        lowest point then only 1-4 cm above the right lobe's, as in many real livers).
+    liver_left_lobe_drop_mm: how far the left lobe's centre lies below the textbook height, mm (the
+        lowest point of the liver's leftmost 30% then lies about 3-6 cm above the liver's lowest
+        point instead of 6-10 cm, as in many real livers).
     """
 
     pancreas_thickness: float = 1.0

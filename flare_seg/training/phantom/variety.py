@@ -135,9 +135,9 @@ def low_left_lobe_rng(seed: int) -> np.random.Generator:
 
 def low_left_lobe_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
     """``variety`` (None: the textbook one) with, in ``LOW_LEFT_LOBE_PROBABILITY`` of cases, the
-    left liver lobe's centre 10-35 mm lower: its lowest point comes within 1-4 cm of the right
-    lobe's, in front of the stomach, as in many real livers (in the textbook one it stays 5-8 cm
-    above it)."""
+    left liver lobe's centre 10-35 mm lower, in front of the stomach: the lowest point of the
+    liver's leftmost 30% then lies about 3-6 cm above the liver's lowest point (over 4 such cases:
+    35-60 mm), as in many real livers (the real development CT: 42 mm), instead of 6-10 cm."""
     variety = variety or OrganVariety()
     if rng.random() >= LOW_LEFT_LOBE_PROBABILITY:
         return variety
