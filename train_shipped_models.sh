@@ -55,15 +55,16 @@
 #       --fatty-pancreas and --organ-layout sets and one in which 60% of the cases have a lower left
 #       liver lobe (--low-left-lobe with every other option);
 #    u. from r (configs/segmentation_low_left_lobe_strong.yaml), the same on t's sets;
+#    t2. from t (configs/segmentation_low_left_lobe_long.yaml), 2000 more steps;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
 #    The shipped segmentation network is the mean of p, q, t and r (export with four
 #    --segmentation-run); the localization network is the field-of-view one (weights of it, p and q
-#    in checkpoints/realct_fov/, of r, s, t and u in checkpoints/realct_fov2/segmentation_{strong,
-#    base_mild,low_left_lobe,low_left_lobe_strong}: copy them to ${WORK}/runs/segmentation_fov_strong,
-#    _fov_base_mild, _low_left_lobe and _low_left_lobe_strong). d to h, l to o, s and u
-#    are not part of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
+#    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
+#    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
+#    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
+#    _low_left_lobe_long). d to h, l to o, s, u and t2 are not part of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -216,6 +217,7 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe "${WORK}/runs/segmentation_fov_mild"  # t
   if [ "${CANDIDATES:-0}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_strong "${WORK}/runs/segmentation_fov_strong"  # u
+    finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_long "${WORK}/runs/segmentation_low_left_lobe"  # t2
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
