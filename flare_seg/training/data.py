@@ -116,11 +116,15 @@ class PreparedCase:
         return OrganSlices.of(self.seg_labels)
 
 
+# The column of each organ label in ``OrganSlices``' arrays.
+ORGAN_COLUMNS: dict[int, int] = {k: j for j, k in enumerate(ORGANS)}
+
+
 @dataclass(frozen=True)
 class OrganSlices:
-    """Per slice z of a label volume (D, H, W) and organ (column k - 1 for label k): the voxel
-    count, and the in-plane box [lo, hi) in edge coordinates (y, x) of its voxels on that slice
-    (0, 0 where it has none)."""
+    """Per slice z of a label volume (D, H, W) and organ (column ``ORGAN_COLUMNS[k]`` for label
+    k): the voxel count, and the in-plane box [lo, hi) in edge coordinates (y, x) of its voxels on
+    that slice (0, 0 where it has none)."""
 
     counts: np.ndarray  # (D, organs) int64
     lo_yx: np.ndarray  # (D, organs, 2) int64
@@ -132,7 +136,7 @@ class OrganSlices:
         n = len(ORGANS)
         counts = np.zeros((d, n), np.int64)
         lo, hi = np.zeros((d, n, 2), np.int64), np.zeros((d, n, 2), np.int64)
-        for j, k in enumerate(sorted(ORGANS)):
+        for k, j in ORGAN_COLUMNS.items():
             mask = labels_zyx == k
             counts[:, j] = mask.sum(axis=(1, 2))
             for a, (rows, size) in enumerate(((mask.any(axis=2), h), (mask.any(axis=1), w))):
@@ -144,7 +148,7 @@ class OrganSlices:
     def organ_box_edges(self, k: int, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Edge-coordinate box [lo, hi) (z, y, x; z relative to ``z0``) of label ``k`` on slices
         [z0, z1), or None when it has no voxel there (as ``organ_box_edges(labels[z0:z1] == k)``)."""
-        j = sorted(ORGANS).index(k)
+        j = ORGAN_COLUMNS[k]
         rows = np.flatnonzero(self.counts[z0:z1, j])
         if rows.size == 0:
             return None

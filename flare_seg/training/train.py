@@ -30,7 +30,7 @@ from flare_seg.service.localization import extend_cut_box
 from flare_seg.training import tf_utils
 from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
-from flare_seg.training.data import OrganSlices, PreparedCase, list_cases, prepare_dataset
+from flare_seg.training.data import ORGAN_COLUMNS, OrganSlices, PreparedCase, list_cases, prepare_dataset
 from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
 from flare_seg.training.networks import localization_net, spatial_configuration_net
 
@@ -244,15 +244,15 @@ def segmentation_patch(
         box_mm = visible_organ_box_mm(case.organ_slices, z0, z1, spacing)
     counts = case.organ_slices.counts[z0:z1]
     if rng.random() < config.foreground_fraction:
-        present = [j for j in range(counts.shape[1]) if counts[:, j].any()]
-        names = [ORGANS[k] for k in sorted(ORGANS)]
-        weights = np.array([config.organ_sampling_weights.get(names[j], 1.0) for j in present], float)
+        present = [k for k in ORGANS if counts[:, ORGAN_COLUMNS[k]].any()]
+        weights = np.array([config.organ_sampling_weights.get(ORGANS[k], 1.0) for k in present], float)
         if weights.sum() <= 0.0:
             weights = np.ones(len(present))
-        j = present[rng.choice(len(present), p=weights / weights.sum())]
+        k = present[rng.choice(len(present), p=weights / weights.sum())]
         # a voxel of the organ, uniformly: its slice in proportion to the organ's voxels there
-        z = z0 + int(rng.choice(len(counts), p=counts[:, j] / counts[:, j].sum()))
-        yx = np.argwhere(case.seg_labels[z] == sorted(ORGANS)[j])
+        per_slice = counts[:, ORGAN_COLUMNS[k]]
+        z = z0 + int(rng.choice(len(per_slice), p=per_slice / per_slice.sum()))
+        yx = np.argwhere(case.seg_labels[z] == k)
         centre = np.array([z, *yx[rng.integers(len(yx))]]) + rng.integers(-p // 4, p // 4 + 1, 3)
     else:
         centre = rng.integers([z0, 0, 0], [z1, shape[1], shape[2]])
