@@ -7,18 +7,21 @@ and oblique grids read the same).
 
     python bench/error_components.py PREDICTION.nii.gz REFERENCE.nii.gz [--organ liver] [--top 5]
 
-Both masks must share one grid (a ``flare-seg predict`` output and its reference do).
+Both masks must share one grid (a ``flare-seg predict`` output and its reference do); they are read
+and checked as ``flare-seg evaluate`` reads and checks them.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from flare_seg.evaluation import check_same_geometry, dice, read_label_image
 from flare_seg.labels import ORGANS
 
 
@@ -40,9 +43,8 @@ def _report(image: sitk.Image, pred: np.ndarray, ref: np.ndarray, rim_mm: float,
     inside = ndimage.distance_transform_edt(ref, sampling=spacing)
     outside = ndimage.distance_transform_edt(~ref, sampling=spacing)
     fn, fp = ref & ~pred, pred & ~ref
-    total = pred.sum() + ref.sum()
-    dice = 2.0 * (pred & ref).sum() / total if total else float("nan")
-    print(f"  Dice {dice:.4f}  reference {ref.sum() * ml:.1f} mL  prediction {pred.sum() * ml:.1f} mL")
+    volumes = f"reference {ref.sum() * ml:.1f} mL  prediction {pred.sum() * ml:.1f} mL"
+    print(f"  Dice {dice(pred, ref):.4f}  {volumes}")
     centre = np.array(ndimage.center_of_mass(ref)) if ref.any() else np.array(ref.shape) / 2.0
     for name, wrong, depth in (("missed", fn, inside), ("extra", fp, outside)):
         beyond = wrong & (depth > rim_mm)
@@ -69,18 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rim-mm", type=float, default=3.0, help="rim width, mm (default 3)")
     parser.add_argument("--top", type=int, default=5, help="pieces listed per kind (default 5)")
     args = parser.parse_args(argv)
-    try:
-        pred_image, ref_image = sitk.ReadImage(args.prediction), sitk.ReadImage(args.reference)
-    except RuntimeError as exc:
-        print(f"error: cannot read a mask: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
-    if (
-        pred_image.GetSize() != ref_image.GetSize()
-        or not np.allclose(pred_image.GetSpacing(), ref_image.GetSpacing())
-        or not np.allclose(pred_image.GetOrigin(), ref_image.GetOrigin(), atol=1e-3)
-        or not np.allclose(pred_image.GetDirection(), ref_image.GetDirection(), atol=1e-6)
-    ):
-        print("error: the prediction and the reference are not on one grid", file=sys.stderr)
+    try:  # read and checked as flare-seg evaluate does
+        pred_image, ref_image = (
+            read_label_image(Path(args.prediction)),
+            read_label_image(Path(args.reference)),
+        )
+        check_same_geometry(pred_image, ref_image)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     pred, ref = sitk.GetArrayFromImage(pred_image), sitk.GetArrayFromImage(ref_image)
     for label, name in ORGANS.items():

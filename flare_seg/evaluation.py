@@ -306,7 +306,7 @@ def evaluate_case(pred: sitk.Image, ref: sitk.Image, tolerance_mm: float = DEFAU
         ValueError: the images are not 3-D single-component images, or their geometries (size,
             spacing, origin, direction) differ beyond a small tolerance; the message names both values.
     """
-    _check_same_geometry(pred, ref)
+    check_same_geometry(pred, ref)
     return _score_arrays(
         sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(ref), _spacing_mm_zyx(ref), tolerance_mm
     )
@@ -359,7 +359,9 @@ def _check_label_image(image: sitk.Image, name: str) -> None:
         )
 
 
-def _check_same_geometry(pred: sitk.Image, ref: sitk.Image) -> None:
+def check_same_geometry(pred: sitk.Image, ref: sitk.Image) -> None:
+    """Raise ValueError (naming what differs) unless ``pred`` and ``ref`` are 3-D label images on
+    one grid: size, spacing, origin and direction."""
     _check_label_image(pred, "prediction")
     _check_label_image(ref, "reference")
     if pred.GetSize() != ref.GetSize():

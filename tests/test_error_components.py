@@ -62,4 +62,18 @@ def test_masks_on_different_grids_are_refused_with_one_line(tmp_path: Path) -> N
     b = _write(np.zeros((4, 5, 7)), tmp_path / "b.nii.gz")
     out = _run(str(a), str(b))
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: the prediction and the reference are not on one grid"]
+    assert out.stderr.strip().splitlines() == [
+        "error: size (x,y,z) differs: prediction (6, 5, 4), reference (7, 5, 4)"
+    ]
+
+
+def test_a_ct_given_as_the_reference_is_refused_with_one_line(tmp_path: Path) -> None:
+    labels = _write(np.zeros((4, 5, 6)), tmp_path / "labels.nii.gz")
+    ct = sitk.GetImageFromArray(np.full((4, 5, 6), -1000, np.int16))
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    out = _run(str(labels), str(tmp_path / "ct.nii.gz"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: reference is not a label image: its values run from -1000 to -1000 "
+        "(labels are 0 background, 1 liver, 2 kidney, 3 spleen, 4 pancreas)"
+    ]
