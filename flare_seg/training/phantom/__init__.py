@@ -31,8 +31,9 @@ Modules, in the order of the generation steps:
     skeleton, vessels, organs, soft_tissue, bowel    the structures
     anatomy      the list of structures (STRUCTURES) and the builder that samples them
     acquisition  grid, field of view, orientation, resampling, blur, reconstruction circle
-    variety, pelvis, lesions, arms    optional variety (PhantomOptions): a bony pelvis, wider
-                 intensities, organ size and shape, osteopenic bone, organ lesions, arms down
+    variety, pelvis, lesions, arms, fissures    optional variety (PhantomOptions): a bony pelvis,
+                 wider intensities, organ size and shape, osteopenic bone, organ lesions, arms down,
+                 fat-filled liver fissures
     generate     one case: sample, paint, reconstruct
     dataset      FLARE21-layout datasets and dataset.json
 """

@@ -131,6 +131,7 @@ class AnatomyBuilder:
     liver_center: np.ndarray
     liver_scale: float
     liver_hilum: np.ndarray
+    liver_shape: tuple[ShapeFn, np.ndarray, np.ndarray]  # the liver's implicit and its box
     pylorus: np.ndarray
     stomach_collapsed: bool  # empty (collapsed) stomach
 

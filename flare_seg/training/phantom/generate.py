@@ -28,6 +28,7 @@ from flare_seg.training.phantom.arms import add_arms, arms_rng
 from flare_seg.training.phantom.body import paint_body
 from flare_seg.training.phantom.bowel import sample_stomach_plan, stomach_rng
 from flare_seg.training.phantom.canvas import Canvas
+from flare_seg.training.phantom.fissures import add_liver_fissures, liver_fissures_rng
 from flare_seg.training.phantom.lesions import (
     NO_LESIONS,
     lesion_rng,
@@ -99,6 +100,9 @@ def generate_case_with_info(
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
     if options.arms:
         anatomy = add_arms(arms_rng(seed), builder, anatomy)
+    fissures: tuple[str, ...] | None = None
+    if options.liver_fissures:
+        anatomy, fissures = add_liver_fissures(liver_fissures_rng(seed), builder, anatomy)
     grid, fov, flips, oblique = sample_grid(
         rng_grid, options, anatomy.in_plane_reach_mm(), anatomy.kidney_bottom_z
     )
@@ -137,6 +141,7 @@ def generate_case_with_info(
         arms_down=any(p.name.startswith("arm_") for p in anatomy.parts) if options.arms else None,
         stomach_collapsed=builder.stomach_collapsed if options.collapsed_stomach else None,
         liver_mass=(mass.kind if mass is not None else "") if options.liver_masses > 0 else None,
+        liver_fissures=fissures,
     )
     return image, mask, info
 

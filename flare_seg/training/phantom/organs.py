@@ -388,7 +388,7 @@ def _lobulated_hu(parenchyma: HuFn, fat_hu: float, variety: OrganVariety) -> HuF
 def add_liver(b: AnatomyBuilder) -> None:
     """Right upper quadrant under the diaphragm: a large right lobe smoothly joined to a wedge-like
     left lobe that crosses the midline, cut below by an oblique plane, with intrahepatic vessels.
-    Sets `b.liver_center`, `b.liver_scale` and `b.liver_hilum`."""
+    Sets `b.liver_center`, `b.liver_scale`, `b.liver_hilum` and `b.liver_shape`."""
     shape = _sample_liver_shape(b)
     halo = b.u(0.0, 2.0)
     # ~7% is carved out later by the IVC, portal vein and gallbladder; a larger left lobe adds to it
@@ -405,6 +405,7 @@ def add_liver(b: AnatomyBuilder) -> None:
     texture = b.texture(b.u(2, 5), (50, 150))
     trees = ((portal_tree, "portal_vein"), (hepatic_tree, "vein"))
     lesions = _lesion_paint(b.hu["liver"], shape.lesions, shape.frame, shape.warp, shape.right, k)
+    b.liver_shape = (organ, *shape.bbox(k))
     add_organ(b, "liver", LIVER, organ, *shape.bbox(k), _liver_hu(b.hu, texture, trees, lesions), halo)
 
 

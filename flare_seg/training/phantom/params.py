@@ -58,6 +58,9 @@ class PhantomOptions:
         (``phantom.lesions``).
     low_left_lobe: a left liver lobe that reaches lower, in front of the stomach and towards the
         gallbladder's level, in some cases (``phantom.variety``).
+    liver_fissures: fat-filled fissures in the liver in most cases (the umbilical fissure with the
+        ligamentum teres, the falciform ligament's groove, the fissure for the ligamentum venosum),
+        left out of the liver label (``phantom.fissures``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -74,6 +77,7 @@ class PhantomOptions:
     collapsed_stomach: bool = False
     liver_masses: float = 0.0
     low_left_lobe: bool = False
+    liver_fissures: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -102,6 +106,8 @@ class PhantomInfo:
     stomach_collapsed: whether the stomach is empty (painted as folds), with the collapsed_stomach
         option, else None.
     liver_mass: the kind of large liver mass ("" for none), with the liver_masses option, else None.
+    liver_fissures: the liver's fissures drawn ("umbilical", "teres", "falciform", "venosum"), with
+        the liver_fissures option, else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -124,6 +130,7 @@ class PhantomInfo:
     arms_down: bool | None = None
     stomach_collapsed: bool | None = None
     liver_mass: str | None = None
+    liver_fissures: tuple[str, ...] | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
