@@ -48,13 +48,12 @@ def add_liver_fissures(
     "umbilical", "teres", "falciform", "venosum"; empty when none was drawn)."""
     fat = b.hu["visceral_fat"]
     liver_fn, lo, hi = b.liver_shape
-    coarse = Coarse.covering(lo, hi, _GRID_MM)
-    inside = coarse.evaluate(liver_fn) < 0  # (z, y, x)
+    clip = Sampled(liver_fn, lo, hi, _GRID_MM)  # also where the fissures are placed
+    coarse, inside = clip.grid, clip.values < 0  # inside: (z, y, x)
     parts: list[Part] = []
     names: list[str] = []
     if not inside.any():
         return anatomy, ()
-    clip = Sampled(liver_fn, lo, hi, _GRID_MM)
     draws = rng.random(4)
     plane = _umbilical_plane(rng, coarse, inside)
     if plane is not None and draws[0] < UMBILICAL_PROBABILITY:
