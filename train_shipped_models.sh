@@ -56,6 +56,11 @@
 #       liver lobe (--low-left-lobe with every other option);
 #    u. from r (configs/segmentation_low_left_lobe_strong.yaml), the same on t's sets;
 #    t2. from t (configs/segmentation_low_left_lobe_long.yaml), 2000 more steps;
+#    v. from t (configs/segmentation_liver_fissures.yaml), 2000 steps on t's sets and one in which
+#       most livers have fat-filled fissures (--liver-fissures with every other option);
+#    w. from r (configs/segmentation_liver_fissures_strong.yaml), the same with r's randomization;
+#    x. from t (configs/segmentation_centre_jitter.yaml), as v with the position channels' box
+#       centre jittered by 30 mm instead of 10;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
@@ -64,7 +69,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, s, u and t2 are not part of it and run only with CANDIDATES=1. Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, s, u, t2, v, w and x are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -218,6 +223,16 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   if [ "${CANDIDATES:-0}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_strong "${WORK}/runs/segmentation_fov_strong"  # u
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_long "${WORK}/runs/segmentation_low_left_lobe"  # t2
+    # v, w and x: t's four sets and one with fat-filled liver fissures (--liver-fissures)
+    LIVER_FISSURES_DATA="${LIVER_FISSURES_DATA:-${WORK}/train_liver_fissures}"
+    if [ ! -d "${LIVER_FISSURES_DATA}/TrainingImg" ]; then
+      [ -d "${WORK}/phantoms_1740/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1740" --cases 48 --seed 1740 \
+        "${EVERY_OPTION[@]}" --low-left-lobe --liver-fissures --workers 2
+      link_sets "${LIVER_FISSURES_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1740
+    fi
+    finetune "${LIVER_FISSURES_DATA}" liver_fissures "${WORK}/runs/segmentation_low_left_lobe"  # v
+    finetune "${LIVER_FISSURES_DATA}" liver_fissures_strong "${WORK}/runs/segmentation_fov_strong"  # w
+    finetune "${LIVER_FISSURES_DATA}" centre_jitter "${WORK}/runs/segmentation_low_left_lobe"  # x
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
