@@ -405,8 +405,9 @@ def add_liver(b: AnatomyBuilder) -> None:
     texture = b.texture(b.u(2, 5), (50, 150))
     trees = ((portal_tree, "portal_vein"), (hepatic_tree, "vein"))
     lesions = _lesion_paint(b.hu["liver"], shape.lesions, shape.frame, shape.warp, shape.right, k)
-    b.liver_shape = (organ, *shape.bbox(k))
-    add_organ(b, "liver", LIVER, organ, *shape.bbox(k), _liver_hu(b.hu, texture, trees, lesions), halo)
+    lo, hi = shape.bbox(k)
+    b.liver_shape = (organ, lo, hi)
+    add_organ(b, "liver", LIVER, organ, lo, hi, _liver_hu(b.hu, texture, trees, lesions), halo)
 
 
 @dataclass(frozen=True)

@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from flare_seg.training.phantom import PhantomOptions, case_seed, generate_case_with_info
-from tests.training.phantom.helpers import LABEL
+from flare_seg.training.phantom import PhantomOptions
+from tests.training.phantom.helpers import LABEL, _case, first_case_seed
 
 PLAIN = PhantomOptions(size="small", flip_probability=0.0)
 FISSURES = PhantomOptions(size="small", flip_probability=0.0, liver_fissures=True)
 
 
-@cache
 def _arrays(options: PhantomOptions, seed: int):
-    image, mask, info = generate_case_with_info(seed, options)
+    image, mask, info = _case(seed, options)
     return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask), info
-
-
-def _seed_with(name: str) -> int:
-    for i in range(8):
-        seed = case_seed(3000, i)
-        if name in (_arrays(FISSURES, seed)[2].liver_fissures or ()):
-            return seed
-    raise AssertionError(f"no case among the first 8 of seed 3000 has the {name} fissure")
 
 
 def test_the_umbilical_fissure_takes_fat_out_of_the_front_of_the_liver_and_nothing_else():
     """Same seed with and without the option: the grid and every other organ are unchanged, the
     liver only loses voxels (a few mL, in its front half: lower y index without flips), those
     voxels are fat on the image, and the liver stays one piece."""
-    seed = _seed_with("umbilical")
+    seed = first_case_seed(lambda s: "umbilical" in (_case(s, FISSURES)[2].liver_fissures or ()), 3000, 8)
     plain, plain_mask, plain_info = _arrays(PLAIN, seed)
     image, mask, info = _arrays(FISSURES, seed)
     assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
