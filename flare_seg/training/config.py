@@ -25,6 +25,10 @@ class TrainConfig:
     filters: tuple[int, ...] = (8, 16, 32, 48)
     sc_filters: int = 16  # segmentation: spatial configuration branch width
     sc_downsample: int = 4  # segmentation: spatial configuration branch scale factor
+    # segmentation: how the local and spatial terms make the logits: "product" (local * tanh(spatial),
+    # the original SpatialConfiguration-Net) or "sum" (local + spatial, the spatial term starting at
+    # zero; see flare_seg.training.networks)
+    sc_combine: Literal["product", "sum"] = "product"
     patch_size_vox: int = 64  # segmentation: cubic training patch at ~2 mm
     batch_per_device: int = 1
     foreground_fraction: float = 0.8  # segmentation: patches centred on an organ voxel
@@ -77,6 +81,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.position_scale_jitter < 0.5:
             raise ValueError(f"position_scale_jitter must be in [0, 0.5), not {self.position_scale_jitter}")
+        if self.sc_combine not in ("product", "sum"):
+            raise ValueError(f"sc_combine must be product or sum, not {self.sc_combine!r}")
         if not self.filters or any(f < 1 for f in self.filters):
             raise ValueError(f"filters must be positive, not {self.filters}")
         organs = set(ORGANS.values())

@@ -5,14 +5,27 @@
 - ``spatial_configuration_net``: a SpatialConfiguration-Net (Payer et al., 2019): a local
   appearance U-Net produces per-class local scores; a spatial configuration branch downsamples
   them, convolves with large kernels at the coarse scale and upsamples back; the two are
-  multiplied and a softmax gives class probabilities.
+  combined and a softmax gives class probabilities.
+
+  ``combine="product"`` is the original combination, local scores times a tanh-bounded spatial
+  term. Trained with a softmax, it saturates: scaling the logits up lowers the loss, the tanh is
+  the only part of the product that cannot grow, so it goes to +-1 everywhere and the spatial
+  branch stops carrying information (and gradient). ``combine="sum"`` adds an unbounded spatial
+  term to the local scores in log space (a product of the two branches' unnormalized
+  probabilities), with the spatial output initialized to zero, so that training starts from the
+  local-appearance network and the spatial term only grows where the layout adds information.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import keras
 import tensorflow as tf
 from keras import layers
+
+Combine = Literal["product", "sum"]
+COMBINATIONS: tuple[Combine, ...] = ("product", "sum")
 
 
 def _conv_block(x: keras.KerasTensor, filters: int, name: str, kernel: int = 3) -> keras.KerasTensor:
@@ -99,12 +112,16 @@ def spatial_configuration_net(
     sc_downsample: int = 4,
     sc_kernel: int = 5,
     pool_dtype: str | None = None,
+    combine: Combine = "product",
 ) -> keras.Model:
     """SpatialConfiguration-Net: (1, D, H, W, input_channels) -> (1, D, H, W, num_classes) softmax.
 
     Sizes must be multiples of ``max(2**(len(filters)-1), sc_downsample)``. ``pool_dtype``: the
-    average-pooling layers' dtype policy (default: the global policy).
+    average-pooling layers' dtype policy (default: the global policy). ``combine``: how the
+    local and the spatial term make the logits (see the module's docstring).
     """
+    if combine not in COMBINATIONS:
+        raise ValueError(f"combine must be one of {', '.join(COMBINATIONS)}, not {combine!r}")
     image = keras.Input((None, None, None, input_channels), name="image")
     features = _unet(image, filters, "la", pool_dtype)
     local = layers.Conv3D(num_classes, 1, name="local_appearance", kernel_initializer="he_normal")(features)
@@ -114,8 +131,15 @@ def spatial_configuration_net(
             sc_filters, sc_kernel, padding="same", kernel_initializer="he_normal", name=f"sc_conv{i}"
         )(x)
         x = layers.LeakyReLU(0.1, name=f"sc_act{i}")(x)
-    x = layers.Conv3D(num_classes, sc_kernel, padding="same", activation="tanh", name="sc_out")(x)
-    spatial = LinearUpsampling3D(sc_downsample, name="spatial_configuration")(x)
-    logits = layers.Multiply(name="scn_product")([local, spatial])
+    if combine == "product":
+        x = layers.Conv3D(num_classes, sc_kernel, padding="same", activation="tanh", name="sc_out")(x)
+        spatial = LinearUpsampling3D(sc_downsample, name="spatial_configuration")(x)
+        logits = layers.Multiply(name="scn_product")([local, spatial])
+    else:
+        x = layers.Conv3D(num_classes, sc_kernel, padding="same", kernel_initializer="zeros", name="sc_out")(
+            x
+        )
+        spatial = LinearUpsampling3D(sc_downsample, name="spatial_configuration")(x)
+        logits = layers.Add(name="scn_sum")([local, spatial])
     probabilities = layers.Softmax(axis=-1, dtype="float32", name="probabilities")(logits)
     return keras.Model(image, probabilities, name="spatial_configuration_net")

@@ -14,16 +14,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
 import tensorflow as tf
 import yaml
 
-from flare_seg.contract import SEGMENTATION_INPUT_CHANNELS, ModelContract
+from flare_seg.contract import MANIFEST_NAME, SEGMENTATION_INPUT_CHANNELS, ModelContract
 from flare_seg.labels import NUM_CLASSES, NUM_ORGANS, ORGANS
 from flare_seg.progress import Progress
 from flare_seg.service.localization import extend_cut_box
@@ -32,7 +32,12 @@ from flare_seg.training.augment import Appearance, randomize_appearance
 from flare_seg.training.config import TrainConfig, changed_settings
 from flare_seg.training.data import ORGAN_COLUMNS, OrganSlices, PreparedCase, list_cases, prepare_dataset
 from flare_seg.training.interrupt import StopOnSignal, TrainingInterrupted
-from flare_seg.training.networks import localization_net, spatial_configuration_net
+from flare_seg.training.networks import (
+    COMBINATIONS,
+    Combine,
+    localization_net,
+    spatial_configuration_net,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ def build_model(config: TrainConfig, pool_dtype: str | None = None) -> keras.Mod
         sc_filters=config.sc_filters,
         sc_downsample=config.sc_downsample,
         pool_dtype=pool_dtype,
+        combine=config.sc_combine,
     )
 
 
@@ -78,9 +84,16 @@ def restore_model(run_dir: Path, config: TrainConfig) -> tuple[keras.Model, int]
 def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) -> None:
     """Copy weights into ``model`` from an exported network (a SavedModel folder such as
     ``saved_models/localization``) or from a run directory's latest checkpoint, matched by name;
-    every weight must be found with the same shape."""
+    every weight must be found with the same shape.
+
+    A segmentation network with ``sc_combine: sum`` may start from a ``product`` one whose spatial
+    term is saturated (a constant +-1 per class, see ``flare_seg.training.networks``): the constant
+    is folded into the local scores, which gives the same logits, and the spatial branch starts
+    afresh at zero."""
+    source_combine = _source_combine(source, config)
+    source_config = replace(config, sc_combine=source_combine) if config.task == "segmentation" else config
     if (source / "checkpoints").is_dir():
-        trained, _ = restore_model(source, config)
+        trained, _ = restore_model(source, source_config)
         values = {w.path: w.numpy() for w in trained.weights}
     elif (source / "saved_model.pb").is_file():
         loaded = tf.saved_model.load(str(source))
@@ -93,7 +106,18 @@ def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) ->
         values = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     else:
         raise FileNotFoundError(f"init_from {source}: neither an exported network nor a run directory")
+    keep_spatial = True
+    if config.task == "segmentation" and source_combine != config.sc_combine:
+        if (source_combine, config.sc_combine) != ("product", "sum"):
+            raise ValueError(
+                f"init_from {source}: a {source_combine} network cannot start a {config.sc_combine} "
+                "one (only product -> sum is supported)"
+            )
+        values = _fold_saturated_spatial(values, source_config, source)
+        keep_spatial = False
     for weight in model.weights:
+        if not keep_spatial and weight.path.startswith("sc_"):
+            continue  # the spatial branch of a sum network starts afresh (sc_out at zero)
         value = values.get(weight.path)
         if value is None or value.shape != tuple(weight.shape):
             found = None if value is None else value.shape
@@ -101,6 +125,52 @@ def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) ->
                 f"init_from {source}: weight {weight.path} {tuple(weight.shape)} not found ({found})"
             )
         weight.assign(value)
+
+
+def _source_combine(source: Path, config: TrainConfig) -> Combine:
+    """How the segmentation network at ``source`` (a run or an exported network) combines its
+    branches, from its recorded config; networks recorded before the choice existed are products."""
+    if config.task != "segmentation":
+        return config.sc_combine
+    recorded: dict[str, Any] = {}
+    if (source / "config.yaml").is_file():
+        recorded = yaml.safe_load((source / "config.yaml").read_text()) or {}
+    elif (source.parent / MANIFEST_NAME).is_file():
+        manifest = json.loads((source.parent / MANIFEST_NAME).read_text())
+        recorded = ((manifest.get("training") or {}).get(source.name) or {}).get("config") or {}
+    combine = recorded.get("sc_combine", "product")
+    if combine not in COMBINATIONS:
+        raise ValueError(f"init_from {source}: unknown sc_combine {combine!r} in its recorded config")
+    return cast(Combine, combine)
+
+
+SATURATED = 0.999  # |tanh| above this everywhere: the product network's spatial term is a constant
+
+
+def _fold_saturated_spatial(
+    values: dict[str, np.ndarray], product_config: TrainConfig, source: Path
+) -> dict[str, np.ndarray]:
+    """``values`` of a product network with its constant spatial term multiplied into the local
+    scores' 1x1 convolution; an error where the term is not a constant +-1 (it carries
+    information that a sum network would lose)."""
+    product = build_model(product_config)
+    for weight in product.weights:
+        weight.assign(values[weight.path])
+    branch = keras.Model(product.input, product.get_layer("spatial_configuration").output)
+    shape = (1, 32, 32, 32, product.input.shape[-1])
+    noise = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)
+    probes = [np.zeros(shape, np.float32), noise]
+    spatial = np.concatenate([branch(x).numpy().reshape(-1, NUM_CLASSES) for x in probes])
+    sign = np.sign(spatial[0])
+    if np.any(np.abs(spatial) < SATURATED) or np.any(np.sign(spatial) != sign):
+        raise ValueError(
+            f"init_from {source}: its spatial configuration term is not a constant +-1 "
+            f"(range {spatial.min():.3f}..{spatial.max():.3f}), so it cannot be folded into a sum network"
+        )
+    folded = dict(values)
+    for name in ("local_appearance/kernel", "local_appearance/bias"):
+        folded[name] = values[name] * sign.astype(values[name].dtype)
+    return folded
 
 
 # ----------------------------------------------------------------------------- losses

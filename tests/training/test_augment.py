@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -142,6 +144,49 @@ def test_a_run_starts_from_the_weights_of_an_exported_network_or_a_run(tiny_runs
         )
     with pytest.raises(FileNotFoundError, match="neither"):
         initialize_weights(model, tmp_path, config)
+
+
+def _saved_run(run: Path, config, model) -> Path:
+    """A run folder (config.yaml and one checkpoint) holding ``model``'s weights."""
+    from flare_seg.training.train import checkpoint_for
+
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(config.to_yaml())
+    ckpt, _ = checkpoint_for(model)
+    ckpt.save(str(run / "checkpoints" / "ckpt"))
+    return run
+
+
+def test_a_sum_network_starts_from_a_saturated_product_network_with_the_same_output(tmp_path):
+    import tensorflow as tf
+
+    from flare_seg.training.train import build_model, initialize_weights
+
+    small = {"filters": (4, 8, 8, 8), "sc_filters": 4}
+    product_config = load_config("segmentation", **small)
+    sum_config = load_config("segmentation", sc_combine="sum", **small)
+    x = tf.random.uniform((1, 16, 16, 16, 4), -1, 1, seed=3)
+    product = build_model(product_config)
+    out = product.get_layer("sc_out")
+    kernel, _ = out.get_weights()
+    sign = np.array([-1, 1, 1, -1, -1], np.float32)
+    out.set_weights([np.zeros_like(kernel), 30.0 * sign])  # tanh at exactly +-1: a constant term
+    saturated = _saved_run(tmp_path / "saturated", product_config, product)
+    model = build_model(sum_config)
+    initialize_weights(model, saturated, sum_config)
+    np.testing.assert_allclose(model(x).numpy(), product(x).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(model.get_layer("sc_out").get_weights()[0], 0.0)  # starts afresh
+    # a spatial term that varies (or is not saturated) carries information a sum would lose
+    out.set_weights([np.zeros_like(kernel), 0.5 * sign])
+    informative = _saved_run(tmp_path / "informative", product_config, product)
+    with pytest.raises(ValueError, match="not a constant"):
+        initialize_weights(build_model(sum_config), informative, sum_config)
+    # and the other way round is refused
+    summed = _saved_run(tmp_path / "sum", sum_config, model)
+    with pytest.raises(ValueError, match="only product -> sum"):
+        initialize_weights(build_model(product_config), summed, product_config)
+    with pytest.raises(ValueError, match="sc_combine"):
+        load_config("segmentation", sc_combine="max")
 
 
 def test_bone_darkening_compresses_only_dense_values_towards_150_hu():

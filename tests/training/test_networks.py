@@ -1,4 +1,4 @@
-"""Network shapes and the SpatialConfiguration-Net's multiplicative structure."""
+"""Network shapes and the SpatialConfiguration-Net's two ways of combining its branches."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def test_scn_outputs_probabilities_from_local_times_spatial():
     out = net.get_layer("sc_out")
     out.set_weights([np.zeros_like(w) for w in out.get_weights()])
     np.testing.assert_allclose(net(x).numpy(), 0.2, atol=1e-6)
+
+
+def test_sum_scn_starts_as_its_local_appearance_net_and_its_spatial_term_adds_logits():
+    import keras
+
+    net = spatial_configuration_net(5, 4, filters=(4, 8, 8, 8), sc_filters=4, combine="sum")
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 16, 16, 24, 4)).astype(np.float32)
+    local = keras.Model(net.input, net.get_layer("local_appearance").output)(x).numpy()
+    softmax = np.exp(local - local.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    np.testing.assert_allclose(net(x).numpy(), softmax, atol=1e-6)  # sc_out starts at zero
+    # a spatial bias of +3 on class 2 multiplies its unnormalized probability by e^3, everywhere
+    out = net.get_layer("sc_out")
+    kernel, _ = out.get_weights()
+    out.set_weights([kernel, np.array([0, 0, 3, 0, 0], np.float32)])
+    shifted = softmax * np.exp(np.array([0, 0, 3, 0, 0]))
+    np.testing.assert_allclose(net(x).numpy(), shifted / shifted.sum(-1, keepdims=True), atol=1e-5)
+    with pytest.raises(ValueError, match="combine"):
+        spatial_configuration_net(5, 4, combine="max")  # type: ignore[arg-type]
 
 
 def test_spatial_branch_runs_at_the_coarse_scale():
