@@ -64,6 +64,7 @@
 #    y. from t (configs/segmentation_spatial_sum.yaml), as t2 with the spatial configuration term
 #       added to the local scores in log space (sc_combine: sum) instead of multiplied, t's
 #       saturated product term folded into its local scores and the spatial branch starting at zero;
+#    z. from r (configs/segmentation_spatial_sum_strong.yaml), as u with the sum, folded the same way;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
@@ -72,7 +73,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, s, u, t2 and v to y are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, s, u, t2 and v to z are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -238,6 +239,7 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${LIVER_FISSURES_DATA}" centre_jitter "${WORK}/runs/segmentation_low_left_lobe"  # x
     # y: t2 with the spatial term added in log space (sc_combine: sum, folded from t's saturated product)
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum "${WORK}/runs/segmentation_low_left_lobe"  # y
+    finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z (u with the sum, from r)
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
