@@ -237,9 +237,9 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${LIVER_FISSURES_DATA}" liver_fissures "${WORK}/runs/segmentation_low_left_lobe"  # v
     finetune "${LIVER_FISSURES_DATA}" liver_fissures_strong "${WORK}/runs/segmentation_fov_strong"  # w
     finetune "${LIVER_FISSURES_DATA}" centre_jitter "${WORK}/runs/segmentation_low_left_lobe"  # x
-    # y: t2 with the spatial term added in log space (sc_combine: sum, folded from t's saturated product)
+    # y and z: t and r with the spatial term added in log space (sc_combine: sum)
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum "${WORK}/runs/segmentation_low_left_lobe"  # y
-    finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z (u with the sum, from r)
+    finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
