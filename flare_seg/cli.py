@@ -60,6 +60,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             liver_masses=args.liver_masses,
             low_left_lobe=args.low_left_lobe,
             liver_fissures=args.liver_fissures,
+            gallbladder_fossa=args.gallbladder_fossa,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -444,6 +445,13 @@ def _add_synth(sub: _Subparsers) -> None:
         help="fat-filled fissures in the liver, left out of its label: the umbilical fissure (90%% of "
         "cases; with the ligamentum teres in 70%% of those, the falciform ligament's groove in 60%%) and "
         "the fissure for the ligamentum venosum (60%%)",
+    )
+    p.add_argument(
+        "--gallbladder-fossa",
+        action="store_true",
+        help="the gallbladder in its fossa on the liver's underside (25-65%% of it inside the liver's "
+        "outline, the fundus forward and down), pear-shaped, with an enhancing wall (70%%), sludge "
+        "(15%%) or stones (12%%); left out of the liver label",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

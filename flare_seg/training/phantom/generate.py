@@ -29,6 +29,7 @@ from flare_seg.training.phantom.body import paint_body
 from flare_seg.training.phantom.bowel import sample_stomach_plan, stomach_rng
 from flare_seg.training.phantom.canvas import Canvas
 from flare_seg.training.phantom.fissures import add_liver_fissures, liver_fissures_rng
+from flare_seg.training.phantom.gallbladder import add_gallbladder_in_fossa, gallbladder_rng
 from flare_seg.training.phantom.lesions import (
     NO_LESIONS,
     lesion_rng,
@@ -103,6 +104,10 @@ def generate_case_with_info(
     fissures: tuple[str, ...] | None = None
     if options.liver_fissures:
         anatomy, fissures = add_liver_fissures(liver_fissures_rng(seed), builder, anatomy)
+    gallbladder: dict[str, float | int | bool] | None = None
+    if options.gallbladder_fossa:
+        anatomy, gallbladder_plan = add_gallbladder_in_fossa(gallbladder_rng(seed), builder, anatomy)
+        gallbladder = {} if gallbladder_plan is None else gallbladder_plan.summary()
     grid, fov, flips, oblique = sample_grid(
         rng_grid, options, anatomy.in_plane_reach_mm(), anatomy.kidney_bottom_z
     )
@@ -142,6 +147,7 @@ def generate_case_with_info(
         stomach_collapsed=builder.stomach_collapsed if options.collapsed_stomach else None,
         liver_mass=(mass.kind if mass is not None else "") if options.liver_masses > 0 else None,
         liver_fissures=fissures,
+        gallbladder=gallbladder,
     )
     return image, mask, info
 

@@ -61,6 +61,9 @@ class PhantomOptions:
     liver_fissures: fat-filled fissures in the liver in most cases (the umbilical fissure with the
         ligamentum teres, the falciform ligament's groove, the fissure for the ligamentum venosum),
         left out of the liver label (``phantom.fissures``).
+    gallbladder_fossa: the gallbladder in a fossa on the liver's underside (a quarter to two thirds
+        of it inside the liver's outline, its fundus forward and down), pear-shaped, with a wall,
+        sludge or stones in some cases (``phantom.gallbladder``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -78,6 +81,7 @@ class PhantomOptions:
     liver_masses: float = 0.0
     low_left_lobe: bool = False
     liver_fissures: bool = False
+    gallbladder_fossa: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:
@@ -108,6 +112,8 @@ class PhantomInfo:
     liver_mass: the kind of large liver mass ("" for none), with the liver_masses option, else None.
     liver_fissures: the liver's fissures drawn ("umbilical", "teres", "falciform", "venosum"), with
         the liver_fissures option, else None.
+    gallbladder: the gallbladder's volume (mL), share inside the liver's outline, wall, sludge and
+        stone count with the gallbladder_fossa option ({} for a case without one), else None.
     fov: one of FIELDS_OF_VIEW; "cut_top"/"cut_bottom" cut the liver/spleen top or the kidneys' bottom.
     flipped_xyz: which grid axes point against the LPS axes (before any oblique tilt).
     pad_value: HU written outside the circular reconstruction field of view, or None.
@@ -131,6 +137,7 @@ class PhantomInfo:
     stomach_collapsed: bool | None = None
     liver_mass: str | None = None
     liver_fissures: tuple[str, ...] | None = None
+    gallbladder: dict[str, float | int | bool] | None = None
 
 
 def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

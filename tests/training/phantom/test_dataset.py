@@ -65,6 +65,7 @@ def test_write_dataset_writes_the_flare_layout(
         "liver_masses": 0.0,
         "low_left_lobe": False,
         "liver_fissures": False,
+        "gallbladder_fossa": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
