@@ -65,6 +65,10 @@
 #       added to the local scores in log space (sc_combine: sum) instead of multiplied, t's
 #       saturated product term folded into its local scores and the spatial branch starting at zero;
 #    z. from r (configs/segmentation_spatial_sum_strong.yaml), as u with the sum, folded the same way;
+#    aa. from t (configs/segmentation_gallbladder.yaml), 2000 steps on t's sets and one in which the
+#       gallbladder lies in its fossa, partly inside the liver's outline (--gallbladder-fossa with
+#       every other option); ab. from r (configs/segmentation_gallbladder_strong.yaml), the same with
+#       r's randomization;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
@@ -240,6 +244,15 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     # y and z: t and r with the spatial term added in log space (sc_combine: sum)
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum "${WORK}/runs/segmentation_low_left_lobe"  # y
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z
+    # aa and ab: t and r on t's sets and one with the gallbladder in its fossa (--gallbladder-fossa)
+    GALLBLADDER_DATA="${GALLBLADDER_DATA:-${WORK}/train_gallbladder}"
+    if [ ! -d "${GALLBLADDER_DATA}/TrainingImg" ]; then
+      [ -d "${WORK}/phantoms_1730/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1730" --cases 48 --seed 1730 \
+        "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa --workers 2
+      link_sets "${GALLBLADDER_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1730
+    fi
+    finetune "${GALLBLADDER_DATA}" gallbladder "${WORK}/runs/segmentation_low_left_lobe"  # aa
+    finetune "${GALLBLADDER_DATA}" gallbladder_strong "${WORK}/runs/segmentation_fov_strong"  # ab
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
