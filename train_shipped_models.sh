@@ -68,16 +68,18 @@
 #    aa. from t (configs/segmentation_gallbladder.yaml), 2000 steps on t's sets and one in which the
 #       gallbladder lies in its fossa, partly inside the liver's outline (--gallbladder-fossa with
 #       every other option); ab. from r (configs/segmentation_gallbladder_strong.yaml), the same with
-#       r's randomization;
+#       r's randomization; aa2. from aa (configs/segmentation_gallbladder_long.yaml), 2000 more steps
+#       on aa's sets and a second --gallbladder-fossa set; aa3. from aa2
+#       (configs/segmentation_gallbladder_longer.yaml), 2000 more steps on aa2's sets;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
-#    The shipped segmentation network is the mean of p, q, t and r (export with four
-#    --segmentation-run); the localization network is the field-of-view one (weights of it, p and q
+#    The shipped segmentation network is the mean of p, aa2 and r (export with three
+#    --segmentation-run; q, t and aa are the steps that lead to aa2); the localization network is the field-of-view one (weights of it, p and q
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, s, u, t2, v to z, aa and ab are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of aa and ab: checkpoints/realct_fov5/segmentation_{gallbladder,gallbladder_strong}). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, s, u, t2, v to z, aa and ab are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -228,6 +230,18 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     link_sets "${LOW_LEFT_LOBE_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720
   fi
   finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe "${WORK}/runs/segmentation_fov_mild"  # t
+  # aa: t on t's sets and one with the gallbladder in its fossa (--gallbladder-fossa); aa2: aa on
+  # those and a second such set
+  GALLBLADDER_DATA="${GALLBLADDER_DATA:-${WORK}/train_gallbladder}"
+  GALLBLADDER_LONG_DATA="${GALLBLADDER_LONG_DATA:-${WORK}/train_gallbladder2}"
+  for seed in 1730 1731; do
+    [ -d "${WORK}/phantoms_${seed}/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_${seed}" --cases 48 --seed "${seed}" \
+      "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa --workers 2
+  done
+  [ -d "${GALLBLADDER_DATA}/TrainingImg" ] || link_sets "${GALLBLADDER_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1730
+  [ -d "${GALLBLADDER_LONG_DATA}/TrainingImg" ] || link_sets "${GALLBLADDER_LONG_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731
+  finetune "${GALLBLADDER_DATA}" gallbladder "${WORK}/runs/segmentation_low_left_lobe"  # aa
+  finetune "${GALLBLADDER_LONG_DATA}" gallbladder_long "${WORK}/runs/segmentation_gallbladder"  # aa2
   if [ "${CANDIDATES:-0}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_strong "${WORK}/runs/segmentation_fov_strong"  # u
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_long "${WORK}/runs/segmentation_low_left_lobe"  # t2
@@ -244,23 +258,16 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     # y and z: t and r with the spatial term added in log space (sc_combine: sum)
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum "${WORK}/runs/segmentation_low_left_lobe"  # y
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z
-    # aa and ab: t and r on t's sets and one with the gallbladder in its fossa (--gallbladder-fossa)
-    GALLBLADDER_DATA="${GALLBLADDER_DATA:-${WORK}/train_gallbladder}"
-    if [ ! -d "${GALLBLADDER_DATA}/TrainingImg" ]; then
-      [ -d "${WORK}/phantoms_1730/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1730" --cases 48 --seed 1730 \
-        "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa --workers 2
-      link_sets "${GALLBLADDER_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1730
-    fi
-    finetune "${GALLBLADDER_DATA}" gallbladder "${WORK}/runs/segmentation_low_left_lobe"  # aa
     finetune "${GALLBLADDER_DATA}" gallbladder_strong "${WORK}/runs/segmentation_fov_strong"  # ab
+    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_longer "${WORK}/runs/segmentation_gallbladder_long"  # aa3
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
   flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
     --config configs/localization_fov.yaml --cache-dir "${WORK}/cache"
   LOC_RUN="${WORK}/runs/localization_fov"
-  SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_fov_base" --segmentation-run "${WORK}/runs/segmentation_fov_mild"
-    --segmentation-run "${WORK}/runs/segmentation_low_left_lobe" --segmentation-run "${WORK}/runs/segmentation_fov_strong")
+  SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_fov_base" --segmentation-run "${WORK}/runs/segmentation_gallbladder_long"
+    --segmentation-run "${WORK}/runs/segmentation_fov_strong")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
@@ -285,4 +292,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the 20261203-060725 segmentation network was the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000). Since 20261203-100930: the localization network is the variety-stage one fine-tuned on the six organ-layout sets (--seed 1000, 1300, 1400, 1500, 1600, 1700) with half its samples cut to shorter scans (configs/localization_fov.yaml). This version: the segmentation network is the mean of four nets fine-tuned 2000 steps each with 40% of the patches cut to shorter scans: from the base network (p, configs/segmentation_fov_base.yaml), from step i (q, segmentation_fov_mild.yaml), from step k (r, segmentation_fov_strong.yaml), all three on the six organ-layout sets, and from q on --seed 1000, 1600, 1700 and --seed 1720 (every option plus --low-left-lobe, 48 cases; t, segmentation_low_left_lobe.yaml)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the 20261203-060725 segmentation network was the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000). Since 20261203-100930: the localization network is the variety-stage one fine-tuned on the six organ-layout sets (--seed 1000, 1300, 1400, 1500, 1600, 1700) with half its samples cut to shorter scans (configs/localization_fov.yaml). This version: the segmentation network is the mean of three nets fine-tuned with 40% of the patches cut to shorter scans: from the base network (p, configs/segmentation_fov_base.yaml) and from step k (r, segmentation_fov_strong.yaml), 2000 steps each on the six organ-layout sets, and aa2: step i fine-tuned 2000 steps on those sets (q, segmentation_fov_mild.yaml), then 2000 on --seed 1000, 1600, 1700 and --seed 1720 (every option plus --low-left-lobe, 48 cases; t, segmentation_low_left_lobe.yaml), then 2000 with --seed 1730 added (--gallbladder-fossa too: the gallbladder in its fossa, partly inside the liver's outline; aa, segmentation_gallbladder.yaml) and 2000 with --seed 1731 (the same options) added (aa2, segmentation_gallbladder_long.yaml)."
