@@ -12,7 +12,9 @@ connected structure (the kidneys two, one on each side of the spine), so per org
   lies midway between two others, one left and one right of it: nothing of the kidneys lies
   between them unless it joins them (a horseshoe kidney is one component, and is kept).
 
-A removed component's voxels lose that organ's score, so they take their next most likely class.
+A removed component's voxels lose that organ's score, so they take their next most likely class;
+where that makes a stray component of another organ (a vertebral body dropped as kidney that the
+spleen scored next), the clean-up runs again, until nothing more is dropped.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ _CONNECTIVITY = np.ones((3, 3, 3), bool)
 def drop_stray_components(scores: np.ndarray, spacing_mm_zyx: tuple[float, float, float]) -> dict[str, int]:
     """Clean ``scores`` (d, h, w, classes) in place, see the module docstring; the canonical grid
     has x increasing to the patient's left. Returns the voxels removed per organ (box grid)."""
-    labels = np.argmax(scores, axis=-1).astype(np.uint8)
     removed: dict[str, int] = {}
-    for k, name in ORGANS.items():
-        drop = _stray(labels == k, k == _KIDNEY, float(spacing_mm_zyx[2]))
-        if drop is not None:
-            scores[..., k][drop] = 0.0
-            removed[name] = int(np.count_nonzero(drop))
+    # each pass only lowers scores, and a voxel can lose each organ once: it ends
+    for _ in range(len(ORGANS) + 1):
+        labels = np.argmax(scores, axis=-1).astype(np.uint8)
+        dropped = False
+        for k, name in ORGANS.items():
+            drop = _stray(labels == k, k == _KIDNEY, float(spacing_mm_zyx[2]))
+            if drop is not None:
+                scores[..., k][drop] = 0.0
+                removed[name] = removed.get(name, 0) + int(np.count_nonzero(drop))
+                dropped = True
+        if not dropped:
+            break
     return removed
 
 

@@ -83,3 +83,17 @@ def test_a_dropped_component_takes_its_next_most_likely_class():
     drop_stray_components(scores, SPACING)
     assert (_labels(scores)[stray] == LABEL["liver"]).all()
     assert (_labels(scores)[spleen] == LABEL["spleen"]).all()
+
+
+def test_a_stray_piece_left_by_a_dropped_one_is_dropped_too():
+    """A vertebral body labelled kidney between the kidneys, which the spleen scored next: dropped as
+    kidney, it must not turn into a spleen island beside the spleen; it falls to background."""
+    right, left, spine = _box(10, 30), _box(90, 110), _box(56, 64, 24, 32, 16, 24)
+    spleen = _box(80, 118, 0, 18)
+    scores = _scores(("kidney", right), ("kidney", left), ("kidney", spine), ("spleen", spleen))
+    scores[(*spine, LABEL["spleen"])] = 0.7  # above background there
+    removed = drop_stray_components(scores, SPACING)
+    labels = _labels(scores)
+    assert (labels[spine] == LABEL["background"]).all()
+    assert (labels[spleen] == LABEL["spleen"]).all() and (labels[right] == LABEL["kidney"]).all()
+    assert removed == {"kidney": 8 * 8 * 8, "spleen": 8 * 8 * 8}
