@@ -102,6 +102,11 @@ def add_gallbladder_in_fossa(
     return dataclasses.replace(anatomy, parts=parts), plan
 
 
+def _reach(semi, neck_semi) -> float:
+    """Half the side of a box around the body's centre that holds the body and the neck."""
+    return semi[0] + 2.0 * neck_semi[0] + 6.0
+
+
 def _shape(center: np.ndarray, axes: np.ndarray, semi, neck_semi):
     """Pear: the body's ellipsoid smoothly joined to a smaller neck ellipsoid towards the porta."""
     neck_center = center - axes[0] * (semi[0] + 0.3 * neck_semi[0])
@@ -145,7 +150,7 @@ def _plan(rng: np.random.Generator, b: AnatomyBuilder, anatomy: Anatomy) -> Gall
     for shrink in (1.0, 0.8, 0.65):
         size = (semi[0] * shrink, semi[1] * shrink, semi[2] * shrink)
         neck = (neck_semi[0] * shrink, neck_semi[1] * shrink, neck_semi[2] * shrink)
-        reach = size[0] + 2.0 * neck[0] + 6.0
+        reach = _reach(size, neck)
         for _ in range(_PLACES):
             surface = _surface(rng, grid, inside, hilum)
             if surface is None:
@@ -202,7 +207,7 @@ def _surface(
 def _part(plan: GallbladderPlan) -> Part:
     """The force-painted gallbladder: wall, bile, a sludge layer and stones."""
     shape = _shape(plan.center, plan.axes, plan.semi, plan.neck_semi)
-    reach = plan.semi[0] + 2.0 * plan.neck_semi[0] + 6.0
+    reach = _reach(plan.semi, plan.neck_semi)
 
     def paint(ctx: PaintContext) -> np.ndarray:
         out = np.full(ctx.sdf.shape, np.float32(plan.bile_hu), np.float32)

@@ -22,6 +22,12 @@ def _case(seed: int, options: PhantomOptions = SMALL) -> tuple[sitk.Image, sitk.
     return generate_case_with_info(seed, options)
 
 
+def _case_arrays(seed: int, options: PhantomOptions = SMALL) -> tuple[np.ndarray, np.ndarray, PhantomInfo]:
+    """``_case`` as numpy arrays: image, mask (both (z, y, x)) and what was sampled."""
+    image, mask, info = _case(seed, options)
+    return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask), info
+
+
 def first_case_seed(predicate: Callable[[int], bool], dataset_seed: int, cases: int) -> int:
     """The first of the first ``cases`` case seeds of ``dataset_seed`` that satisfies ``predicate``."""
     for i in range(cases):

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from flare_seg.training.phantom import PhantomOptions
-from tests.training.phantom.helpers import LABEL, _case, first_case_seed
+from tests.training.phantom.helpers import LABEL, _case, _case_arrays, first_case_seed
 
 PLAIN = PhantomOptions(size="small", flip_probability=0.0)
 FISSURES = PhantomOptions(size="small", flip_probability=0.0, liver_fissures=True)
-
-
-def _arrays(options: PhantomOptions, seed: int):
-    image, mask, info = _case(seed, options)
-    return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask), info
 
 
 def test_the_umbilical_fissure_takes_fat_out_of_the_front_of_the_liver_and_nothing_else():
@@ -25,8 +19,8 @@ def test_the_umbilical_fissure_takes_fat_out_of_the_front_of_the_liver_and_nothi
     liver only loses voxels (a few mL, in its front half: lower y index without flips), those
     voxels are fat on the image, and the liver stays one piece."""
     seed = first_case_seed(lambda s: "umbilical" in (_case(s, FISSURES)[2].liver_fissures or ()), 3000, 8)
-    plain, plain_mask, plain_info = _arrays(PLAIN, seed)
-    image, mask, info = _arrays(FISSURES, seed)
+    plain, plain_mask, plain_info = _case_arrays(seed, PLAIN)
+    image, mask, info = _case_arrays(seed, FISSURES)
     assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
     assert plain_info.liver_fissures is None and info.liver_fissures is not None
     for organ in ("kidney", "spleen", "pancreas"):

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import SimpleITK as sitk
 
 from flare_seg.training.phantom import PhantomOptions, case_seed
 from flare_seg.training.phantom.gallbladder import EMBED_RANGE
-from tests.training.phantom.helpers import LABEL, _case, first_case_seed
+from tests.training.phantom.helpers import LABEL, _case, _case_arrays, first_case_seed
 
 PLAIN = PhantomOptions(size="small", flip_probability=0.0)
 FOSSA = PhantomOptions(size="small", flip_probability=0.0, gallbladder_fossa=True)
-
-
-def _arrays(options: PhantomOptions, seed: int):
-    image, mask, info = _case(seed, options)
-    return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask), info
 
 
 def test_the_gallbladder_is_carved_out_of_the_liver_underside_and_no_other_organ_changes():
@@ -33,8 +27,8 @@ def test_the_gallbladder_is_carved_out_of_the_liver_underside_and_no_other_organ
         return bool(g) and g["volume_ml"] > 15.0
 
     seed = first_case_seed(distended, 3000, 8)
-    plain, plain_mask, plain_info = _arrays(PLAIN, seed)
-    image, mask, info = _arrays(FOSSA, seed)
+    plain, plain_mask, plain_info = _case_arrays(seed, PLAIN)
+    image, mask, info = _case_arrays(seed, FOSSA)
     assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
     assert plain_info.gallbladder is None and info.gallbladder
     for organ in ("kidney", "spleen", "pancreas"):
@@ -65,8 +59,8 @@ def test_the_gallbladder_is_carved_out_of_the_liver_underside_and_no_other_organ
 def test_a_case_without_a_gallbladder_keeps_without_one():
     """A cholecystectomy case of the generator stays one: recorded as {} and the image unchanged."""
     seed = first_case_seed(lambda s: _case(s, FOSSA)[2].gallbladder == {}, 3000, 24)
-    plain, plain_mask, _ = _arrays(PLAIN, seed)
-    image, mask, _ = _arrays(FOSSA, seed)
+    plain, plain_mask, _ = _case_arrays(seed, PLAIN)
+    image, mask, _ = _case_arrays(seed, FOSSA)
     np.testing.assert_array_equal(image, plain)
     np.testing.assert_array_equal(mask, plain_mask)
 
