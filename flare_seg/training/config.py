@@ -112,7 +112,9 @@ def load_config(task: Task, path: Path | None = None, **overrides: Any) -> Train
     """Defaults for ``task``, then the YAML file's keys, then non-None ``overrides``."""
     values: dict[str, Any] = dict(DEFAULTS[task])
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = yaml.safe_load(Path(path).read_text())
+        if loaded is None:  # an empty file (a failed write, a wrong path's placeholder) is no run
+            raise ValueError(f"{path} holds no settings")
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings")
         if loaded.get("task", task) != task:

@@ -24,6 +24,10 @@ def test_bad_settings_are_named(tmp_path):
     wrong.write_text("task: localization\n")
     with pytest.raises(ValueError, match="is a localization config"):
         load_config("segmentation", wrong)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# only a comment\n")
+    with pytest.raises(ValueError, match=r"empty\.yaml holds no settings"):
+        load_config("segmentation", empty)
 
 
 def test_config_yaml_round_trips(tmp_path):
