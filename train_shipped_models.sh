@@ -70,7 +70,12 @@
 #       every other option); ab. from r (configs/segmentation_gallbladder_strong.yaml), the same with
 #       r's randomization; aa2. from aa (configs/segmentation_gallbladder_long.yaml), 2000 more steps
 #       on aa's sets and a second --gallbladder-fossa set; aa3. from aa2
-#       (configs/segmentation_gallbladder_longer.yaml), 2000 more steps on aa2's sets;
+#       (configs/segmentation_gallbladder_longer.yaml), 2000 more steps on aa2's sets; ac. from r
+#       (configs/segmentation_gallbladder_strong_long.yaml) and ad. from p
+#       (configs/segmentation_gallbladder_base.yaml), 4000 steps each on aa2's sets with r's and p's
+#       randomization; ae. from ac (configs/segmentation_gallbladder_settle.yaml), 2000 more steps
+#       with aa2's milder randomization; af. from aa2 (configs/segmentation_gallbladder_robust.yaml),
+#       2000 more steps on its sets with r's randomization;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
@@ -79,7 +84,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, s, u, t2, v to z, aa and ab are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, s, u, t2, v to z, ab, aa3 and ac to af are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -260,6 +265,12 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z
     finetune "${GALLBLADDER_DATA}" gallbladder_strong "${WORK}/runs/segmentation_fov_strong"  # ab
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_longer "${WORK}/runs/segmentation_gallbladder_long"  # aa3
+    # ac and ad: r and p, 4000 steps on aa2's sets with their own randomization; ae: ac, 2000 more
+    # with aa2's milder randomization; af: aa2, 2000 more with r's stronger randomization
+    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_strong_long "${WORK}/runs/segmentation_fov_strong"  # ac
+    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_base "${WORK}/runs/segmentation_fov_base"  # ad
+    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_settle "${WORK}/runs/segmentation_gallbladder_strong_long"  # ae
+    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_robust "${WORK}/runs/segmentation_gallbladder_long"  # af
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flare_seg.training.config import load_config
@@ -45,3 +47,17 @@ def test_changed_settings_ignore_a_longer_run_but_not_other_changes():
     assert changed_settings(first.to_yaml(), load_config("segmentation", steps=500, log_every=5)) == []
     changed = changed_settings(first.to_yaml(), load_config("segmentation", steps=500, learning_rate=1e-4))
     assert changed == [f"learning_rate: {first.learning_rate!r} -> 0.0001"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path):
+    """The recipe's configs name their task and only known settings (a typo or an empty file would
+    train something else than the recipe says)."""
+    import yaml
+
+    task = yaml.safe_load(path.read_text())["task"]
+    config = load_config(task, path)
+    assert config.task == task
+    assert config.steps > 0
