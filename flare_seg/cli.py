@@ -59,6 +59,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             collapsed_stomach=args.collapsed_stomach,
             liver_masses=args.liver_masses,
             low_left_lobe=args.low_left_lobe,
+            thin_left_lobe=args.thin_left_lobe,
             liver_fissures=args.liver_fissures,
             gallbladder_fossa=args.gallbladder_fossa,
         )
@@ -437,6 +438,13 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="a left liver lobe that reaches 10-35 mm lower, in front of the stomach (the lowest point "
         "of the liver's leftmost 30%% about 3-6 cm above the liver's lowest point, 6-10 cm without), "
+        "in 60%% of cases",
+    )
+    p.add_argument(
+        "--thin-left-lobe",
+        action="store_true",
+        help="a left liver lobe that is a plate 30-50%% as thick as without (about 2.5-4.5 cm at its "
+        "root) and up to 30%% taller, against the front abdominal wall with the stomach behind it, "
         "in 60%% of cases",
     )
     p.add_argument(

@@ -50,6 +50,9 @@ def test_intensities_shapes_and_noise_are_measured():
     assert stats["noise SD (liver, high-pass)"] == pytest.approx(10.0 * np.sqrt(26 / 27), rel=0.05)
     assert stats["noise corr. length mm"] < 3.0
     assert "spleen volume mL" not in stats  # absent organs have no rows
+    # the liver block is 30 voxels deep everywhere, and its left part reaches as low as the rest
+    assert stats["liver left lobe thickness mm"] == pytest.approx(90.0)
+    assert stats["liver left lobe bottom - liver's mm"] == pytest.approx(0.0)
 
 
 def test_correlated_noise_has_a_longer_correlation_length_and_flips_do_not_matter():
@@ -91,3 +94,35 @@ def test_the_command_prints_a_table_of_real_against_phantoms(tmp_path: Path, cap
 def test_an_empty_phantom_directory_is_a_usage_error(tmp_path: Path, capsys):
     assert main(["--real", "a.nii.gz", "b.nii.gz", "--phantoms", str(tmp_path)]) == 2
     assert "no phantom cases" in capsys.readouterr().err
+
+
+def test_a_noiseless_volume_has_no_correlation_length():
+    hu = np.full((20, 30, 30), -1000.0, np.float32)
+    hu[2:-2, 4:-4, 4:-4] = -100.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[4:16, 8:22, 8:22] = 1
+    hu[labels == 1] = 60.0
+    image, mask = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(labels)
+    for im in (image, mask):
+        im.SetSpacing((3.0, 3.0, 3.0))
+    stats = measure(image, mask)
+    assert stats["noise SD (liver, high-pass)"] == pytest.approx(0.0, abs=1e-3)
+    assert "noise corr. length mm" not in stats
+
+
+def test_a_plate_like_left_lobe_is_thin_and_its_bottom_is_measured():
+    """A liver whose left third (LPS +x) is an 8-voxel plate at the front, 10 slices above the
+    right part's bottom: 24 mm thick, its lowest point 30 mm above the liver's."""
+    hu = np.full((40, 60, 70), -1000.0, np.float32)
+    hu[2:-2, 8:-8, 6:-6] = -100.0  # fat
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[5:35, 15:45, 12:40] = 1  # the right part, 30 voxels front to back
+    labels[15:35, 15:23, 40:60] = 1  # the left plate: 8 voxels, at the front (low y)
+    hu[labels == 1] = 60.0
+    hu += np.random.default_rng(0).normal(0.0, 5.0, hu.shape).astype(np.float32)
+    image, mask = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(labels)
+    for im in (image, mask):
+        im.SetSpacing((3.0, 3.0, 3.0))
+    stats = measure(image, mask)
+    assert stats["liver left lobe thickness mm"] == pytest.approx(24.0)
+    assert stats["liver left lobe bottom - liver's mm"] == pytest.approx(30.0)

@@ -74,6 +74,12 @@ class OrganVariety:
     liver_left_lobe_drop_mm: how far the left lobe's centre lies below the textbook height, mm (the
         lowest point of the liver's leftmost 30% then lies about 3-6 cm above the liver's lowest
         point instead of 6-10 cm, as in many real livers).
+    liver_left_lobe_thickness: the left lobe's antero-posterior semi-axis, as a factor (below 1: a
+        plate lying against the front abdominal wall, draped in front of the stomach; 1: the
+        textbook wedge, which fills the front of the upper abdomen).
+    liver_left_lobe_height: the left lobe's cranio-caudal semi-axis, as a factor.
+    liver_left_lobe_front_mm: where a plate-like left lobe's front lies, mm inside the front
+        cavity wall (negative: pressed against it, the wall shaping its front).
     """
 
     pancreas_thickness: float = 1.0
@@ -95,6 +101,9 @@ class OrganVariety:
     spleen_volume: float = 1.0
     spleen_rise_mm: float = 0.0
     liver_left_lobe_drop_mm: float = 0.0
+    liver_left_lobe_thickness: float = 1.0
+    liver_left_lobe_height: float = 1.0
+    liver_left_lobe_front_mm: float = 0.0
 
 
 class AnatomyBuilder:

@@ -59,6 +59,8 @@ from flare_seg.training.phantom.variety import (
     organ_variety_rng,
     sample_organ_variety,
     spread_appearance,
+    thin_left_lobe_rng,
+    thin_left_lobe_variety,
     variety_rng,
 )
 
@@ -88,6 +90,8 @@ def generate_case_with_info(
         variety = organ_layout_variety(organ_layout_rng(seed), variety)
     if options.low_left_lobe:
         variety = low_left_lobe_variety(low_left_lobe_rng(seed), variety)
+    if options.thin_left_lobe:
+        variety = thin_left_lobe_variety(thin_left_lobe_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     mass = None
     if options.liver_masses > 0:

@@ -414,7 +414,9 @@ def add_liver(b: AnatomyBuilder) -> None:
 class _LiverShape:
     """The liver template in its frame (local axes u, v, w; mm at scale 1): right lobe semi-axes
     `right`, left lobe semi-axes `left` at offset `left_off`, thinning by `taper` to the left, cut
-    by the plane n . (u, v, w) = d; `limit_lo`/`limit_hi` bound its box (anatomy mm)."""
+    by the plane n . (u, v, w) = d; `limit_lo`/`limit_hi` bound its box (anatomy mm). With
+    `left_front_y` (anatomy mm), the left lobe's antero-posterior offset is set at each scale so
+    that its front lies at that y."""
 
     frame: Frame
     right: np.ndarray
@@ -427,10 +429,28 @@ class _LiverShape:
     limit_lo: tuple[float, float, float]
     limit_hi: tuple[float, float, float]
     lesions: tuple[Lesion, ...] = ()  # placed in the right lobe's semi-axes; masses may bulge out
+    left_front_y: float | None = None
+
+    def left_offset(self, k: float) -> np.ndarray:
+        """The left lobe's offset (local axes, mm at scale 1) at scale k."""
+        if self.left_front_y is None:
+            return self.left_off
+        axes = self.frame.axes  # anatomy = centre + k * local @ axes
+        reach = float(np.sqrt(np.sum((self.left * axes[:, 1]) ** 2)))  # the lobe's half extent along y
+        off = self.left_off.copy()
+        want = (self.left_front_y - self.frame.center[1]) / k + reach  # the lobe centre's y, local mm
+        off[1] = (want - off[0] * axes[0, 1] - off[2] * axes[2, 1]) / axes[1, 1]
+        return off
 
     def template(self, k: float) -> ShapeFn:
         """The shape at scale k."""
-        frame, right, left_off, left, taper = self.frame, self.right, self.left_off, self.left, self.taper
+        frame, right, left_off, left, taper = (
+            self.frame,
+            self.right,
+            self.left_offset(k),
+            self.left,
+            self.taper,
+        )
         plane_n, plane_d, warp = self.plane_n, self.plane_d, self.warp
         lesion_fn = lesion_sdf(self.lesions, frame, warp, right, k)
 
@@ -447,8 +467,9 @@ class _LiverShape:
 
     def bbox(self, k: float) -> tuple[np.ndarray, np.ndarray]:
         """Anatomy box (lo, hi), mm, around both lobes at scale k, warp included."""
-        t_lo = np.minimum(-self.right, self.left_off - self.left)  # template box (mm, local axes)
-        t_hi = np.maximum(self.right, self.left_off + self.left)
+        left_off = self.left_offset(k)
+        t_lo = np.minimum(-self.right, left_off - self.left)  # template box (mm, local axes)
+        t_hi = np.maximum(self.right, left_off + self.left)
         for lesion in (m for m in self.lesions if m.grows_organ):  # a large mass may bulge beyond both lobes
             centre, r = np.asarray(lesion.position) * self.right, lesion.radius_mm / k
             t_lo, t_hi = np.minimum(t_lo, centre - r), np.maximum(t_hi, centre + r)
@@ -466,6 +487,8 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     lobe = b.variety.liver_left_lobe
     left_off = np.array([b.u(70, 85) * lobe, -b.u(30, 45), b.u(20, 35) - b.variety.liver_left_lobe_drop_mm])
     left = np.array([b.u(65, 80) * lobe, b.u(36, 46) * math.sqrt(lobe), b.u(32, 42)])
+    v = b.variety
+    left *= np.array([1.0, v.liver_left_lobe_thickness, v.liver_left_lobe_height])
     taper = b.u(0.3, 0.5)
     plane_n = unit([b.u(0.25, 0.45), -b.u(0.25, 0.45), -1.0])
     plane_d = b.u(72, 88) * abs(plane_n[2])
@@ -474,8 +497,24 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     warp = Warp.random(rng, 4, (120, 250), b.u(0.4, 0.9)) + Warp.random(rng, 3, (40, 80), b.u(0.1, 0.25))
     limit_lo = (-b.cav_a * 1.2, -b.cav_ant * 1.2, -400.0)
     limit_hi = (b.cav_a * 1.2, 200.0, 20.0)
+    left_front_y = None
+    if v.liver_left_lobe_thickness < 1.0:  # a plate against the front wall, at the lobe's height
+        z_lobe = np.float32(center[2] + left_off[2])
+        front = float(b.body.cavity_radius(np.float32(-math.pi / 2), z_lobe))
+        left_front_y = -front + v.liver_left_lobe_front_mm
     return _LiverShape(
-        frame, right, left_off, left, taper, plane_n, plane_d, warp, limit_lo, limit_hi, b.lesions.liver
+        frame,
+        right,
+        left_off,
+        left,
+        taper,
+        plane_n,
+        plane_d,
+        warp,
+        limit_lo,
+        limit_hi,
+        b.lesions.liver,
+        left_front_y,
     )
 
 

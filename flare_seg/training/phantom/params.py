@@ -58,6 +58,8 @@ class PhantomOptions:
         (``phantom.lesions``).
     low_left_lobe: a left liver lobe that reaches lower, in front of the stomach and towards the
         gallbladder's level, in some cases (``phantom.variety``).
+    thin_left_lobe: a left liver lobe that is a thin plate against the front abdominal wall, with
+        stomach and bowel behind it, in some cases (``phantom.variety``).
     liver_fissures: fat-filled fissures in the liver in most cases (the umbilical fissure with the
         ligamentum teres, the falciform ligament's groove, the fissure for the ligamentum venosum),
         left out of the liver label (``phantom.fissures``).
@@ -80,6 +82,7 @@ class PhantomOptions:
     collapsed_stomach: bool = False
     liver_masses: float = 0.0
     low_left_lobe: bool = False
+    thin_left_lobe: bool = False
     liver_fissures: bool = False
     gallbladder_fossa: bool = False
 

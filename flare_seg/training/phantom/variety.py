@@ -98,6 +98,7 @@ def lateral_spleen_variety(rng: np.random.Generator, variety: OrganVariety | Non
 
 ORGAN_LAYOUT_PROBABILITY = 0.7
 LOW_LEFT_LOBE_PROBABILITY = 0.6
+THIN_LEFT_LOBE_PROBABILITY = 0.6
 
 
 def organ_layout_rng(seed: int) -> np.random.Generator:
@@ -142,6 +143,28 @@ def low_left_lobe_variety(rng: np.random.Generator, variety: OrganVariety | None
     if rng.random() >= LOW_LEFT_LOBE_PROBABILITY:
         return variety
     return dataclasses.replace(variety, liver_left_lobe_drop_mm=float(rng.uniform(10.0, 35.0)))
+
+
+def thin_left_lobe_rng(seed: int) -> np.random.Generator:
+    """The seventeenth random stream of a case seed (the left liver lobe of ``thin_left_lobe``)."""
+    return option_rng(seed, 16)
+
+
+def thin_left_lobe_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
+    """``variety`` (None: the textbook one) with, in ``THIN_LEFT_LOBE_PROBABILITY`` of cases, the
+    left liver lobe a plate 30-50% as thick as the textbook wedge (about 2.5-4.5 cm at its root,
+    thinner to the left) and 0-30% taller, its front against the front abdominal wall (from 4 mm
+    pressed into it to 4 mm inside), so that stomach, bowel and fat fill the space behind it, as
+    in many real livers (the real development CT: about 2.5 cm)."""
+    variety = variety or OrganVariety()
+    if rng.random() >= THIN_LEFT_LOBE_PROBABILITY:
+        return variety
+    return dataclasses.replace(
+        variety,
+        liver_left_lobe_thickness=float(rng.uniform(0.3, 0.5)),
+        liver_left_lobe_height=float(rng.uniform(1.0, 1.3)),
+        liver_left_lobe_front_mm=float(rng.uniform(-4.0, 4.0)),
+    )
 
 
 def sample_organ_variety(rng: np.random.Generator) -> OrganVariety:

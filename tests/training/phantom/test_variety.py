@@ -211,13 +211,18 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "spleen_volume",
         "spleen_rise_mm",
         "liver_left_lobe_drop_mm",
+        "liver_left_lobe_thickness",
+        "liver_left_lobe_height",
+        "liver_left_lobe_front_mm",
     }
     # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without
     # fat, the organ layout without --organ-layout, the left liver lobe without --low-left-lobe
+    # and --thin-left-lobe
     assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
     assert info["organ_variety"]["pancreas_fat_fraction"] == 0.0
     assert info["organ_variety"]["kidney_rise_mm"] == 0.0 and info["organ_variety"]["spleen_volume"] == 1.0
     assert info["organ_variety"]["liver_left_lobe_drop_mm"] == 0.0
+    assert info["organ_variety"]["liver_left_lobe_thickness"] == 1.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
@@ -391,3 +396,63 @@ def test_low_left_lobe_lowers_the_liver_left_of_the_midline(tmp_path):
     assert dataset["options"]["low_left_lobe"] is True
     (case,) = dataset["case_info"].values()
     assert "liver_left_lobe_drop_mm" in case["organ_variety"]
+
+
+def test_thin_left_lobe_draws_its_plate_in_most_cases_and_keeps_the_others():
+    from flare_seg.training.phantom.variety import thin_left_lobe_rng, thin_left_lobe_variety
+
+    draws = [thin_left_lobe_variety(thin_left_lobe_rng(s), None) for s in range(200)]
+    plates = [v for v in draws if v.liver_left_lobe_thickness < 1.0]
+    assert 0.5 < len(plates) / len(draws) < 0.7
+    assert all(0.3 <= v.liver_left_lobe_thickness <= 0.5 for v in plates)
+    assert all(
+        1.0 <= v.liver_left_lobe_height <= 1.3 and -4.0 <= v.liver_left_lobe_front_mm <= 4.0 for v in plates
+    )
+    assert all(v == OrganVariety() for v in draws if v.liver_left_lobe_thickness == 1.0)
+    kept = thin_left_lobe_variety(thin_left_lobe_rng(3), OrganVariety(liver_left_lobe_drop_mm=20.0))
+    assert kept.liver_left_lobe_drop_mm == 20.0
+
+
+def _left_lobe_columns(mask: np.ndarray, spacing_zyx) -> tuple[float, float]:
+    """Over the liver's leftmost 30% (+x without flips), the median antero-posterior thickness of
+    its (z, x) columns and its front (the 10th percentile of y, LPS: from the grid's front), mm."""
+    z, y, x = np.nonzero(mask == LABEL["liver"])
+    left = x > x.min() + 0.7 * (x.max() - x.min())
+    z, y, x = z[left], y[left], x[left]
+    column = z * mask.shape[2] + x
+    order = np.argsort(column)
+    starts = np.r_[0, np.nonzero(np.diff(column[order]))[0] + 1]
+    ys = y[order]
+    thickness = np.maximum.reduceat(ys, starts) - np.minimum.reduceat(ys, starts) + 1
+    return float(np.median(thickness)) * spacing_zyx[1], float(np.percentile(y, 10)) * spacing_zyx[1]
+
+
+def test_thin_left_lobe_makes_a_plate_against_the_front_wall(tmp_path):
+    """Where it draws a thin plate, the liver's leftmost part is less than half as thick from front
+    to back, and its front does not move back from the front wall (the grid is the seed's). On the
+    command line and in dataset.json."""
+    from flare_seg.cli import main
+    from flare_seg.training.phantom.variety import thin_left_lobe_rng, thin_left_lobe_variety
+
+    seed = _seed_where(
+        lambda v: v.liver_left_lobe_thickness < 0.4,
+        lambda s: thin_left_lobe_variety(thin_left_lobe_rng(s), None),
+    )
+    _, plain_mask, plain_info = _arrays(PLAIN, seed)
+    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, thin_left_lobe=True), seed)
+    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
+    assert info.organ_variety is not None and info.organ_variety["liver_left_lobe_thickness"] < 0.4
+    spacing = info.spacing_xyz[::-1]
+    thickness, front = _left_lobe_columns(mask, spacing)
+    plain_thickness, plain_front = _left_lobe_columns(plain_mask, spacing)
+    assert thickness < 0.5 * plain_thickness
+    assert front <= plain_front + spacing[1]
+    # the rest of the liver keeps its volume (calibrated) within a tenth
+    assert abs((mask == LABEL["liver"]).sum() / (plain_mask == LABEL["liver"]).sum() - 1.0) < 0.1
+
+    out = tmp_path / "ds"
+    assert (
+        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--thin-left-lobe"]) == 0
+    )
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["thin_left_lobe"] is True
