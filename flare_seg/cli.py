@@ -60,6 +60,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             liver_masses=args.liver_masses,
             low_left_lobe=args.low_left_lobe,
             thin_left_lobe=args.thin_left_lobe,
+            pancreas_lipomatosis=args.pancreas_lipomatosis,
             liver_fissures=args.liver_fissures,
             gallbladder_fossa=args.gallbladder_fossa,
         )
@@ -410,6 +411,12 @@ def _add_synth(sub: _Subparsers) -> None:
         "--fatty-pancreas",
         action="store_true",
         help="a lobulated, fat-infiltrated, thinner pancreas (fat between its lobules) in 60%% of cases",
+    )
+    p.add_argument(
+        "--pancreas-lipomatosis",
+        action="store_true",
+        help="an atrophic, fat-infiltrated pancreas (30-60%% fat between lobules, 1-1.7 cm thick), "
+        "labelled as a whole, in 50%% of cases (overrides --fatty-pancreas there)",
     )
     p.add_argument(
         "--organ-layout",

@@ -57,6 +57,8 @@ from flare_seg.training.phantom.variety import (
     organ_layout_rng,
     organ_layout_variety,
     organ_variety_rng,
+    pancreas_lipomatosis_rng,
+    pancreas_lipomatosis_variety,
     sample_organ_variety,
     spread_appearance,
     thin_left_lobe_rng,
@@ -86,6 +88,8 @@ def generate_case_with_info(
         variety = lateral_spleen_variety(lateral_spleen_rng(seed), variety)
     if options.fatty_pancreas:
         variety = fatty_pancreas_variety(fatty_pancreas_rng(seed), variety)
+    if options.pancreas_lipomatosis:
+        variety = pancreas_lipomatosis_variety(pancreas_lipomatosis_rng(seed), variety)
     if options.organ_layout:
         variety = organ_layout_variety(organ_layout_rng(seed), variety)
     if options.low_left_lobe:

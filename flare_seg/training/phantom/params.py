@@ -60,6 +60,8 @@ class PhantomOptions:
         gallbladder's level, in some cases (``phantom.variety``).
     thin_left_lobe: a left liver lobe that is a thin plate against the front abdominal wall, with
         stomach and bowel behind it, in some cases (``phantom.variety``).
+    pancreas_lipomatosis: an atrophic pancreas mostly replaced by fat in some cases, labelled as a
+        whole (``phantom.variety``).
     liver_fissures: fat-filled fissures in the liver in most cases (the umbilical fissure with the
         ligamentum teres, the falciform ligament's groove, the fissure for the ligamentum venosum),
         left out of the liver label (``phantom.fissures``).
@@ -83,6 +85,7 @@ class PhantomOptions:
     liver_masses: float = 0.0
     low_left_lobe: bool = False
     thin_left_lobe: bool = False
+    pancreas_lipomatosis: bool = False
     liver_fissures: bool = False
     gallbladder_fossa: bool = False
 

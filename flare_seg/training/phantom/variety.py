@@ -99,6 +99,7 @@ def lateral_spleen_variety(rng: np.random.Generator, variety: OrganVariety | Non
 ORGAN_LAYOUT_PROBABILITY = 0.7
 LOW_LEFT_LOBE_PROBABILITY = 0.6
 THIN_LEFT_LOBE_PROBABILITY = 0.6
+PANCREAS_LIPOMATOSIS_PROBABILITY = 0.5
 
 
 def organ_layout_rng(seed: int) -> np.random.Generator:
@@ -164,6 +165,30 @@ def thin_left_lobe_variety(rng: np.random.Generator, variety: OrganVariety | Non
         liver_left_lobe_thickness=float(rng.uniform(0.3, 0.5)),
         liver_left_lobe_height=float(rng.uniform(1.0, 1.3)),
         liver_left_lobe_front_mm=float(rng.uniform(-4.0, 4.0)),
+    )
+
+
+def pancreas_lipomatosis_rng(seed: int) -> np.random.Generator:
+    """The eighteenth random stream of a case seed (the pancreas of ``pancreas_lipomatosis``)."""
+    return option_rng(seed, 17)
+
+
+def pancreas_lipomatosis_variety(rng: np.random.Generator, variety: OrganVariety | None) -> OrganVariety:
+    """``variety`` (None: the textbook one) with, in ``PANCREAS_LIPOMATOSIS_PROBABILITY`` of cases,
+    the atrophic, fat-infiltrated pancreas of many older patients: fat between lobules of 4-9 mm
+    taking 30-60% of the organ, and a cross-section 40-60% of the textbook one (the gland 1-1.7 cm
+    thick, 15-35 mL). The label covers the whole organ, as reference segmentations do; on 3 mm
+    voxels such a pancreas has a median of about -50 to 10 HU, a lace of parenchyma in the fat
+    around it (the real development CT: 19 mL at 6 HU median)."""
+    variety = variety or OrganVariety()
+    if rng.random() >= PANCREAS_LIPOMATOSIS_PROBABILITY:
+        return variety
+    return dataclasses.replace(
+        variety,
+        pancreas_fat_fraction=float(rng.uniform(0.3, 0.6)),
+        pancreas_lobule_mm=float(rng.uniform(4.0, 9.0)),
+        pancreas_thickness=float(rng.uniform(0.4, 0.6)),
+        pancreas_lobule_seed=int(rng.integers(2**31)),
     )
 
 

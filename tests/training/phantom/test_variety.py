@@ -456,3 +456,51 @@ def test_thin_left_lobe_makes_a_plate_against_the_front_wall(tmp_path):
     )
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["options"]["thin_left_lobe"] is True
+
+
+def test_pancreas_lipomatosis_draws_a_small_fatty_gland_in_half_the_cases_and_keeps_the_others():
+    from flare_seg.training.phantom.variety import pancreas_lipomatosis_rng, pancreas_lipomatosis_variety
+
+    draws = [pancreas_lipomatosis_variety(pancreas_lipomatosis_rng(s), None) for s in range(200)]
+    fatty = [v for v in draws if v.pancreas_fat_fraction > 0]
+    assert 0.4 < len(fatty) / len(draws) < 0.6
+    for v in fatty:
+        assert 0.3 <= v.pancreas_fat_fraction <= 0.6 and 0.4 <= v.pancreas_thickness <= 0.6
+        assert 4.0 <= v.pancreas_lobule_mm <= 9.0
+    assert all(v == OrganVariety() for v in draws if v.pancreas_fat_fraction == 0)
+    # it replaces a --fatty-pancreas draw where it applies, and keeps every other factor
+    seed = next(s for s, v in enumerate(draws) if v.pancreas_fat_fraction > 0)
+    base = OrganVariety(pancreas_fat_fraction=0.25, pancreas_thickness=0.8, spleen_volume=1.3)
+    kept = pancreas_lipomatosis_variety(pancreas_lipomatosis_rng(seed), base)
+    assert kept.spleen_volume == 1.3 and kept.pancreas_thickness <= 0.6 and kept.pancreas_fat_fraction >= 0.3
+
+
+def test_pancreas_lipomatosis_shrinks_the_pancreas_and_darkens_it(tmp_path):
+    """Where it applies, the labelled pancreas is smaller and its median HU lower than the seed's
+    textbook one (same grid); kidneys and spleen (drawn before it) keep their labels, and the
+    liver (drawn after it, around it) its volume. On the command line and in dataset.json."""
+    from flare_seg.cli import main
+    from flare_seg.training.phantom.variety import pancreas_lipomatosis_rng, pancreas_lipomatosis_variety
+
+    seed = _seed_where(
+        lambda v: v.pancreas_fat_fraction > 0.45,
+        lambda s: pancreas_lipomatosis_variety(pancreas_lipomatosis_rng(s), None),
+    )
+    plain, plain_mask, plain_info = _arrays(PLAIN, seed)
+    image, mask, info = _arrays(
+        PhantomOptions(size="small", flip_probability=0.0, pancreas_lipomatosis=True), seed
+    )
+    assert info.size_xyz == plain_info.size_xyz
+    pancreas, plain_pancreas = mask == LABEL["pancreas"], plain_mask == LABEL["pancreas"]
+    assert pancreas.sum() < 0.7 * plain_pancreas.sum()
+    assert np.median(image[pancreas]) < np.median(plain[plain_pancreas]) - 30.0
+    for organ in ("kidney", "spleen"):
+        assert np.array_equal(mask == LABEL[organ], plain_mask == LABEL[organ])
+    liver, plain_liver = (int((m == LABEL["liver"]).sum()) for m in (mask, plain_mask))
+    assert abs(liver / plain_liver - 1.0) < 0.03
+
+    out = tmp_path / "ds"
+    args = ["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--pancreas-lipomatosis"]
+    assert main(args) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["pancreas_lipomatosis"] is True
