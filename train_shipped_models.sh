@@ -75,16 +75,20 @@
 #       (configs/segmentation_gallbladder_base.yaml), 4000 steps each on aa2's sets with r's and p's
 #       randomization; ae. from ac (configs/segmentation_gallbladder_settle.yaml), 2000 more steps
 #       with aa2's milder randomization; af. from aa2 (configs/segmentation_gallbladder_robust.yaml),
-#       2000 more steps on its sets with r's randomization;
+#       2000 more steps on its sets with r's randomization; ag. and ah. from aa2
+#       (configs/segmentation_thin_left_lobe.yaml, configs/segmentation_pancreas_lipomatosis.yaml),
+#       2000 steps on aa2's sets and one more with every option, --low-left-lobe and
+#       --gallbladder-fossa: with --thin-left-lobe (seed 1750) or --pancreas-lipomatosis (seed 1760);
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
-#    The shipped segmentation network is the mean of p, aa2 and r (export with three
-#    --segmentation-run; q, t and aa are the steps that lead to aa2); the localization network is the field-of-view one (weights of it, p and q
+#    The shipped segmentation network is the mean of aa2, aa3 and r (export with three
+#    --segmentation-run; q, t and aa are the steps that lead to aa2; until 20261207-025541 it was p,
+#    aa2 and r); the localization network is the field-of-view one (weights of it, p and q
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, s, u, t2, v to z, ab, aa3 and ac to af are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to ah are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag: checkpoints/realct_fov7/segmentation_thin_left_lobe; ah's were not kept). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -222,10 +226,10 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${MASS_DATA}" liver_masses_mild "${WORK}/runs/segmentation_organ_layout_mild"  # n
     finetune "${MASS_DATA}" liver_masses_long "${WORK}/runs/segmentation_organ_layout_long"  # o
   fi
-  finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base "${BASE}/segmentation"  # p
   finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_mild "${WORK}/runs/segmentation_organ_layout_mild"  # q
   finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_strong "${WORK}/runs/segmentation_organ_layout_long"  # r
   if [ "${CANDIDATES:-0}" = 1 ]; then
+    finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base "${BASE}/segmentation"  # p
     finetune "${ORGAN_LAYOUT_ALL_DATA}" fov_base_mild "${BASE}/segmentation"  # s
   fi
   LOW_LEFT_LOBE_DATA="${LOW_LEFT_LOBE_DATA:-${WORK}/train_low_left_lobe}"
@@ -247,6 +251,7 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   [ -d "${GALLBLADDER_LONG_DATA}/TrainingImg" ] || link_sets "${GALLBLADDER_LONG_DATA}" phantoms_1000 phantoms_1600 phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731
   finetune "${GALLBLADDER_DATA}" gallbladder "${WORK}/runs/segmentation_low_left_lobe"  # aa
   finetune "${GALLBLADDER_LONG_DATA}" gallbladder_long "${WORK}/runs/segmentation_gallbladder"  # aa2
+  finetune "${GALLBLADDER_LONG_DATA}" gallbladder_longer "${WORK}/runs/segmentation_gallbladder_long"  # aa3
   if [ "${CANDIDATES:-0}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_strong "${WORK}/runs/segmentation_fov_strong"  # u
     finetune "${LOW_LEFT_LOBE_DATA}" low_left_lobe_long "${WORK}/runs/segmentation_low_left_lobe"  # t2
@@ -264,21 +269,30 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum "${WORK}/runs/segmentation_low_left_lobe"  # y
     finetune "${LOW_LEFT_LOBE_DATA}" spatial_sum_strong "${WORK}/runs/segmentation_fov_strong"  # z
     finetune "${GALLBLADDER_DATA}" gallbladder_strong "${WORK}/runs/segmentation_fov_strong"  # ab
-    finetune "${GALLBLADDER_LONG_DATA}" gallbladder_longer "${WORK}/runs/segmentation_gallbladder_long"  # aa3
     # ac and ad: r and p, 4000 steps on aa2's sets with their own randomization; ae: ac, 2000 more
     # with aa2's milder randomization; af: aa2, 2000 more with r's stronger randomization
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_strong_long "${WORK}/runs/segmentation_fov_strong"  # ac
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_base "${WORK}/runs/segmentation_fov_base"  # ad
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_settle "${WORK}/runs/segmentation_gallbladder_strong_long"  # ae
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_robust "${WORK}/runs/segmentation_gallbladder_long"  # af
+    # ag and ah: aa2, 2000 steps on its sets and one more: a thin, plate-like left liver lobe
+    # (--thin-left-lobe, seed 1750) or an atrophic fat-infiltrated pancreas (--pancreas-lipomatosis, 1760)
+    for extra in "thin_left_lobe 1750" "pancreas_lipomatosis 1760"; do
+      read -r name seed <<<"${extra}"
+      [ -d "${WORK}/phantoms_${seed}/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_${seed}" --cases 48 \
+        --seed "${seed}" "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa "--${name//_/-}" --workers 2
+      [ -d "${WORK}/train_${name}/TrainingImg" ] || link_sets "${WORK}/train_${name}" phantoms_1000 phantoms_1600 \
+        phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731 "phantoms_${seed}"
+      finetune "${WORK}/train_${name}" "${name}" "${WORK}/runs/segmentation_gallbladder_long"  # ag, ah
+    done
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
   flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
     --config configs/localization_fov.yaml --cache-dir "${WORK}/cache"
   LOC_RUN="${WORK}/runs/localization_fov"
-  SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_fov_base" --segmentation-run "${WORK}/runs/segmentation_gallbladder_long"
-    --segmentation-run "${WORK}/runs/segmentation_fov_strong")
+  SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_gallbladder_long"
+    --segmentation-run "${WORK}/runs/segmentation_gallbladder_longer" --segmentation-run "${WORK}/runs/segmentation_fov_strong")
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" --out flare_seg/saved_models --force
 
@@ -303,4 +317,4 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
-  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the 20261203-060725 segmentation network was the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000). Since 20261203-100930: the localization network is the variety-stage one fine-tuned on the six organ-layout sets (--seed 1000, 1300, 1400, 1500, 1600, 1700) with half its samples cut to shorter scans (configs/localization_fov.yaml). This version: the segmentation network is the mean of three nets fine-tuned with 40% of the patches cut to shorter scans: from the base network (p, configs/segmentation_fov_base.yaml) and from step k (r, segmentation_fov_strong.yaml), 2000 steps each on the six organ-layout sets, and aa2: step i fine-tuned 2000 steps on those sets (q, segmentation_fov_mild.yaml), then 2000 on --seed 1000, 1600, 1700 and --seed 1720 (every option plus --low-left-lobe, 48 cases; t, segmentation_low_left_lobe.yaml), then 2000 with --seed 1730 added (--gallbladder-fossa too: the gallbladder in its fossa, partly inside the liver's outline; aa, segmentation_gallbladder.yaml) and 2000 with --seed 1731 (the same options) added (aa2, segmentation_gallbladder_long.yaml)."
+  --notes "Trained on synthetic phantoms only (flare-seg synth --seed 1000, 40 cases, and --seed 1001, 24 cases; then, for the segmentation network, fine-tuned for real CT on --seed 1000 and --seed 1100 --iliac-wings --hu-spread-hu 15, 40 cases each, and also on --seed 1200 --iliac-wings --hu-spread-hu 15 --anatomy-variety, --seed 1300 with --lesions added and --seed 1400 with --arms added too, and --seed 1500 with --lesions and --lateral-spleen, 48 cases each; then with wider appearance randomization on --seed 1000 and 1500, and on --seed 1000, 1300, 1400, 1500 and 1600 (--fatty-pancreas with every other option, 48 cases) with the organs' HU randomized further in two more steps; then, from the --lateral-spleen step, on those five sets and --seed 1700 (--organ-layout with every other option, 48 cases) in three steps, the second with the stronger randomization and the third its continuation; the 20261203-060725 segmentation network was the mean of the base network, the first and the third of those steps), not on FLARE21 or any real CT; evaluated through the full two-stage pipeline on 20 unseen phantoms (seed 3000). Since 20261203-100930: the localization network is the variety-stage one fine-tuned on the six organ-layout sets (--seed 1000, 1300, 1400, 1500, 1600, 1700) with half its samples cut to shorter scans (configs/localization_fov.yaml). This version: the segmentation network is the mean of three nets fine-tuned with 40% of the patches cut to shorter scans: from step k (r, segmentation_fov_strong.yaml), 2000 steps on the six organ-layout sets, and aa2 and aa3: step i fine-tuned 2000 steps on those sets (q, segmentation_fov_mild.yaml), then 2000 on --seed 1000, 1600, 1700 and --seed 1720 (every option plus --low-left-lobe, 48 cases; t, segmentation_low_left_lobe.yaml), then 2000 with --seed 1730 added (--gallbladder-fossa too: the gallbladder in its fossa, partly inside the liver's outline; aa, segmentation_gallbladder.yaml) and 2000 with --seed 1731 (the same options) added (aa2, segmentation_gallbladder_long.yaml), and 2000 more on the same sets (aa3, segmentation_gallbladder_longer.yaml). Until 20261207-025541 the first member was p (the base network, 2000 steps on the organ-layout sets, segmentation_fov_base.yaml) instead of aa3."

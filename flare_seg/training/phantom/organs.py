@@ -499,8 +499,8 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     limit_hi = (b.cav_a * 1.2, 200.0, 20.0)
     left_front_y = None
     if v.liver_left_lobe_thickness < 1.0:  # a plate against the front wall, at the lobe's height
-        z_lobe = np.float32(center[2] + left_off[2])
-        front = float(b.body.cavity_radius(np.float32(-math.pi / 2), z_lobe))
+        z_lobe = np.array([center[2] + left_off[2]], np.float32)
+        front = float(b.body.cavity_radius(np.array([-math.pi / 2], np.float32), z_lobe)[0])
         left_front_y = -front + v.liver_left_lobe_front_mm
     return _LiverShape(
         frame,
