@@ -61,6 +61,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             low_left_lobe=args.low_left_lobe,
             thin_left_lobe=args.thin_left_lobe,
             pancreas_lipomatosis=args.pancreas_lipomatosis,
+            pancreas_forward=args.pancreas_forward,
             liver_fissures=args.liver_fissures,
             gallbladder_fossa=args.gallbladder_fossa,
         )
@@ -417,6 +418,12 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="an atrophic, fat-infiltrated pancreas (30-60%% fat between lobules, 1-1.7 cm thick), "
         "labelled as a whole, in 50%% of cases (overrides --fatty-pancreas there)",
+    )
+    p.add_argument(
+        "--pancreas-forward",
+        action="store_true",
+        help="15-45 mm more fat between the aorta and the pancreas (head, neck and body that much "
+        "further to the front, the tail a third of it), as with abundant visceral fat, in 60%% of cases",
     )
     p.add_argument(
         "--organ-layout",

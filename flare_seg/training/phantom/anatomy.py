@@ -80,6 +80,10 @@ class OrganVariety:
     liver_left_lobe_height: the left lobe's cranio-caudal semi-axis, as a factor.
     liver_left_lobe_front_mm: where a plate-like left lobe's front lies, mm inside the front
         cavity wall (negative: pressed against it, the wall shaping its front).
+    pancreas_forward_mm: how much more fat lies between the aorta and the pancreas' neck, mm: head,
+        neck and body lie that much further to the front, the tail (at the splenic hilum) a third
+        of it; less where the abdomen has no room for it (the neck's centre stays within 55% of
+        the way from the aorta to the front wall).
     """
 
     pancreas_thickness: float = 1.0
@@ -104,6 +108,7 @@ class OrganVariety:
     liver_left_lobe_thickness: float = 1.0
     liver_left_lobe_height: float = 1.0
     liver_left_lobe_front_mm: float = 0.0
+    pancreas_forward_mm: float = 0.0
 
 
 class AnatomyBuilder:

@@ -57,6 +57,8 @@ from flare_seg.training.phantom.variety import (
     organ_layout_rng,
     organ_layout_variety,
     organ_variety_rng,
+    pancreas_forward_rng,
+    pancreas_forward_variety,
     pancreas_lipomatosis_rng,
     pancreas_lipomatosis_variety,
     sample_organ_variety,
@@ -96,6 +98,8 @@ def generate_case_with_info(
         variety = low_left_lobe_variety(low_left_lobe_rng(seed), variety)
     if options.thin_left_lobe:
         variety = thin_left_lobe_variety(thin_left_lobe_rng(seed), variety)
+    if options.pancreas_forward:
+        variety = pancreas_forward_variety(pancreas_forward_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     mass = None
     if options.liver_masses > 0:

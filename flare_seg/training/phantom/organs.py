@@ -312,6 +312,9 @@ def add_spleen(b: AnatomyBuilder) -> None:
     b.to_spleen_hilum = frame.axes[0]
 
 
+MAX_NECK_DEPTH = 0.55  # a pancreas moved forward keeps its neck this far from the aorta to the front wall
+
+
 def add_pancreas(b: AnatomyBuilder) -> None:
     """Head on the right (lower), neck in front of the aorta, tail at the splenic hilum: a tube
     with elliptic cross-section, at least 25 mm thick (times the variety's pancreas_thickness),
@@ -320,11 +323,18 @@ def add_pancreas(b: AnatomyBuilder) -> None:
     thick = b.variety.pancreas_thickness
     r_neck = b.u(12.5, 14.0) * thick
     gap = b.u(14, 22)  # SMA and fat between the aorta and the neck
-    neck = np.array([b.u(-8, 8), b.aorta_y_at(z_p) - b.r_aorta - gap - r_neck, z_p])
+    aorta_front = b.aorta_y_at(z_p) - b.r_aorta
+    forward = 0.0
+    if b.variety.pancreas_forward_mm > 0:  # more fat in front of the aorta, as far as the abdomen has room
+        room = aorta_front + float(b.body.cavity_radius(np.array([-math.pi / 2]), np.array([z_p]))[0])
+        forward = min(b.variety.pancreas_forward_mm, max(0.0, MAX_NECK_DEPTH * room - gap - r_neck))
+    gap += forward
+    neck = np.array([b.u(-8, 8), aorta_front - gap - r_neck, z_p])
     head = np.array([-b.u(30, 40), neck[1] + b.u(5, 15), z_p - b.u(8, 18)])
     body_pt = np.array([b.u(30, 45), neck[1] + b.u(2, 10), z_p + b.u(3, 12)])
     r_tail = b.u(12.5, 14.0) * thick
     tail = b.spleen_hilum + b.to_spleen_hilum * (r_tail + b.spleen_halo + b.u(6, 14))
+    tail[1] -= forward / 3.0
     kidney_center, kidney_semi, kidney_halo = b.left_kidney
     tail[1] = min(tail[1], kidney_center[1] - kidney_semi[1] * 1.1 - kidney_halo - r_tail - 2.0)  # in front
     tail[2] = float(np.clip(tail[2], z_p, z_p + 40))

@@ -62,6 +62,8 @@ class PhantomOptions:
         stomach and bowel behind it, in some cases (``phantom.variety``).
     pancreas_lipomatosis: an atrophic pancreas mostly replaced by fat in some cases, labelled as a
         whole (``phantom.variety``).
+    pancreas_forward: more fat between the aorta and the pancreas, the gland further to the front,
+        in some cases (``phantom.variety``).
     liver_fissures: fat-filled fissures in the liver in most cases (the umbilical fissure with the
         ligamentum teres, the falciform ligament's groove, the fissure for the ligamentum venosum),
         left out of the liver label (``phantom.fissures``).
@@ -86,6 +88,7 @@ class PhantomOptions:
     low_left_lobe: bool = False
     thin_left_lobe: bool = False
     pancreas_lipomatosis: bool = False
+    pancreas_forward: bool = False
     liver_fissures: bool = False
     gallbladder_fossa: bool = False
 

@@ -66,6 +66,7 @@ def test_write_dataset_writes_the_flare_layout(
         "low_left_lobe": False,
         "thin_left_lobe": False,
         "pancreas_lipomatosis": False,
+        "pancreas_forward": False,
         "liver_fissures": False,
         "gallbladder_fossa": False,
     }

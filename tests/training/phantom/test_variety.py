@@ -504,3 +504,73 @@ def test_pancreas_lipomatosis_shrinks_the_pancreas_and_darkens_it(tmp_path):
     assert main(args) == 0
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["options"]["pancreas_lipomatosis"] is True
+
+
+def test_pancreas_forward_draws_its_shift_in_most_cases_and_keeps_the_others():
+    from flare_seg.training.phantom.variety import pancreas_forward_rng, pancreas_forward_variety
+
+    draws = [pancreas_forward_variety(pancreas_forward_rng(s), None) for s in range(200)]
+    moved = [v for v in draws if v.pancreas_forward_mm > 0.0]
+    assert 0.5 < len(moved) / len(draws) < 0.7
+    assert all(15.0 <= v.pancreas_forward_mm <= 45.0 for v in moved)
+    assert all(v == OrganVariety() for v in draws if v.pancreas_forward_mm == 0.0)
+    kept = pancreas_forward_variety(pancreas_forward_rng(3), OrganVariety(pancreas_thickness=0.5))
+    assert kept.pancreas_thickness == 0.5
+
+
+def _pancreas_neck(seed: int, variety: OrganVariety) -> tuple[float, float, float]:
+    """The pancreas neck's y, the aorta's front y and the front cavity wall's y at the neck's
+    height (LPS mm, the anatomy frame) in the anatomy of ``seed`` drawn with ``variety``."""
+    rng_anatomy, _, rng_hu, _ = case_rngs(seed)
+    b = AnatomyBuilder(rng_anatomy, sample_appearance(rng_hu), variety)
+    b.build()
+    z = float(b.pancreas_neck[2])
+    wall = -float(b.body.cavity_radius(np.array([-np.pi / 2]), np.array([z]))[0])
+    return float(b.pancreas_neck[1]), b.aorta_y_at(z) - b.r_aorta, wall
+
+
+def test_pancreas_forward_moves_the_neck_as_far_as_the_abdomen_has_room():
+    """A shift moves the neck by that much where there is room; a shift larger than the abdomen
+    stops with the neck 55% of the way from the aorta to the front wall, inside the cavity."""
+    plain, aorta, wall = _pancreas_neck(PELVIS_SEED, OrganVariety())
+    assert wall < plain < aorta
+    moved, _, _ = _pancreas_neck(PELVIS_SEED, OrganVariety(pancreas_forward_mm=5.0))
+    assert moved == pytest.approx(plain - 5.0, abs=1e-6)
+    far, _, _ = _pancreas_neck(PELVIS_SEED, OrganVariety(pancreas_forward_mm=300.0))
+    assert far < plain
+    assert (aorta - far) / (aorta - wall) == pytest.approx(0.55, abs=1e-6)
+
+
+def test_pancreas_forward_moves_the_gland_to_the_front_and_leaves_the_kidneys(tmp_path):
+    """Where it draws a large shift, the pancreas' centroid lies further to the front, by no more
+    than the shift (LPS: smaller y; no flips, so the grid's y is LPS y), its volume stays within a fifth,
+    and the kidneys, drawn before it, are voxel for voxel those of the seed. On the command line
+    and in dataset.json."""
+    from flare_seg.cli import main
+    from flare_seg.training.phantom.variety import pancreas_forward_rng, pancreas_forward_variety
+
+    seed = _seed_where(
+        lambda v: v.pancreas_forward_mm > 25.0,
+        lambda s: pancreas_forward_variety(pancreas_forward_rng(s), None),
+    )
+    _, plain_mask, plain_info = _arrays(PLAIN, seed)
+    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, pancreas_forward=True), seed)
+    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
+    assert info.organ_variety is not None
+    shift = info.organ_variety["pancreas_forward_mm"]
+    assert shift > 25.0
+    spacing_y = info.spacing_xyz[1]
+    pancreas, plain_pancreas = mask == LABEL["pancreas"], plain_mask == LABEL["pancreas"]
+    assert pancreas.sum() > 100 and plain_pancreas.sum() > 100
+    moved_mm = (np.nonzero(plain_pancreas)[1].mean() - np.nonzero(pancreas)[1].mean()) * spacing_y
+    assert 3.0 < moved_mm < 1.1 * shift  # less where the abdomen has no room (below)
+    assert abs(pancreas.sum() / plain_pancreas.sum() - 1.0) < 0.2
+    np.testing.assert_array_equal(mask == LABEL["kidney"], plain_mask == LABEL["kidney"])
+
+    out = tmp_path / "ds"
+    assert (
+        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--pancreas-forward"])
+        == 0
+    )
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"]["pancreas_forward"] is True
