@@ -75,10 +75,11 @@
 #       (configs/segmentation_gallbladder_base.yaml), 4000 steps each on aa2's sets with r's and p's
 #       randomization; ae. from ac (configs/segmentation_gallbladder_settle.yaml), 2000 more steps
 #       with aa2's milder randomization; af. from aa2 (configs/segmentation_gallbladder_robust.yaml),
-#       2000 more steps on its sets with r's randomization; ag. and ah. from aa2
-#       (configs/segmentation_thin_left_lobe.yaml, configs/segmentation_pancreas_lipomatosis.yaml),
-#       2000 steps on aa2's sets and one more with every option, --low-left-lobe and
-#       --gallbladder-fossa: with --thin-left-lobe (seed 1750) or --pancreas-lipomatosis (seed 1760);
+#       2000 more steps on its sets with r's randomization; ag., ah. and ai. from aa2
+#       (configs/segmentation_thin_left_lobe.yaml, configs/segmentation_pancreas_lipomatosis.yaml,
+#       configs/segmentation_pancreas_forward.yaml), 2000 steps on aa2's sets and one more with
+#       every option, --low-left-lobe and --gallbladder-fossa: with --thin-left-lobe (seed 1750),
+#       --pancreas-lipomatosis (seed 1760) or --pancreas-forward (seed 1770);
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml).
@@ -88,7 +89,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to ah are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag: checkpoints/realct_fov7/segmentation_thin_left_lobe; ah's were not kept). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to ai are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag: checkpoints/realct_fov7/segmentation_thin_left_lobe; ah's were not kept). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -275,15 +276,16 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_base "${WORK}/runs/segmentation_fov_base"  # ad
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_settle "${WORK}/runs/segmentation_gallbladder_strong_long"  # ae
     finetune "${GALLBLADDER_LONG_DATA}" gallbladder_robust "${WORK}/runs/segmentation_gallbladder_long"  # af
-    # ag and ah: aa2, 2000 steps on its sets and one more: a thin, plate-like left liver lobe
-    # (--thin-left-lobe, seed 1750) or an atrophic fat-infiltrated pancreas (--pancreas-lipomatosis, 1760)
-    for extra in "thin_left_lobe 1750" "pancreas_lipomatosis 1760"; do
+    # ag, ah and ai: aa2, 2000 steps on its sets and one more: a thin, plate-like left liver lobe
+    # (--thin-left-lobe, seed 1750), an atrophic fat-infiltrated pancreas (--pancreas-lipomatosis,
+    # 1760) or the pancreas further in front of the aorta (--pancreas-forward, 1770)
+    for extra in "thin_left_lobe 1750" "pancreas_lipomatosis 1760" "pancreas_forward 1770"; do
       read -r name seed <<<"${extra}"
       [ -d "${WORK}/phantoms_${seed}/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_${seed}" --cases 48 \
         --seed "${seed}" "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa "--${name//_/-}" --workers 2
       [ -d "${WORK}/train_${name}/TrainingImg" ] || link_sets "${WORK}/train_${name}" phantoms_1000 phantoms_1600 \
         phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731 "phantoms_${seed}"
-      finetune "${WORK}/train_${name}" "${name}" "${WORK}/runs/segmentation_gallbladder_long"  # ag, ah
+      finetune "${WORK}/train_${name}" "${name}" "${WORK}/runs/segmentation_gallbladder_long"  # ag, ah, ai
     done
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)

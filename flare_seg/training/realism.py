@@ -10,8 +10,10 @@ default: antialiased, so noise and texture compare at the same scale) and measur
   tissue (-29..150 HU outside organs), of bone (> 250 HU) and of the air around the body;
 - noise: the SD of the high-pass residual (image minus its 3 x 3 x 3 mean) inside the eroded liver
   and its in-plane correlation length (lag in mm where the residual's autocorrelation falls to 0.5);
-- shape: organ volumes (mL) and extents (mm), centroids relative to the body centre (x, y) and to
-  the liver's centroid (z), the body's width and depth, the fraction of the body that is fat, the
+- shape: organ volumes (mL) and extents (mm), centroids relative to the body centre (x, y), to the
+  spine (x: its midline; y: the front of the vertebral body, slice by slice, which unlike the body
+  centre does not move with the fat, the arms or the table) and to the liver's centroid (z), the
+  body's width and depth, the fraction of the body that is fat, the
   scan's length, and the liver's leftmost 30% (its left lobe): median front-to-back thickness and
   the height of its lowest point above the liver's.
 
@@ -41,6 +43,8 @@ FAT_HU = (-190.0, -30.0)
 SOFT_HU = (-29.0, 150.0)
 BONE_HU = 250.0
 BODY_HU = -400.0
+SPINE_HU = 200.0  # osteopenic vertebral bodies are darker than BONE_HU; their cortex is not
+SPINE_MIDLINE_MM = 40.0  # the vertebra: the largest bone in a slice within this of the body's midline
 
 
 def resample_isotropic(image: sitk.Image, spacing_mm: float, labels: bool) -> np.ndarray:
@@ -107,7 +111,38 @@ def _noise(hu: np.ndarray, region: np.ndarray, spacing_mm: float, out: Stats) ->
         out["noise corr. length mm"] = (k - 1 + frac) * spacing_mm
 
 
-def _shape(labels: np.ndarray, body: np.ndarray, spacing_mm: float, out: Stats) -> None:
+def spine_front(hu: np.ndarray, body: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice, the y (mm) of the vertebral body's front and the x (mm) of the spine's midline
+    (NaN where no vertebra is found): the largest bone component near the body's midline, its front
+    the most anterior bone within 10 mm of its median x."""
+    front = np.full(hu.shape[0], np.nan)
+    mid = np.full(hu.shape[0], np.nan)
+    for z in range(hu.shape[0]):
+        xs = np.nonzero(body[z].any(axis=0))[0]
+        if xs.size == 0:
+            continue
+        centre_x = 0.5 * (xs.min() + xs.max())
+        blobs, n = ndimage.label((hu[z] > SPINE_HU) & body[z])
+        best: tuple[int, np.ndarray, np.ndarray] | None = None
+        for i in range(1, n + 1):
+            ys_i, xs_i = np.nonzero(blobs == i)
+            if (
+                abs(xs_i.mean() - centre_x) * spacing_mm > SPINE_MIDLINE_MM
+                or ys_i.size * spacing_mm**2 < 100.0
+            ):
+                continue
+            if best is None or ys_i.size > best[0]:
+                best = (ys_i.size, ys_i, xs_i)
+        if best is None:
+            continue
+        _, ys_i, xs_i = best
+        x_mid = float(np.median(xs_i))
+        near = np.abs(xs_i - x_mid) * spacing_mm <= 10.0
+        front[z], mid[z] = float(ys_i[near].min()) * spacing_mm, x_mid * spacing_mm
+    return front, mid
+
+
+def _shape(labels: np.ndarray, body: np.ndarray, spacing_mm: float, out: Stats, hu: np.ndarray) -> None:
     voxel_ml = spacing_mm**3 / 1000.0
     grid_z = np.arange(labels.shape[0]) * spacing_mm
     ys, xs = np.nonzero(body.any(axis=0))
@@ -118,6 +153,7 @@ def _shape(labels: np.ndarray, body: np.ndarray, spacing_mm: float, out: Stats) 
     else:
         centre_yx = np.zeros(2)
     out["scan length mm"] = labels.shape[0] * spacing_mm
+    spine_y, spine_x = spine_front(hu, body, spacing_mm)
     liver_z = None
     if np.any(labels == 1):
         liver_z = float(grid_z[np.nonzero(labels == 1)[0]].mean())
@@ -131,6 +167,15 @@ def _shape(labels: np.ndarray, body: np.ndarray, spacing_mm: float, out: Stats) 
         # +x: the patient's left, +y: posterior (LPS)
         out[f"{name} centroid x - body mm"] = float(idx[2].mean() * spacing_mm - centre_yx[1])
         out[f"{name} centroid y - body mm"] = float(idx[1].mean() * spacing_mm - centre_yx[0])
+        found = np.isfinite(spine_y[idx[0]])  # the organ's voxels on slices with a vertebra
+        if found.mean() >= 0.5:
+            z_found = idx[0][found]
+            out[f"{name} centroid y - vertebral body front mm"] = float(
+                np.mean(idx[1][found] * spacing_mm - spine_y[z_found])
+            )
+            out[f"{name} centroid x - spine mm"] = float(
+                np.mean(idx[2][found] * spacing_mm - spine_x[z_found])
+            )
         if liver_z is not None and k != 1:
             out[f"{name} centroid z - liver mm"] = float(grid_z[idx[0]].mean() - liver_z)
     if np.any(labels == 1):
@@ -178,7 +223,7 @@ def measure(image: sitk.Image, labels_image: sitk.Image, spacing_mm: float = 3.0
     out["fat fraction of body"] = float(((hu >= FAT_HU[0]) & (hu <= FAT_HU[1]) & body).sum()) / n_body
     out["bone fraction of body"] = float((body & (hu > BONE_HU)).sum()) / n_body
     _noise(hu, ndimage.binary_erosion(labels == 1, iterations=2), spacing_mm, out)
-    _shape(labels, body, spacing_mm, out)
+    _shape(labels, body, spacing_mm, out, hu)
     return out
 
 

@@ -13,10 +13,12 @@ from flare_seg.training.realism import main, measure
 
 
 def _case(noise_sd: float, blur_vox: float, flip: bool, seed: int = 0) -> tuple[sitk.Image, sitk.Image]:
-    """A 3 mm body with fat, a 'liver' block at 60 HU, a 'kidney' block at 150 HU, and noise."""
+    """A 3 mm body with fat, a 'liver' block at 60 HU, a 'kidney' block at 150 HU, a 'vertebra' at
+    400 HU behind them, and noise."""
     rng = np.random.default_rng(seed)
     hu = np.full((40, 60, 70), -1000.0, np.float32)
     hu[2:-2, 8:-8, 6:-6] = -100.0  # fat
+    hu[2:-2, 46:52, 31:38] = 400.0  # vertebra: its front at y = 46 voxels, its midline at x = 34
     hu[5:35, 15:45, 12:40] = 60.0  # liver, 30 x 30 x 28 voxels
     hu[10:20, 30:40, 45:55] = 150.0  # kidney
     noise = rng.normal(0.0, 1.0, hu.shape)
@@ -50,6 +52,12 @@ def test_intensities_shapes_and_noise_are_measured():
     assert stats["noise SD (liver, high-pass)"] == pytest.approx(10.0 * np.sqrt(26 / 27), rel=0.05)
     assert stats["noise corr. length mm"] < 3.0
     assert "spleen volume mL" not in stats  # absent organs have no rows
+    # relative to the vertebra's front (y 46 voxels) and midline (x 34): the kidney's centroid at
+    # y 34.5 and x 49.5, the liver's at y 29.5 and x 25.5
+    assert stats["kidney centroid y - vertebral body front mm"] == pytest.approx((34.5 - 46) * 3.0, abs=0.5)
+    assert stats["kidney centroid x - spine mm"] == pytest.approx((49.5 - 34) * 3.0, abs=0.5)
+    assert stats["liver centroid y - vertebral body front mm"] == pytest.approx((29.5 - 46) * 3.0, abs=0.5)
+    assert stats["liver centroid x - spine mm"] == pytest.approx((25.5 - 34) * 3.0, abs=0.5)
     # the liver block is 30 voxels deep everywhere, and its left part reaches as low as the rest
     assert stats["liver left lobe thickness mm"] == pytest.approx(90.0)
     assert stats["liver left lobe bottom - liver's mm"] == pytest.approx(0.0)
@@ -62,6 +70,9 @@ def test_correlated_noise_has_a_longer_correlation_length_and_flips_do_not_matte
     flipped = measure(*_case(noise_sd=10.0, blur_vox=0.0, flip=True))
     assert flipped["kidney centroid x - body mm"] == pytest.approx(
         white["kidney centroid x - body mm"], abs=1e-6
+    )
+    assert flipped["kidney centroid x - spine mm"] == pytest.approx(
+        white["kidney centroid x - spine mm"], abs=1e-6
     )
 
 
