@@ -3,8 +3,10 @@ once per test session)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +37,17 @@ def first_case_seed(predicate: Callable[[int], bool], dataset_seed: int, cases: 
         if predicate(seed):
             return seed
     raise AssertionError(f"no case seed among the first {cases} of dataset seed {dataset_seed} qualifies")
+
+
+def synth_small_case(out: Path, flag: str) -> dict:
+    """``flare-seg synth`` of one small case (seed 5) with ``flag`` into ``out``: its dataset.json,
+    after checking that the command succeeded and recorded the option as on."""
+    from flare_seg.cli import main
+
+    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", flag]) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["options"][flag.removeprefix("--").replace("-", "_")] is True
+    return dataset
 
 
 def _geometry(image: sitk.Image) -> tuple:

@@ -16,7 +16,7 @@ from flare_seg.training.phantom.appearance import HU_RANGES, sample_appearance
 from flare_seg.training.phantom.organs import measure_ml
 from flare_seg.training.phantom.params import case_rngs
 from flare_seg.training.phantom.variety import SPREAD_TISSUES, organ_variety_rng, sample_organ_variety
-from tests.training.phantom.helpers import LABEL, first_case_seed
+from tests.training.phantom.helpers import LABEL, first_case_seed, synth_small_case
 
 PELVIS_SEED = case_seed(3000, 8)  # a small abdomen-pelvis case
 PLAIN = PhantomOptions(size="small", flip_probability=0.0)
@@ -182,15 +182,7 @@ def test_a_deeper_abdomen_holds_a_deeper_liver():
 
 
 def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
-    from flare_seg.cli import main
-
-    out = tmp_path / "ds"
-    assert (
-        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--anatomy-variety"]) == 0
-    )
-    dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["options"]["anatomy_variety"] is True
-    (info,) = dataset["case_info"].values()
+    (info,) = synth_small_case(tmp_path / "ds", "--anatomy-variety")["case_info"].values()
     assert set(info["organ_variety"]) == {
         "pancreas_thickness",
         "liver_depth",
@@ -214,15 +206,17 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "liver_left_lobe_thickness",
         "liver_left_lobe_height",
         "liver_left_lobe_front_mm",
+        "pancreas_forward_mm",
     }
     # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without
     # fat, the organ layout without --organ-layout, the left liver lobe without --low-left-lobe
-    # and --thin-left-lobe
+    # and --thin-left-lobe, the pancreas' distance from the aorta without --pancreas-forward
     assert info["organ_variety"]["spleen_flank_deg"] == 0.0 and info["organ_variety"]["spleen_inset"] == 1.0
     assert info["organ_variety"]["pancreas_fat_fraction"] == 0.0
     assert info["organ_variety"]["kidney_rise_mm"] == 0.0 and info["organ_variety"]["spleen_volume"] == 1.0
     assert info["organ_variety"]["liver_left_lobe_drop_mm"] == 0.0
     assert info["organ_variety"]["liver_left_lobe_thickness"] == 1.0
+    assert info["organ_variety"]["pancreas_forward_mm"] == 0.0
 
 
 def test_lateral_spleen_moves_the_spleen_out_to_the_flank_and_leaves_the_rest():
@@ -371,7 +365,6 @@ def test_low_left_lobe_lowers_the_liver_left_of_the_midline(tmp_path):
     the patient's left, +x: a higher column index without flips) reaches lower (LPS -z: a lower
     slice index), closer to the right lobe's lowest point; the grid is the seed's. On the command
     line and in dataset.json."""
-    from flare_seg.cli import main
     from flare_seg.training.phantom.variety import low_left_lobe_rng, low_left_lobe_variety
 
     seed = _seed_where(
@@ -390,11 +383,7 @@ def test_low_left_lobe_lowers_the_liver_left_of_the_midline(tmp_path):
 
     assert left_lobe_bottom_mm(mask) < left_lobe_bottom_mm(plain_mask) - 20.0
 
-    out = tmp_path / "ds"
-    assert main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--low-left-lobe"]) == 0
-    dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["options"]["low_left_lobe"] is True
-    (case,) = dataset["case_info"].values()
+    (case,) = synth_small_case(tmp_path / "ds", "--low-left-lobe")["case_info"].values()
     assert "liver_left_lobe_drop_mm" in case["organ_variety"]
 
 
@@ -431,7 +420,6 @@ def test_thin_left_lobe_makes_a_plate_against_the_front_wall(tmp_path):
     """Where it draws a thin plate, the liver's leftmost part is less than half as thick from front
     to back, and its front does not move back from the front wall (the grid is the seed's). On the
     command line and in dataset.json."""
-    from flare_seg.cli import main
     from flare_seg.training.phantom.variety import thin_left_lobe_rng, thin_left_lobe_variety
 
     seed = _seed_where(
@@ -450,12 +438,7 @@ def test_thin_left_lobe_makes_a_plate_against_the_front_wall(tmp_path):
     # the rest of the liver keeps its volume (calibrated) within a tenth
     assert abs((mask == LABEL["liver"]).sum() / (plain_mask == LABEL["liver"]).sum() - 1.0) < 0.1
 
-    out = tmp_path / "ds"
-    assert (
-        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--thin-left-lobe"]) == 0
-    )
-    dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["options"]["thin_left_lobe"] is True
+    synth_small_case(tmp_path / "ds", "--thin-left-lobe")
 
 
 def test_pancreas_lipomatosis_draws_a_small_fatty_gland_in_half_the_cases_and_keeps_the_others():
@@ -479,7 +462,6 @@ def test_pancreas_lipomatosis_shrinks_the_pancreas_and_darkens_it(tmp_path):
     """Where it applies, the labelled pancreas is smaller and its median HU lower than the seed's
     textbook one (same grid); kidneys and spleen (drawn before it) keep their labels, and the
     liver (drawn after it, around it) its volume. On the command line and in dataset.json."""
-    from flare_seg.cli import main
     from flare_seg.training.phantom.variety import pancreas_lipomatosis_rng, pancreas_lipomatosis_variety
 
     seed = _seed_where(
@@ -499,11 +481,7 @@ def test_pancreas_lipomatosis_shrinks_the_pancreas_and_darkens_it(tmp_path):
     liver, plain_liver = (int((m == LABEL["liver"]).sum()) for m in (mask, plain_mask))
     assert abs(liver / plain_liver - 1.0) < 0.03
 
-    out = tmp_path / "ds"
-    args = ["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--pancreas-lipomatosis"]
-    assert main(args) == 0
-    dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["options"]["pancreas_lipomatosis"] is True
+    synth_small_case(tmp_path / "ds", "--pancreas-lipomatosis")
 
 
 def test_pancreas_forward_draws_its_shift_in_most_cases_and_keeps_the_others():
@@ -546,7 +524,6 @@ def test_pancreas_forward_moves_the_gland_to_the_front_and_leaves_the_kidneys(tm
     than the shift (LPS: smaller y; no flips, so the grid's y is LPS y), its volume stays within a fifth,
     and the kidneys, drawn before it, are voxel for voxel those of the seed. On the command line
     and in dataset.json."""
-    from flare_seg.cli import main
     from flare_seg.training.phantom.variety import pancreas_forward_rng, pancreas_forward_variety
 
     seed = _seed_where(
@@ -567,10 +544,4 @@ def test_pancreas_forward_moves_the_gland_to_the_front_and_leaves_the_kidneys(tm
     assert abs(pancreas.sum() / plain_pancreas.sum() - 1.0) < 0.2
     np.testing.assert_array_equal(mask == LABEL["kidney"], plain_mask == LABEL["kidney"])
 
-    out = tmp_path / "ds"
-    assert (
-        main(["synth", str(out), "--cases", "1", "--seed", "5", "--size", "small", "--pancreas-forward"])
-        == 0
-    )
-    dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["options"]["pancreas_forward"] is True
+    synth_small_case(tmp_path / "ds", "--pancreas-forward")
