@@ -58,7 +58,7 @@ from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.localization import LocalizationPlan, plan_localization
 from flare_seg.service.models import LoadedModels, load_models
-from flare_seg.service.postprocess import drop_stray_components
+from flare_seg.service.postprocess import drop_stray_components, organs_cut_by_region
 from flare_seg.statistics import OrganStatistics, organ_statistics
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,11 @@ class Segmenter:
             scores = [self._clean_up(scores, crop, timings)]
 
         t = time.perf_counter()
-        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original, organs)
+        cut: list[str] = []
+        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original, organs, cut)
+        for warning in cut:
+            log.warning("%s", warning)
+        warnings.extend(cut)
         names = {k: ORGANS[k] for k in organs}
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in names.items()}
         organ_boxes = {name: organ_boxes[name] for name in names.values()}
@@ -416,10 +420,14 @@ class Segmenter:
         frame: _CanonicalFrame,
         original: Geometry,
         organs: tuple[int, ...] = tuple(ORGANS),
+        warnings: list[str] | None = None,
     ) -> tuple[np.ndarray, dict[str, BoxMM | None], dict[int, int]]:
         """Labels on the input's own grid from the box's class scores (a one-element list, emptied
         as soon as the labels are written), with each organ's LPS box and voxel count; labels not
-        in ``organs`` become background."""
+        in ``organs`` become background. Appends to ``warnings`` for organs the box cuts off
+        (``service.postprocess.organs_cut_by_region``)."""
+        if warnings is None:
+            warnings = []
         if frame.axes is not None:
             labels_original = np.zeros(original.shape_zyx, np.uint8)
             labels = frame.axes.view(labels_original)  # written in canonical order, stored in the input's
@@ -431,6 +439,8 @@ class Segmenter:
             _keep_only(region, organs)
         # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
         organ_boxes, counts = self._organ_boxes(region, crop, frame.geometry)
+        grid = frame.geometry
+        warnings.extend(organs_cut_by_region(region, crop.start_zyx, grid.shape_zyx, grid.spacing_mm_zyx))
         del region
         if frame.axes is not None:
             return labels_original, organ_boxes, counts

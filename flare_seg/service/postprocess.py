@@ -82,3 +82,44 @@ def _between_kidneys(
                 if abs(x[i] - (a + b) / 2.0) <= MIDWAY_FRACTION * (b - a):
                     between[i] = True
     return between
+
+
+# An organ whose labels cover at least this much of a face of the segmented region (mm², about
+# 3 x 3 cm) where the scan goes on: either it continues beyond it (the localization's box was too
+# tight there: a short series, an unusual field of view) and the mask is cut along that face, or
+# the label there is wrong (muscle labelled kidney up to the face).
+CUT_AREA_MM2 = 900.0
+# The faces of the canonical grid (LPS: +x the patient's left, +y posterior, +z superior).
+_SIDES = (("below", "above"), ("in front", "behind"), ("on the patient's right", "on the patient's left"))
+
+
+def organs_cut_by_region(
+    region: np.ndarray,
+    start_zyx: tuple[int, int, int],
+    shape_zyx: tuple[int, int, int],
+    spacing_mm_zyx: tuple[float, float, float],
+) -> list[str]:
+    """Warnings for organs whose masks reach a face of the segmented region that is not a face of
+    the scan over at least ``CUT_AREA_MM2``: ``region`` is the labels inside the region (canonical
+    grid, a box of a ``shape_zyx`` grid starting at ``start_zyx``). An organ cut off by the scan's
+    own edge is normal and not reported."""
+    stop = [a + n for a, n in zip(start_zyx, region.shape, strict=True)]
+    found: dict[str, list[tuple[str, float]]] = {}
+    for axis in range(3):
+        pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing_mm_zyx) if i != axis]))
+        for end, inside in ((0, start_zyx[axis] > 0), (1, stop[axis] < shape_zyx[axis])):
+            if not inside:
+                continue
+            face = np.take(region, 0 if end == 0 else region.shape[axis] - 1, axis=axis)
+            counts = np.bincount(face.ravel(), minlength=len(ORGANS) + 1)
+            for k, name in ORGANS.items():
+                area = float(counts[k]) * pixel_mm2
+                if area >= CUT_AREA_MM2:
+                    found.setdefault(name, []).append((_SIDES[axis][end], area))
+    return [
+        f"the {name}'s mask reaches the edge of the segmented region "
+        + " and ".join(f"{side} ({area / 100.0:.0f} cm²)" for side, area in sides)
+        + ", where the scan goes on: the organ may continue beyond it, cut off there, or the label "
+        "there is wrong"
+        for name, sides in found.items()
+    ]

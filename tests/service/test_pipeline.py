@@ -312,3 +312,32 @@ def test_the_warm_up_volume_logs_no_warnings(tiny_models, caplog, monkeypatch):
         segmenter.warm_up()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert logging.getLogger("flare_seg.service.pipeline").level == logging.NOTSET
+
+
+@pytest.mark.parametrize("name", ["identity", "ras", "permuted"])
+def test_organs_cut_by_the_region_are_looked_for_on_the_canonical_grid(tiny_segmenter, monkeypatch, name):
+    """The check for organs cut off by the segmented region gets the region's labels on the
+    canonical (LPS) grid, where its side names hold, whatever the input's direction, and what it
+    finds reaches the result's warnings."""
+    from flare_seg.geometry import to_canonical
+    from flare_seg.service import pipeline
+
+    seen = []
+
+    def spy(region, start_zyx, shape_zyx, spacing_mm_zyx):
+        seen.append((region.copy(), tuple(start_zyx), tuple(shape_zyx), tuple(spacing_mm_zyx)))
+        return ["the liver reaches the edge of the segmented region (spy)"]
+
+    monkeypatch.setattr(pipeline, "organs_cut_by_region", spy)
+    image = ct_image(direction=DIRECTIONS[name])
+    result = tiny_segmenter.segment_image(image)
+    ((region, start, shape, spacing),) = seen
+    canonical, _ = to_canonical(image)
+    assert shape == canonical.GetSize()[::-1]
+    assert spacing == pytest.approx(canonical.GetSpacing()[::-1])
+    mask = sitk.GetImageFromArray(result.labels_zyx)
+    mask.CopyInformation(image)
+    labels, _ = to_canonical(mask)
+    inside = tuple(slice(a, a + n) for a, n in zip(start, region.shape, strict=True))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels)[inside], region)
+    assert "the liver reaches the edge of the segmented region (spy)" in result.warnings

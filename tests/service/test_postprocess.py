@@ -97,3 +97,36 @@ def test_a_stray_piece_left_by_a_dropped_one_is_dropped_too():
     assert (labels[spine] == LABEL["background"]).all()
     assert (labels[spleen] == LABEL["spleen"]).all() and (labels[right] == LABEL["kidney"]).all()
     assert removed == {"kidney": 8 * 8 * 8, "spleen": 8 * 8 * 8}
+
+
+def test_an_organ_across_a_face_of_the_region_inside_the_scan_is_reported_with_its_side():
+    """The region starts 10 voxels into a 100-wide scan on the patient's right (-x) and ends at the
+    scan's left face: a liver through its right face is reported (on the patient's right, with its
+    area), a spleen through the left face, the scan's own edge, is not."""
+    from flare_seg.service.postprocess import organs_cut_by_region
+
+    region = np.zeros((20, 30, 90), np.uint8)
+    region[2:18, 5:25, 0:30] = LABEL["liver"]  # 16 x 20 voxels on the face x = 0
+    region[2:18, 5:25, 80:90] = LABEL["spleen"]  # on the face x = last, the scan's own
+    (warning,) = organs_cut_by_region(region, (0, 0, 10), (20, 30, 100), (3.0, 1.0, 1.0))
+    assert warning.startswith("the liver's mask reaches the edge of the segmented region on the patient's ")
+    assert "on the patient's right" in warning
+    assert "(10 cm²)" in warning  # 16 x 20 voxels of 3 x 1 mm
+    # the same region ending one voxel before the scan's left face: the spleen is cut there too
+    warnings = organs_cut_by_region(region, (0, 0, 10), (20, 30, 101), (3.0, 1.0, 1.0))
+    assert [w.split("'s mask reaches")[0] for w in warnings] == ["the liver", "the spleen"]
+    assert "on the patient's left (10 cm²)" in warnings[1]
+
+
+def test_a_small_contact_or_a_region_that_is_the_whole_scan_is_not_reported():
+    from flare_seg.service.postprocess import CUT_AREA_MM2, organs_cut_by_region
+
+    region = np.zeros((20, 30, 40), np.uint8)
+    region[0, 10:15, 10:15] = LABEL["kidney"]  # 25 voxels of 2 x 2 mm on the bottom face
+    area = 25 * 4.0
+    assert area < CUT_AREA_MM2
+    assert organs_cut_by_region(region, (5, 0, 0), (30, 30, 40), (2.0, 2.0, 2.0)) == []
+    region[0, 0:30, 0:40] = LABEL["kidney"]  # the whole bottom face, 4800 mm²
+    (warning,) = organs_cut_by_region(region, (5, 0, 0), (30, 30, 40), (2.0, 2.0, 2.0))
+    assert "below (48 cm²)" in warning
+    assert organs_cut_by_region(region, (0, 0, 0), (20, 30, 40), (2.0, 2.0, 2.0)) == []  # the scan's face
