@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from flare_seg.training.phantom import PhantomOptions, case_seed, generate_case_with_info
+from flare_seg.training.phantom import PhantomInfo, PhantomOptions, case_seed, generate_case_with_info
 from flare_seg.training.phantom.anatomy import AnatomyBuilder, OrganVariety
 from flare_seg.training.phantom.appearance import HU_RANGES, sample_appearance
 from flare_seg.training.phantom.organs import measure_ml
@@ -120,6 +120,16 @@ def _seed_where(predicate, draw=lambda seed: sample_organ_variety(organ_variety_
     """The first case seed of dataset seed 3000 whose variety (``draw(seed)``: by default that of
     anatomy_variety) satisfies ``predicate``."""
     return first_case_seed(lambda seed: predicate(draw(seed)), 3000, 40)
+
+
+def _plain_and_with(option: str, predicate, draw) -> tuple[np.ndarray, np.ndarray, PhantomInfo]:
+    """For the first case seed whose ``draw(seed)`` satisfies ``predicate``: its mask without and
+    with ``option`` on (small, no flips), after checking that the option keeps the seed's grid."""
+    seed = _seed_where(predicate, draw)
+    _, plain_mask, plain_info = _arrays(PLAIN, seed)
+    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, **{option: True}), seed)
+    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
+    return plain_mask, mask, info
 
 
 def _organ_ml(seed: int, variety: OrganVariety) -> dict[str, float]:
@@ -367,13 +377,11 @@ def test_low_left_lobe_lowers_the_liver_left_of_the_midline(tmp_path):
     line and in dataset.json."""
     from flare_seg.training.phantom.variety import low_left_lobe_rng, low_left_lobe_variety
 
-    seed = _seed_where(
+    plain_mask, mask, info = _plain_and_with(
+        "low_left_lobe",
         lambda v: v.liver_left_lobe_drop_mm > 25.0,
         lambda s: low_left_lobe_variety(low_left_lobe_rng(s), None),
     )
-    _, plain_mask, plain_info = _arrays(PLAIN, seed)
-    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, low_left_lobe=True), seed)
-    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
     assert info.organ_variety is not None and info.organ_variety["liver_left_lobe_drop_mm"] > 25.0
 
     def left_lobe_bottom_mm(m):
@@ -422,13 +430,11 @@ def test_thin_left_lobe_makes_a_plate_against_the_front_wall(tmp_path):
     command line and in dataset.json."""
     from flare_seg.training.phantom.variety import thin_left_lobe_rng, thin_left_lobe_variety
 
-    seed = _seed_where(
+    plain_mask, mask, info = _plain_and_with(
+        "thin_left_lobe",
         lambda v: v.liver_left_lobe_thickness < 0.4,
         lambda s: thin_left_lobe_variety(thin_left_lobe_rng(s), None),
     )
-    _, plain_mask, plain_info = _arrays(PLAIN, seed)
-    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, thin_left_lobe=True), seed)
-    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
     assert info.organ_variety is not None and info.organ_variety["liver_left_lobe_thickness"] < 0.4
     spacing = info.spacing_xyz[::-1]
     thickness, front = _left_lobe_columns(mask, spacing)
@@ -526,13 +532,11 @@ def test_pancreas_forward_moves_the_gland_to_the_front_and_leaves_the_kidneys(tm
     and in dataset.json."""
     from flare_seg.training.phantom.variety import pancreas_forward_rng, pancreas_forward_variety
 
-    seed = _seed_where(
+    plain_mask, mask, info = _plain_and_with(
+        "pancreas_forward",
         lambda v: v.pancreas_forward_mm > 25.0,
         lambda s: pancreas_forward_variety(pancreas_forward_rng(s), None),
     )
-    _, plain_mask, plain_info = _arrays(PLAIN, seed)
-    _, mask, info = _arrays(PhantomOptions(size="small", flip_probability=0.0, pancreas_forward=True), seed)
-    assert info.size_xyz == plain_info.size_xyz and info.spacing_xyz == plain_info.spacing_xyz
     assert info.organ_variety is not None
     shift = info.organ_variety["pancreas_forward_mm"]
     assert shift > 25.0
