@@ -360,11 +360,9 @@ class Segmenter:
             scores = [self._clean_up(scores, crop, timings)]
 
         t = time.perf_counter()
-        cut: list[str] = []
-        labels_original, organ_boxes, counts = self._back_to_grid(scores, crop, frame, original, organs, cut)
-        for warning in cut:
-            log.warning("%s", warning)
-        warnings.extend(cut)
+        labels_original, organ_boxes, counts = self._back_to_grid(
+            scores, crop, frame, original, organs, warnings
+        )
         names = {k: ORGANS[k] for k in organs}
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in names.items()}
         organ_boxes = {name: organ_boxes[name] for name in names.values()}
@@ -419,15 +417,13 @@ class Segmenter:
         crop: GridCrop,
         frame: _CanonicalFrame,
         original: Geometry,
-        organs: tuple[int, ...] = tuple(ORGANS),
-        warnings: list[str] | None = None,
+        organs: tuple[int, ...],
+        warnings: list[str],
     ) -> tuple[np.ndarray, dict[str, BoxMM | None], dict[int, int]]:
         """Labels on the input's own grid from the box's class scores (a one-element list, emptied
         as soon as the labels are written), with each organ's LPS box and voxel count; labels not
-        in ``organs`` become background. Appends to ``warnings`` for organs the box cuts off
-        (``service.postprocess.organs_cut_by_region``)."""
-        if warnings is None:
-            warnings = []
+        in ``organs`` become background. Logs and appends to ``warnings`` those about organs the
+        segmented region cuts off (``service.postprocess.organs_cut_by_region``)."""
         if frame.axes is not None:
             labels_original = np.zeros(original.shape_zyx, np.uint8)
             labels = frame.axes.view(labels_original)  # written in canonical order, stored in the input's
@@ -440,7 +436,9 @@ class Segmenter:
         # Labels exist only in the box; an oblique input's mask is counted on its own grid below.
         organ_boxes, counts = self._organ_boxes(region, crop, frame.geometry)
         grid = frame.geometry
-        warnings.extend(organs_cut_by_region(region, crop.start_zyx, grid.shape_zyx, grid.spacing_mm_zyx))
+        for warning in organs_cut_by_region(region, crop.start_zyx, grid.shape_zyx, grid.spacing_mm_zyx):
+            log.warning("%s", warning)
+            warnings.append(warning)
         del region
         if frame.axes is not None:
             return labels_original, organ_boxes, counts

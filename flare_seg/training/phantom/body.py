@@ -67,6 +67,12 @@ class Body:
         c2 = np.cos(theta).astype(np.float32) ** 2
         return e * self.scale(z) * (1.0 - self.narrowing(z) * c2)
 
+    def front_wall_mm(self, z: float | np.floating) -> float:
+        """Distance (mm) from the cavity's axis to its front wall (LPS -y) at height ``z`` (mm),
+        computed in ``z``'s precision."""
+        heights = np.atleast_1d(z)
+        return float(self.cavity_radius(np.full(1, -np.pi / 2, heights.dtype), heights)[0])
+
     def cavity_sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Radial distance (mm) outside the abdominal/thoracic cavity (negative inside)."""
         return np.hypot(x, y) - self.cavity_radius(np.arctan2(y, x), z)

@@ -326,7 +326,7 @@ def add_pancreas(b: AnatomyBuilder) -> None:
     aorta_front = b.aorta_y_at(z_p) - b.r_aorta
     forward = 0.0
     if b.variety.pancreas_forward_mm > 0:  # more fat in front of the aorta, as far as the abdomen has room
-        room = aorta_front + float(b.body.cavity_radius(np.array([-math.pi / 2]), np.array([z_p]))[0])
+        room = aorta_front + b.body.front_wall_mm(z_p)
         forward = min(b.variety.pancreas_forward_mm, max(0.0, MAX_NECK_DEPTH * room - gap - r_neck))
     gap += forward
     neck = np.array([b.u(-8, 8), aorta_front - gap - r_neck, z_p])
@@ -509,9 +509,7 @@ def _sample_liver_shape(b: AnatomyBuilder) -> _LiverShape:
     limit_hi = (b.cav_a * 1.2, 200.0, 20.0)
     left_front_y = None
     if v.liver_left_lobe_thickness < 1.0:  # a plate against the front wall, at the lobe's height
-        z_lobe = np.array([center[2] + left_off[2]], np.float32)
-        front = float(b.body.cavity_radius(np.array([-math.pi / 2], np.float32), z_lobe)[0])
-        left_front_y = -front + v.liver_left_lobe_front_mm
+        left_front_y = -b.body.front_wall_mm(np.float32(center[2] + left_off[2])) + v.liver_left_lobe_front_mm
     return _LiverShape(
         frame,
         right,

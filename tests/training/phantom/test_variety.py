@@ -509,8 +509,7 @@ def _pancreas_neck(seed: int, variety: OrganVariety) -> tuple[float, float, floa
     b = AnatomyBuilder(rng_anatomy, sample_appearance(rng_hu), variety)
     b.build()
     z = float(b.pancreas_neck[2])
-    wall = -float(b.body.cavity_radius(np.array([-np.pi / 2]), np.array([z]))[0])
-    return float(b.pancreas_neck[1]), b.aorta_y_at(z) - b.r_aorta, wall
+    return float(b.pancreas_neck[1]), b.aorta_y_at(z) - b.r_aorta, -b.body.front_wall_mm(z)
 
 
 def test_pancreas_forward_moves_the_neck_as_far_as_the_abdomen_has_room():
