@@ -11,7 +11,9 @@ One pipeline behind the batch CLI, the HTTP server and Python::
 Every forward step has its inverse: ``to_canonical``/``undo_canonical`` for orientation,
 crop + resample to ~2 mm / resample back + uncrop for the box. Memory: the input is held as
 int16 (2 bytes a voxel) and the output as uint8; float copies exist only per z-slab, sized by
-the memory budget; class scores exist only on the ~2 mm box grid.
+the memory budget; class scores exist only on the ~2 mm box grid. Beside the forward pass, only
+the voxels around the box that a second pass over a grown region may need are kept, averaged down
+to about the segmentation spacing (a 0.8 mm input: a quarter of its bytes over that region).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from flare_seg.grid import (
     labels_from_scores,
     plan_shape,
     resample_crop,
+    slab_slices,
 )
 from flare_seg.labels import ORGANS
 from flare_seg.preview import write_preview
@@ -58,7 +61,7 @@ from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.localization import LocalizationPlan, plan_localization
 from flare_seg.service.models import LoadedModels, load_models
-from flare_seg.service.postprocess import drop_stray_components, organs_cut_by_region
+from flare_seg.service.postprocess import cut_faces, drop_stray_components, faces_inside, organs_cut_by_region
 from flare_seg.statistics import OrganStatistics, organ_statistics
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,13 @@ INT16_MIN, INT16_MAX = -32768, 32767
 # An abdominal CT always holds air (around the body, in the bowel, the lung bases), which stays well
 # below this even averaged over the localization grid's voxels; an image without any is not in HU.
 NO_AIR_ABOVE_HU = -500.0
+# An organ cut by a face of the segmented region inside the scan (the localization's box was too
+# tight there: on a real short series the liver went on 12-24 mm beyond it) is segmented again over
+# a region grown by this much on that face, from a copy of the voxels this far around the first
+# region (plus room for the crop's fit to the network's valid sizes), kept at about the
+# segmentation spacing.
+REGROW_MM = 40.0
+RESERVE_MM = REGROW_MM + 16.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class Segmenter:
         self.contract = models.contract
         self.memory_budget_bytes = int(memory_budget_mb) * 2**20
         self.clean_up = True  # drop stray components of each organ (``service.postprocess``)
+        self.regrow = True  # segment again over a grown region when an organ is cut by it (``_regrow``)
         self._warmed_up = False
 
     @classmethod
@@ -350,7 +361,9 @@ class Segmenter:
         crop = self._segmentation_crop(
             located.region_lo_zyx, located.region_hi_zyx, found, frame.geometry.shape_zyx, spacing
         )
-        x = self._segmentation_input(vol, crop, (lo + hi) / 2.0, timings)
+        centre = (lo + hi) / 2.0
+        reserve = self._reserve(vol, crop, spacing, timings) if self.regrow and found else None
+        x = self._segmentation_input(vol, crop, centre, timings)
         if holder is not None:  # the input is not needed any more: free it before the forward pass
             holder.clear()
             del vol, canonical, array_zyx
@@ -358,10 +371,16 @@ class Segmenter:
         del x
         if self.clean_up:
             scores = [self._clean_up(scores, crop, timings)]
+        inner: tuple[list[tf.Tensor | np.ndarray], GridCrop] | None = None
+        if reserve is not None:
+            regrown = self._regrow(scores, crop, reserve, centre, frame.geometry, organs, timings, warnings)
+            del reserve
+            if regrown is not None:  # the second pass's labels count only outside the first region
+                inner, (scores, crop) = (scores, crop), regrown
 
         t = time.perf_counter()
         labels_original, organ_boxes, counts = self._back_to_grid(
-            scores, crop, frame, original, organs, warnings
+            scores, crop, frame, original, organs, warnings, inner
         )
         names = {k: ORGANS[k] for k in organs}
         volumes = {name: round(float(counts[k]) * original.voxel_volume_ml, 3) for k, name in names.items()}
@@ -382,6 +401,126 @@ class Segmenter:
         )
 
     # ------------------------------------------------------------------ stages
+
+    def _reserve(
+        self, vol: np.ndarray, crop: GridCrop, spacing: tuple[float, float, float], timings: dict[str, float]
+    ) -> _Reserve:
+        """The voxels around the segmentation crop that a second pass may need (see ``_regrow``):
+        the crop grown by ``RESERVE_MM`` on every side (within the scan), block-averaged by whole
+        factors down to no coarser than the segmentation spacing, as int16."""
+        t = time.perf_counter()
+        factor = np.maximum(1, np.floor(self.contract.segmentation_spacing_mm / np.asarray(spacing) + 1e-6))
+        factor = factor.astype(int)
+        grow = np.ceil(RESERVE_MM / np.asarray(spacing)).astype(int)
+        shape = np.asarray(vol.shape)
+        start = np.maximum(0, np.asarray(crop.start_zyx) - grow)
+        stop = np.minimum(shape, np.asarray(crop.stop_zyx) + grow)
+        blocks = (stop - start) // factor
+        stop = start + blocks * factor  # whole blocks only (at most factor - 1 voxels fewer)
+        fz, fy, fx = (int(f) for f in factor)
+        out = np.empty(tuple(int(b) for b in blocks), np.int16)
+        per_block_slice = int((stop[1] - start[1]) * (stop[2] - start[2])) * 4 * fz
+        step = slab_slices(int(blocks[0]), per_block_slice, self._slab_budget())
+        for a in range(0, int(blocks[0]), step):
+            b = min(int(blocks[0]), a + step)
+            part = vol[start[0] + a * fz : start[0] + b * fz, start[1] : stop[1], start[2] : stop[2]].astype(
+                np.float32
+            )
+            if fz * fy * fx > 1:
+                part = part.reshape(b - a, fz, blocks[1], fy, blocks[2], fx).mean(axis=(1, 3, 5))
+            out[a:b] = np.rint(part)
+        timings["reserve_s"] = time.perf_counter() - t
+        z0, y0, x0 = (int(v) for v in start)
+        return _Reserve(out, (z0, y0, x0), (fz, fy, fx))
+
+    def _regrow(
+        self,
+        scores: list[tf.Tensor | np.ndarray],
+        crop: GridCrop,
+        reserve: _Reserve,
+        centre_edge_zyx: np.ndarray,
+        grid: Geometry,
+        organs: tuple[int, ...],
+        timings: dict[str, float],
+        warnings: list[str],
+    ) -> tuple[list[tf.Tensor | np.ndarray], GridCrop] | None:
+        """A second pass over a grown region when an organ's labels cross a face of the first one
+        inside the scan (``service.postprocess.cut_faces``, on the box grid): the localization's
+        box was too tight there (a short series, an unusual field of view). The region is grown by
+        ``REGROW_MM`` on those faces and segmented again from ``reserve``, with the same organs'
+        box centre. Returns the second pass's scores (a one-element list) and its crop, or None
+        when nothing was cut.
+
+        Only what lies beyond the first region is taken from the second pass: inside it, the
+        first pass's labels stay (its box is the one the networks are trained on; a different
+        crop moves a network's output by chance, and on a label wrongly reaching a face, such as
+        soft tissue behind the kidneys labelled kidney, it would only add to the error)."""
+        labels = np.argmax(np.asarray(scores[0]), axis=-1).astype(np.uint8)
+        inside = faces_inside(crop.start_zyx, crop.stop_zyx, grid.shape_zyx)
+        cuts = [c for c in cut_faces(labels, inside, crop.out_spacing_mm_zyx) if c.label in organs]
+        del labels
+        if not cuts:
+            return None
+        t = time.perf_counter()
+        f = np.asarray(reserve.factor_zyx)
+        origin = np.asarray(reserve.start_zyx)
+        n = np.asarray(reserve.voxels_zyx.shape)
+        # the crop in reserve voxels (outwards to whole blocks), grown on the cut faces
+        lo = np.clip(np.floor((np.asarray(crop.start_zyx) - origin) / f).astype(int), 0, n)
+        hi = np.clip(np.ceil((np.asarray(crop.stop_zyx) - origin) / f).astype(int), 0, n)
+        reserve_spacing = tuple(float(s) * int(k) for s, k in zip(grid.spacing_mm_zyx, f, strict=True))
+        grow = np.round(REGROW_MM / np.asarray(reserve_spacing)).astype(int)
+        for cut in cuts:
+            if cut.end == 0:
+                lo[cut.axis] = max(0, lo[cut.axis] - grow[cut.axis])
+            else:
+                hi[cut.axis] = min(int(n[cut.axis]), hi[cut.axis] + grow[cut.axis])
+        c = self.contract
+        local = fit_crop_to_valid_size(
+            tuple(int(v) for v in lo),  # type: ignore[arg-type]
+            tuple(int(v) for v in hi - lo),  # type: ignore[arg-type]
+            lo.astype(float),
+            hi.astype(float),
+            tuple(int(v) for v in n),  # type: ignore[arg-type]
+            reserve_spacing,  # type: ignore[arg-type]
+            c.segmentation_spacing_mm,
+            c.segmentation_max_size_vox,
+            c.segmentation_size_multiple,
+            0.0,
+        )
+        grown = GridCrop(
+            tuple(int(v) for v in origin + np.asarray(local.start_zyx) * f),  # type: ignore[arg-type]
+            tuple(int(v) for v in np.asarray(local.size_zyx) * f),  # type: ignore[arg-type]
+            local.out_shape_zyx,
+            grid.spacing_mm_zyx,
+        )
+        if np.any(np.asarray(grown.start_zyx) > crop.start_zyx) or np.any(
+            np.asarray(grown.stop_zyx) < crop.stop_zyx
+        ):  # cannot happen while the reserve holds the grown region; never lose the first pass
+            log.debug("grown region %s does not hold the first %s: no second pass", grown, crop)
+            return None
+        second: dict[str, float] = {}
+        centre = (np.asarray(centre_edge_zyx, float) - origin) / f
+        x = self._segmentation_input(reserve.voxels_zyx, local, centre, second)
+        regrown: list[tf.Tensor | np.ndarray] = [self._segmentation_forward(x, grown, second)]
+        del x
+        if self.clean_up:
+            regrown = [self._clean_up(regrown, grown, second)]
+        timings["regrow_s"] = time.perf_counter() - t
+        by_organ: dict[str, list[str]] = {}
+        for cut in cuts:
+            by_organ.setdefault(cut.organ, []).append(cut.side)
+        message = (
+            "; ".join(
+                f"the {name}'s mask reached the edge of the segmented region " + " and ".join(sides)
+                for name, sides in by_organ.items()
+            )
+            + f": the localization's box was too tight, and the region was grown by {REGROW_MM:.0f} mm "
+            "there and segmented again"
+        )
+        log.warning("%s", message)
+        warnings.append(message)
+        return regrown, grown
 
     def _segmentation_crop(
         self,
@@ -419,17 +558,22 @@ class Segmenter:
         original: Geometry,
         organs: tuple[int, ...],
         warnings: list[str],
+        inner: tuple[list[tf.Tensor | np.ndarray], GridCrop] | None = None,
     ) -> tuple[np.ndarray, dict[str, BoxMM | None], dict[int, int]]:
         """Labels on the input's own grid from the box's class scores (a one-element list, emptied
         as soon as the labels are written), with each organ's LPS box and voxel count; labels not
-        in ``organs`` become background. Logs and appends to ``warnings`` those about organs the
-        segmented region cuts off (``service.postprocess.organs_cut_by_region``)."""
+        in ``organs`` become background. ``inner``: a first pass's scores and crop, inside
+        ``crop``, whose labels replace the second pass's there (``_regrow``). Logs and appends to
+        ``warnings`` those about organs the segmented region cuts off
+        (``service.postprocess.organs_cut_by_region``)."""
         if frame.axes is not None:
             labels_original = np.zeros(original.shape_zyx, np.uint8)
             labels = frame.axes.view(labels_original)  # written in canonical order, stored in the input's
         else:
             labels = np.zeros(frame.geometry.shape_zyx, np.uint8)
         self._scores_to_labels(scores.pop(), crop, labels)
+        if inner is not None:  # a first pass over a region inside ``crop``: its labels win there
+            self._scores_to_labels(inner[0].pop(), inner[1], labels)
         region = labels[tuple(slice(a, b) for a, b in zip(crop.start_zyx, crop.stop_zyx, strict=True))]
         if len(organs) < len(ORGANS):
             _keep_only(region, organs)
@@ -572,6 +716,15 @@ class Segmenter:
             hi = np.array([i[-1] + 1 for i in idx], float) + crop.start_zyx
             boxes[name] = _box_mm(geometry, lo, hi)
         return boxes, counts
+
+
+@dataclass(frozen=True)
+class _Reserve:
+    """The voxels around the segmentation crop kept for a second pass (``Segmenter._reserve``)."""
+
+    voxels_zyx: np.ndarray  # int16, block averages of ``factor_zyx`` canonical voxels
+    start_zyx: tuple[int, int, int]  # the canonical voxel of its first block's first voxel
+    factor_zyx: tuple[int, int, int]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ spleen scored next), the clean-up runs again, until nothing more is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -93,6 +96,54 @@ CUT_AREA_MM2 = 900.0
 _SIDES = (("below", "above"), ("in front", "behind"), ("on the patient's right", "on the patient's left"))
 
 
+@dataclass(frozen=True)
+class Cut:
+    """An organ's labels across a face of the segmented region (canonical grid)."""
+
+    label: int
+    axis: int  # 0 z, 1 y, 2 x
+    end: int  # 0: the region's low face along ``axis``, 1: its high face
+    area_mm2: float
+
+    @property
+    def organ(self) -> str:
+        return ORGANS[self.label]
+
+    @property
+    def side(self) -> str:
+        return _SIDES[self.axis][self.end]
+
+
+def faces_inside(
+    start_zyx: Sequence[int], stop_zyx: Sequence[int], shape_zyx: Sequence[int]
+) -> tuple[tuple[bool, bool], ...]:
+    """Per axis, whether the region's low and high faces lie inside the scan (not on its edge)."""
+    return tuple(
+        (int(a) > 0, int(b) < int(n)) for a, b, n in zip(start_zyx, stop_zyx, shape_zyx, strict=True)
+    )
+
+
+def cut_faces(
+    region: np.ndarray, inside: Sequence[tuple[bool, bool]], spacing_mm_zyx: Sequence[float]
+) -> list[Cut]:
+    """Every organ whose labels cover at least ``CUT_AREA_MM2`` of a face of ``region`` (labels,
+    a box of the canonical grid with voxels of ``spacing_mm_zyx``) that lies inside the scan
+    (``inside``, see ``faces_inside``), ordered by organ."""
+    cuts = []
+    for axis in range(3):
+        pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing_mm_zyx) if i != axis]))
+        for end in (0, 1):
+            if not inside[axis][end]:
+                continue
+            face = np.take(region, 0 if end == 0 else region.shape[axis] - 1, axis=axis)
+            counts = np.bincount(face.ravel(), minlength=len(ORGANS) + 1)
+            for k in ORGANS:
+                area = float(counts[k]) * pixel_mm2
+                if area >= CUT_AREA_MM2:
+                    cuts.append(Cut(k, axis, end, area))
+    return sorted(cuts, key=lambda c: c.label)
+
+
 def organs_cut_by_region(
     region: np.ndarray,
     start_zyx: tuple[int, int, int],
@@ -104,22 +155,13 @@ def organs_cut_by_region(
     grid, a box of a ``shape_zyx`` grid starting at ``start_zyx``). An organ cut off by the scan's
     own edge is normal and not reported."""
     stop = [a + n for a, n in zip(start_zyx, region.shape, strict=True)]
-    found: dict[str, list[tuple[str, float]]] = {}
-    for axis in range(3):
-        pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing_mm_zyx) if i != axis]))
-        for end, inside in ((0, start_zyx[axis] > 0), (1, stop[axis] < shape_zyx[axis])):
-            if not inside:
-                continue
-            face = np.take(region, 0 if end == 0 else region.shape[axis] - 1, axis=axis)
-            counts = np.bincount(face.ravel(), minlength=len(ORGANS) + 1)
-            for k, name in ORGANS.items():
-                area = float(counts[k]) * pixel_mm2
-                if area >= CUT_AREA_MM2:
-                    found.setdefault(name, []).append((_SIDES[axis][end], area))
+    found: dict[str, list[Cut]] = {}
+    for cut in cut_faces(region, faces_inside(start_zyx, stop, shape_zyx), spacing_mm_zyx):
+        found.setdefault(cut.organ, []).append(cut)
     return [
         f"the {name}'s mask reaches the edge of the segmented region "
-        + " and ".join(f"{side} ({area / 100.0:.0f} cm²)" for side, area in sides)
+        + " and ".join(f"{c.side} ({c.area_mm2 / 100.0:.0f} cm²)" for c in cuts)
         + ", where the scan goes on: the organ may continue beyond it, cut off there, or the label "
         "there is wrong"
-        for name, sides in found.items()
+        for name, cuts in found.items()
     ]

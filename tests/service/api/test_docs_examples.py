@@ -29,6 +29,9 @@ def test_summary_example_matches_a_real_segmentation(tiny_segmenter, tmp_path: P
     documented = _documented_summary()
     body = json.loads(real.model_dump_json())
     assert set(documented) == set(body)
-    assert list(documented["timings_s"]) == list(body["timings_s"])
+    # ``regrow_s`` exists only when a second pass ran (the prose says so; the random-weight
+    # models' labels often reach the region's faces)
+    assert list(documented["timings_s"]) == [k for k in body["timings_s"] if k != "regrow_s"]
+    assert "`regrow_s`" in (REPO / "docs" / "server.md").read_text()
     assert body["timings_s"]["write_s"] == 0.0 and "e-" not in json.dumps(body["timings_s"])
     assert all(round(v, 4) == v for v in documented["timings_s"].values())
