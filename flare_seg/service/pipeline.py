@@ -80,6 +80,7 @@ NO_AIR_ABOVE_HU = -500.0
 # segmentation spacing.
 REGROW_MM = 40.0
 RESERVE_MM = REGROW_MM + 16.0
+RESERVE_SLAB_BYTES = 8 * 2**20  # working memory of building that copy
 
 
 @dataclass(frozen=True)
@@ -419,16 +420,13 @@ class Segmenter:
         stop = start + blocks * factor  # whole blocks only (at most factor - 1 voxels fewer)
         fz, fy, fx = (int(f) for f in factor)
         out = np.empty(tuple(int(b) for b in blocks), np.int16)
-        per_block_slice = int((stop[1] - start[1]) * (stop[2] - start[2])) * 4 * fz
-        step = slab_slices(int(blocks[0]), per_block_slice, self._slab_budget())
+        # int32 sums of a slab and their strided copies: small slabs, this runs beside the input
+        per_block_slice = int((stop[1] - start[1]) * (stop[2] - start[2])) * 4 * fz * 2 // fy
+        step = slab_slices(int(blocks[0]), per_block_slice, RESERVE_SLAB_BYTES)
         for a in range(0, int(blocks[0]), step):
             b = min(int(blocks[0]), a + step)
-            part = vol[start[0] + a * fz : start[0] + b * fz, start[1] : stop[1], start[2] : stop[2]].astype(
-                np.float32
-            )
-            if fz * fy * fx > 1:
-                part = part.reshape(b - a, fz, blocks[1], fy, blocks[2], fx).mean(axis=(1, 3, 5))
-            out[a:b] = np.rint(part)
+            part = vol[start[0] + a * fz : start[0] + b * fz, start[1] : stop[1], start[2] : stop[2]]
+            out[a:b] = _block_means(part, (fz, fy, fx))
         timings["reserve_s"] = time.perf_counter() - t
         z0, y0, x0 = (int(v) for v in start)
         return _Reserve(out, (z0, y0, x0), (fz, fy, fx))
@@ -882,6 +880,22 @@ def _box_mm(geometry: Geometry, lo_edge_zyx: np.ndarray, hi_edge_zyx: np.ndarray
     pts = geometry.index_to_physical_xyz(corners)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return (tuple(round(float(v), 2) for v in lo), tuple(round(float(v), 2) for v in hi))  # type: ignore[return-value]
+
+
+def _block_means(part: np.ndarray, factor_zyx: tuple[int, int, int]) -> np.ndarray:
+    """int16 means of ``factor_zyx`` blocks of an int16 array whose shape is a multiple of them,
+    rounded half up; summed in int32 one axis at a time (strided views, no float copy)."""
+    fz, fy, fx = factor_zyx
+    sums = part[:, 0::fy].astype(np.int32)
+    for j in range(1, fy):
+        sums += part[:, j::fy]
+    if fx > 1:
+        sums = sum((sums[:, :, i::fx] for i in range(1, fx)), sums[:, :, 0::fx].copy())
+    if fz > 1:
+        d, h, w = sums.shape
+        sums = sums.reshape(d // fz, fz, h, w).sum(axis=1, dtype=np.int32)
+    n = fz * fy * fx
+    return ((sums + n // 2) // n).astype(np.int16)
 
 
 def _as_int16_array(array: np.ndarray, slab: int = 16) -> np.ndarray:

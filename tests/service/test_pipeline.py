@@ -454,6 +454,17 @@ def test_a_region_that_cuts_nothing_is_segmented_once(tiny_models, monkeypatch):
     assert np.count_nonzero(masks[0] == LIVER) > 0
 
 
+def test_block_means_of_every_factor():
+    from flare_seg.service.pipeline import _block_means
+
+    rng = np.random.default_rng(1)
+    for factor in [(1, 1, 1), (1, 2, 2), (2, 3, 1), (3, 1, 4)]:
+        shape = tuple(f * n for f, n in zip(factor, (3, 4, 5), strict=True))
+        part = rng.integers(-32768, 32767, size=shape, dtype=np.int16)[:, ::-1]  # a flipped view too
+        expected = part.astype(float).reshape(3, factor[0], 4, factor[1], 5, factor[2]).mean(axis=(1, 3, 5))
+        np.testing.assert_array_equal(_block_means(part, factor), np.floor(expected + 0.5).astype(np.int16))
+
+
 def test_the_copy_kept_for_a_second_pass_holds_block_averages_around_the_crop(tiny_segmenter):
     from flare_seg.grid import GridCrop
     from flare_seg.service.pipeline import RESERVE_MM
@@ -472,7 +483,7 @@ def test_the_copy_kept_for_a_second_pass_holds_block_averages_around_the_crop(ti
     assert z0 + d == 40  # the scan's edge, within the grown region
     expected = vol[z0 : z0 + d, y0 : y0 + 2 * h, x0 : x0 + 2 * w].astype(float)
     expected = expected.reshape(d, 1, h, 2, w, 2).mean(axis=(1, 3, 5))
-    np.testing.assert_array_equal(reserve.voxels_zyx, np.rint(expected).astype(np.int16))
+    np.testing.assert_array_equal(reserve.voxels_zyx, np.floor(expected + 0.5).astype(np.int16))  # half up
     assert y0 + 2 * h > min(70, 50 + grow[1]) - 2 and x0 + 2 * w > min(90, 60 + grow[2]) - 2
 
 
