@@ -10,7 +10,11 @@ connected structure (the kidneys two, one on each side of the spine), so per org
   whole);
 - the kidney label keeps its components of at least ``KEEP_FRACTION`` of the largest, less any that
   lies midway between two others, one left and one right of it: nothing of the kidneys lies
-  between them unless it joins them (a horseshoe kidney is one component, and is kept).
+  between them unless it joins them (a horseshoe kidney is one component, and is kept). When its
+  two largest components lie side by side (a left and a right kidney), any other component more
+  than ``KIDNEY_NEAR_MM`` from both is dropped too: a third kidney is not there (on real CT at
+  0.75 mm, 22-74 mL of paraspinal muscle 5 cm behind the kidneys was labelled kidney). The
+  exception this misses: a transplanted kidney beside two native ones, the smallest of which goes.
 
 A removed component's voxels lose that organ's score, so they take their next most likely class;
 where that makes a stray component of another organ (a vertebral body dropped as kidney that the
@@ -30,6 +34,8 @@ from flare_seg.labels import ORGANS
 KEEP_FRACTION = 0.1  # components smaller than this fraction of the organ's largest are dropped
 BETWEEN_KIDNEYS_MM = 20.0  # a kidney component this far from both neighbours, left and right,
 MIDWAY_FRACTION = 0.1  # and this close to their midpoint (a fraction of their distance), is dropped
+KIDNEY_PAIR_APART_MM = 50.0  # the two largest kidney components this far apart along x are a pair,
+KIDNEY_NEAR_MM = 10.0  # and other kidney components further than this from both are dropped
 _KIDNEY = next(k for k, name in ORGANS.items() if name == "kidney")
 _CONNECTIVITY = np.ones((3, 3, 3), bool)
 
@@ -43,7 +49,7 @@ def drop_stray_components(scores: np.ndarray, spacing_mm_zyx: tuple[float, float
         labels = np.argmax(scores, axis=-1).astype(np.uint8)
         dropped = False
         for k, name in ORGANS.items():
-            drop = _stray(labels == k, k == _KIDNEY, float(spacing_mm_zyx[2]))
+            drop = _stray(labels == k, k == _KIDNEY, spacing_mm_zyx)
             if drop is not None:
                 scores[..., k][drop] = 0.0
                 removed[name] = removed.get(name, 0) + int(np.count_nonzero(drop))
@@ -53,7 +59,7 @@ def drop_stray_components(scores: np.ndarray, spacing_mm_zyx: tuple[float, float
     return removed
 
 
-def _stray(mask: np.ndarray, kidney: bool, spacing_x_mm: float) -> np.ndarray | None:
+def _stray(mask: np.ndarray, kidney: bool, spacing_mm_zyx: tuple[float, float, float]) -> np.ndarray | None:
     """The voxels of ``mask`` to drop, or None when every component stays."""
     components, count = ndimage.label(mask, structure=_CONNECTIVITY)
     if count <= 1:
@@ -62,10 +68,36 @@ def _stray(mask: np.ndarray, kidney: bool, spacing_x_mm: float) -> np.ndarray | 
     sizes = np.asarray(ndimage.sum_labels(mask, components, ids), float)
     keep = sizes >= KEEP_FRACTION * sizes.max()
     if kidney:
-        keep &= ~_between_kidneys(mask, components, ids, keep, spacing_x_mm)
+        keep &= ~_between_kidneys(mask, components, ids, keep, float(spacing_mm_zyx[2]))
+        keep &= ~_beyond_the_pair(mask, components, ids, sizes, keep, spacing_mm_zyx)
     if keep.all():
         return None
     return np.isin(components, ids[~keep])
+
+
+def _beyond_the_pair(
+    mask: np.ndarray,
+    components: np.ndarray,
+    ids: np.ndarray,
+    sizes: np.ndarray,
+    kept: np.ndarray,
+    spacing_mm_zyx: tuple[float, float, float],
+) -> np.ndarray:
+    """Which kept components are neither of the two largest, when those lie at least
+    ``KIDNEY_PAIR_APART_MM`` apart along x (a left and a right kidney), nor within
+    ``KIDNEY_NEAR_MM`` of either (a piece of one of them)."""
+    beyond = np.zeros(len(ids), bool)
+    if np.count_nonzero(kept) < 3:
+        return beyond
+    a, b = np.argsort(-sizes)[:2]
+    x = [c[2] * spacing_mm_zyx[2] for c in ndimage.center_of_mass(mask, components, ids[[a, b]])]
+    if abs(x[0] - x[1]) < KIDNEY_PAIR_APART_MM:
+        return beyond
+    distance = ndimage.distance_transform_edt(~np.isin(components, ids[[a, b]]), sampling=spacing_mm_zyx)
+    touching = set(np.unique(components[distance <= KIDNEY_NEAR_MM]).tolist())
+    for i in np.nonzero(kept)[0]:
+        beyond[i] = i not in (a, b) and int(ids[i]) not in touching
+    return beyond
 
 
 def _between_kidneys(

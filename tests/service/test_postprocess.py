@@ -130,3 +130,32 @@ def test_a_small_contact_or_a_region_that_is_the_whole_scan_is_not_reported():
     (warning,) = organs_cut_by_region(region, (5, 0, 0), (30, 30, 40), (2.0, 2.0, 2.0))
     assert "below (48 cm²)" in warning
     assert organs_cut_by_region(region, (0, 0, 0), (20, 30, 40), (2.0, 2.0, 2.0)) == []  # the scan's face
+
+
+def test_a_third_kidney_far_from_the_pair_is_dropped_and_a_piece_near_one_stays():
+    """Beside a left and a right kidney, a blob 40 mm behind the left one (paraspinal muscle
+    labelled kidney) goes, and so does a blob 13.9 mm from the right one's corner; a pole piece 8 mm
+    from it stays."""
+    right, left = _box(5, 25, 10, 30), _box(95, 115, 10, 30)
+    behind = _box(80, 92, 50, 58)  # y 100-116 mm: 40 mm behind the kidneys' back (y 60 mm)
+    pole = _box(8, 20, 10, 30, 33, 38)  # 8 mm (voxel centres) above the right kidney's top
+    # 8 mm beyond the right kidney's corner along each of x, y and z: 13.9 mm away
+    corner = _box(28, 48, 0, 7, 0, 7)
+    blobs = [("kidney", box) for box in (right, left, behind, pole, corner)]
+    scores = _scores(*blobs)
+    removed = drop_stray_components(scores, SPACING)
+    labels = _labels(scores)
+    assert removed == {"kidney": 12 * 8 * 20 + 20 * 7 * 7}
+    assert (labels[behind] == 0).all() and (labels[corner] == 0).all()
+    for kept in (right, left, pole):
+        assert (labels[kept] == LABEL["kidney"]).all()
+
+
+def test_without_a_left_and_right_pair_no_third_kidney_is_dropped():
+    """The two largest kidney components on the same side (46 mm apart: not a left and a right
+    kidney): a third, far from both, is not judged by the pair rule."""
+    a, b = _box(5, 25), _box(28, 48)  # centroids 46 mm apart along x
+    far = _box(95, 110, 45, 55)
+    scores = _scores(("kidney", a), ("kidney", b), ("kidney", far))
+    assert drop_stray_components(scores, SPACING) == {}
+    assert (_labels(scores)[far] == LABEL["kidney"]).all()
