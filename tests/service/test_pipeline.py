@@ -519,3 +519,24 @@ def test_inside_the_first_region_the_first_pass_labels_stay(tiny_models, monkeyp
     beyond[inside] = False
     assert beyond.any() and (labels[beyond] == LIVER).all()
     assert two.start_zyx[2] < one.start_zyx[2]  # grown on the patient's right
+
+
+def test_an_oblique_input_is_segmented_again_over_a_grown_region_on_its_own_grid(tiny_models, monkeypatch):
+    """An oblique input is segmented on its resampled canonical grid: the second pass runs there,
+    and the mask comes back with exactly the input's geometry, holding more liver than without it."""
+    from flare_seg.service.pipeline import Segmenter
+
+    image = ct_image(
+        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=oblique_direction(8.0)
+    )
+    volumes = {}
+    for regrow in (True, False):
+        segmenter = Segmenter(Segmenter.load(tiny_models).models)
+        segmenter.regrow = regrow
+        monkeypatch.setattr(segmenter, "_localize", _fixed_box((2, 5, 50), (10, 25, 90)))
+        monkeypatch.setattr(segmenter, "_segmentation_forward", _liver_between(20, 60))
+        result = segmenter.segment_image(image)
+        assert Geometry.of(result.mask) == Geometry.of(image)
+        assert any("segmented again" in w for w in result.warnings) == regrow
+        volumes[regrow] = result.volumes_ml["liver"]
+    assert volumes[True] > 1.5 * volumes[False] > 0
