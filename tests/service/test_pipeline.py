@@ -374,6 +374,18 @@ def _fixed_box(lo_zyx, hi_zyx):
     return localize
 
 
+def _with_stand_ins(tiny_models, monkeypatch, image, box, forward, regrow=True):
+    """``image`` segmented by a fresh Segmenter of the tiny models whose localization is
+    ``_fixed_box(*box)`` and segmentation network ``forward``."""
+    from flare_seg.service.pipeline import Segmenter
+
+    segmenter = Segmenter(Segmenter.load(tiny_models).models)
+    segmenter.regrow = regrow
+    monkeypatch.setattr(segmenter, "_localize", _fixed_box(*box))
+    monkeypatch.setattr(segmenter, "_segmentation_forward", forward)
+    return segmenter.segment_image(image)
+
+
 @pytest.mark.parametrize(("name", "spacing_x"), [("identity", 2.0), ("ras", 0.9), ("permuted", 2.0)])
 def test_an_organ_cut_by_the_region_is_segmented_again_over_a_grown_region(
     tiny_models, monkeypatch, name, spacing_x
@@ -385,7 +397,7 @@ def test_an_organ_cut_by_the_region_is_segmented_again_over_a_grown_region(
     left whatever the input's direction (``ras``: the file's x flipped; ``permuted``: its z axis),
     and 0.9 mm voxels are averaged in pairs in the copy kept for the second pass."""
     from flare_seg.geometry import to_canonical
-    from flare_seg.service.pipeline import REGROW_MM, Segmenter
+    from flare_seg.service.pipeline import REGROW_MM
 
     width_mm = 240.0
     n = round(width_mm / spacing_x)
@@ -404,11 +416,8 @@ def test_an_organ_cut_by_the_region_is_segmented_again_over_a_grown_region(
     box_lo, box_hi = (2, 5, int(100 * mm)), (10, 25, int(180 * mm))  # the liver's last 20 mm only
 
     def run(regrow: bool):
-        segmenter = Segmenter(Segmenter.load(tiny_models).models)
-        segmenter.regrow = regrow
-        monkeypatch.setattr(segmenter, "_localize", _fixed_box(box_lo, box_hi))
-        monkeypatch.setattr(segmenter, "_segmentation_forward", _liver_between(liver_lo, liver_hi))
-        result = segmenter.segment_image(image)
+        forward = _liver_between(liver_lo, liver_hi)
+        result = _with_stand_ins(tiny_models, monkeypatch, image, (box_lo, box_hi), forward, regrow)
         assert Geometry.of(result.mask) == Geometry.of(image)
         labels, _ = to_canonical(result.mask)
         columns = np.flatnonzero(np.any(sitk.GetArrayViewFromImage(labels) == LIVER, axis=(0, 1)))
@@ -435,18 +444,14 @@ def test_an_organ_cut_by_the_region_is_segmented_again_over_a_grown_region(
 def test_a_region_that_cuts_nothing_is_segmented_once(tiny_models, monkeypatch):
     """No organ at a face of the region inside the scan: one pass, and the same labels as
     without the second-pass machinery."""
-    from flare_seg.service.pipeline import Segmenter
 
     image = ct_image(
         shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
     )
     masks = []
     for regrow in (True, False):
-        segmenter = Segmenter(Segmenter.load(tiny_models).models)
-        segmenter.regrow = regrow
-        monkeypatch.setattr(segmenter, "_localize", _fixed_box((2, 5, 30), (10, 25, 90)))
-        monkeypatch.setattr(segmenter, "_segmentation_forward", _liver_between(45, 75))
-        result = segmenter.segment_image(image)
+        box = ((2, 5, 30), (10, 25, 90))
+        result = _with_stand_ins(tiny_models, monkeypatch, image, box, _liver_between(45, 75), regrow)
         assert "regrow_s" not in result.timings_s
         assert not [w for w in result.warnings if "segmented again" in w or "reaches the edge" in w]
         masks.append(sitk.GetArrayFromImage(result.mask))
@@ -490,7 +495,6 @@ def test_the_copy_kept_for_a_second_pass_holds_block_averages_around_the_crop(ti
 def test_inside_the_first_region_the_first_pass_labels_stay(tiny_models, monkeypatch):
     """The second pass only adds what lies beyond the first region: a second pass that labels its
     whole crop liver changes nothing inside the first crop, and fills the rest of its own."""
-    from flare_seg.service.pipeline import Segmenter
 
     image = ct_image(
         shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
@@ -505,10 +509,8 @@ def test_inside_the_first_region_the_first_pass_labels_stay(tiny_models, monkeyp
             scores[..., 0], scores[..., LIVER] = 0.0, 1.0
         return scores
 
-    segmenter = Segmenter(Segmenter.load(tiny_models).models)
-    monkeypatch.setattr(segmenter, "_localize", _fixed_box((2, 5, 50), (10, 25, 90)))
-    monkeypatch.setattr(segmenter, "_segmentation_forward", forward)
-    labels = sitk.GetArrayFromImage(segmenter.segment_image(image).mask)  # identity: canonical
+    result = _with_stand_ins(tiny_models, monkeypatch, image, ((2, 5, 50), (10, 25, 90)), forward)
+    labels = sitk.GetArrayFromImage(result.mask)  # identity: canonical
     one, two = crops
     inside = tuple(slice(a, b) for a, b in zip(one.start_zyx, one.stop_zyx, strict=True))
     expected = np.zeros_like(labels[inside])
@@ -524,18 +526,14 @@ def test_inside_the_first_region_the_first_pass_labels_stay(tiny_models, monkeyp
 def test_an_oblique_input_is_segmented_again_over_a_grown_region_on_its_own_grid(tiny_models, monkeypatch):
     """An oblique input is segmented on its resampled canonical grid: the second pass runs there,
     and the mask comes back with exactly the input's geometry, holding more liver than without it."""
-    from flare_seg.service.pipeline import Segmenter
 
     image = ct_image(
         shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=oblique_direction(8.0)
     )
     volumes = {}
     for regrow in (True, False):
-        segmenter = Segmenter(Segmenter.load(tiny_models).models)
-        segmenter.regrow = regrow
-        monkeypatch.setattr(segmenter, "_localize", _fixed_box((2, 5, 50), (10, 25, 90)))
-        monkeypatch.setattr(segmenter, "_segmentation_forward", _liver_between(20, 60))
-        result = segmenter.segment_image(image)
+        box = ((2, 5, 50), (10, 25, 90))
+        result = _with_stand_ins(tiny_models, monkeypatch, image, box, _liver_between(20, 60), regrow)
         assert Geometry.of(result.mask) == Geometry.of(image)
         assert any("segmented again" in w for w in result.warnings) == regrow
         volumes[regrow] = result.volumes_ml["liver"]
