@@ -468,11 +468,11 @@ class Segmenter:
         hi = np.clip(np.ceil((np.asarray(crop.stop_zyx) - origin) / f).astype(int), 0, n)
         reserve_spacing = tuple(float(s) * int(k) for s, k in zip(grid.spacing_mm_zyx, f, strict=True))
         grow = np.round(REGROW_MM / np.asarray(reserve_spacing)).astype(int)
-        for cut in cuts:
-            if cut.end == 0:
-                lo[cut.axis] = max(0, lo[cut.axis] - grow[cut.axis])
+        for axis, end in {(cut.axis, cut.end) for cut in cuts}:  # once a face, whatever it cuts
+            if end == 0:
+                lo[axis] = max(0, lo[axis] - grow[axis])
             else:
-                hi[cut.axis] = min(int(n[cut.axis]), hi[cut.axis] + grow[cut.axis])
+                hi[axis] = min(int(n[axis]), hi[axis] + grow[axis])
         c = self.contract
         local = fit_crop_to_valid_size(
             tuple(int(v) for v in lo),  # type: ignore[arg-type]

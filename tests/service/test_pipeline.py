@@ -344,6 +344,7 @@ def test_organs_cut_by_the_region_are_looked_for_on_the_canonical_grid(tiny_segm
 
 
 LIVER = next(k for k, name in ORGANS.items() if name == "liver")
+SPLEEN = next(k for k, name in ORGANS.items() if name == "spleen")
 
 
 def _liver_between(x_lo: int, x_hi: int):
@@ -538,3 +539,32 @@ def test_an_oblique_input_is_segmented_again_over_a_grown_region_on_its_own_grid
         assert any("segmented again" in w for w in result.warnings) == regrow
         volumes[regrow] = result.volumes_ml["liver"]
     assert volumes[True] > 1.5 * volumes[False] > 0
+
+
+def test_a_face_that_cuts_two_organs_is_grown_once(tiny_models, monkeypatch):
+    """Liver and spleen both across the region's right face: that face moves by 40 mm (20 voxels
+    of 2 mm, plus at most half a valid-size step of 8 voxels from the crop's centred fit), not once
+    per organ."""
+    from flare_seg.service.pipeline import REGROW_MM
+
+    image = ct_image(
+        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
+    )
+    liver = _liver_between(10, 100)
+    crops = []
+
+    def forward(x, crop, timings):
+        crops.append(crop)
+        scores = liver(x, crop, timings)
+        h = crop.out_shape_zyx[1]
+        upper = scores[:, h // 2 :]  # the posterior half of the liver's columns becomes spleen
+        spleen = upper[..., LIVER] == 1.0
+        upper[..., LIVER][spleen], upper[..., SPLEEN][spleen] = 0.0, 1.0
+        return scores
+
+    result = _with_stand_ins(tiny_models, monkeypatch, image, ((2, 5, 80), (10, 25, 110)), forward)
+    (note,) = [w for w in result.warnings if "segmented again" in w]
+    assert "the liver's mask" in note and "the spleen's mask" in note
+    one, two = crops
+    moved = one.start_zyx[2] - two.start_zyx[2]
+    assert REGROW_MM / 2.0 <= moved <= REGROW_MM / 2.0 + 4  # twice would be 28: the copy's edge
