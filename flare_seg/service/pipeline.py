@@ -61,7 +61,13 @@ from flare_seg.resources import PACKAGED_MODELS_DIR
 from flare_seg.service.io import CtVolume, NiftiHeader, read_ct_volume, write_mask_atomic
 from flare_seg.service.localization import LocalizationPlan, plan_localization
 from flare_seg.service.models import LoadedModels, load_models
-from flare_seg.service.postprocess import cut_faces, drop_stray_components, faces_inside, organs_cut_by_region
+from flare_seg.service.postprocess import (
+    cut_faces,
+    drop_stray_components,
+    faces_inside,
+    organs_cut_by_region,
+    region_faces,
+)
 from flare_seg.statistics import OrganStatistics, organ_statistics
 
 log = logging.getLogger(__name__)
@@ -453,10 +459,11 @@ class Segmenter:
         first pass's labels stay (its box is the one the networks are trained on; a different
         crop moves a network's output by chance, and on a label wrongly reaching a face, such as
         soft tissue behind the kidneys labelled kidney, it would only add to the error)."""
-        labels = np.argmax(np.asarray(scores[0]), axis=-1).astype(np.uint8)
         inside = faces_inside(crop.start_zyx, crop.stop_zyx, grid.shape_zyx)
-        cuts = [c for c in cut_faces(labels, inside, crop.out_spacing_mm_zyx) if c.label in organs]
-        del labels
+        faces = {
+            key: np.argmax(face, axis=-1) for key, face in region_faces(np.asarray(scores[0]), inside).items()
+        }
+        cuts = [c for c in cut_faces(faces, crop.out_spacing_mm_zyx) if c.label in organs]
         if not cuts:
             return None
         t = time.perf_counter()

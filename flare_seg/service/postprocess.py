@@ -155,24 +155,31 @@ def faces_inside(
     )
 
 
-def cut_faces(
-    region: np.ndarray, inside: Sequence[tuple[bool, bool]], spacing_mm_zyx: Sequence[float]
-) -> list[Cut]:
-    """Every organ whose labels cover at least ``CUT_AREA_MM2`` of a face of ``region`` (labels,
-    a box of the canonical grid with voxels of ``spacing_mm_zyx``) that lies inside the scan
-    (``inside``, see ``faces_inside``), ordered by organ."""
+def region_faces(
+    region: np.ndarray, inside: Sequence[tuple[bool, bool]]
+) -> dict[tuple[int, int], np.ndarray]:
+    """The faces of ``region`` (a box of the canonical grid, labels or per-voxel class scores)
+    that lie inside the scan (``inside``, see ``faces_inside``): (axis, end) -> its first
+    (end 0) or last (end 1) slice along that axis."""
+    return {
+        (axis, end): np.take(region, 0 if end == 0 else region.shape[axis] - 1, axis=axis)
+        for axis in range(3)
+        for end in (0, 1)
+        if inside[axis][end]
+    }
+
+
+def cut_faces(faces: dict[tuple[int, int], np.ndarray], spacing_mm_zyx: Sequence[float]) -> list[Cut]:
+    """Every organ whose labels cover at least ``CUT_AREA_MM2`` of one of ``faces`` (see
+    ``region_faces``; labels, on a grid of ``spacing_mm_zyx``), ordered by organ."""
     cuts = []
-    for axis in range(3):
+    for (axis, end), face in faces.items():
         pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing_mm_zyx) if i != axis]))
-        for end in (0, 1):
-            if not inside[axis][end]:
-                continue
-            face = np.take(region, 0 if end == 0 else region.shape[axis] - 1, axis=axis)
-            counts = np.bincount(face.ravel(), minlength=len(ORGANS) + 1)
-            for k in ORGANS:
-                area = float(counts[k]) * pixel_mm2
-                if area >= CUT_AREA_MM2:
-                    cuts.append(Cut(k, axis, end, area))
+        counts = np.bincount(face.ravel(), minlength=len(ORGANS) + 1)
+        for k in ORGANS:
+            area = float(counts[k]) * pixel_mm2
+            if area >= CUT_AREA_MM2:
+                cuts.append(Cut(k, axis, end, area))
     return sorted(cuts, key=lambda c: c.label)
 
 
@@ -188,7 +195,7 @@ def organs_cut_by_region(
     own edge is normal and not reported."""
     stop = [a + n for a, n in zip(start_zyx, region.shape, strict=True)]
     found: dict[str, list[Cut]] = {}
-    for cut in cut_faces(region, faces_inside(start_zyx, stop, shape_zyx), spacing_mm_zyx):
+    for cut in cut_faces(region_faces(region, faces_inside(start_zyx, stop, shape_zyx)), spacing_mm_zyx):
         found.setdefault(cut.organ, []).append(cut)
     return [
         f"the {name}'s mask reaches the edge of the segmented region "
