@@ -375,6 +375,21 @@ def _fixed_box(lo_zyx, hi_zyx):
     return localize
 
 
+def _wide_image(direction: tuple[float, ...]) -> sitk.Image:
+    """A CT 240 mm from the patient's right to left (2 mm voxels), 90 mm deep and 60 mm high."""
+    return ct_image(shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=direction)
+
+
+def _recorded(forward, crops: list):
+    """``forward``, appending each crop it is called with to ``crops`` first."""
+
+    def recording(x, crop, timings):
+        crops.append(crop)
+        return forward(x, crop, timings)
+
+    return recording
+
+
 def _with_stand_ins(tiny_models, monkeypatch, image, box, forward, regrow=True):
     """``image`` segmented by a fresh Segmenter of the tiny models whose localization is
     ``_fixed_box(*box)`` and segmentation network ``forward``."""
@@ -446,9 +461,7 @@ def test_a_region_that_cuts_nothing_is_segmented_once(tiny_models, monkeypatch):
     """No organ at a face of the region inside the scan: one pass, and the same labels as
     without the second-pass machinery."""
 
-    image = ct_image(
-        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
-    )
+    image = _wide_image(DIRECTIONS["identity"])
     masks = []
     for regrow in (True, False):
         box = ((2, 5, 30), (10, 25, 90))
@@ -497,18 +510,17 @@ def test_inside_the_first_region_the_first_pass_labels_stay(tiny_models, monkeyp
     """The second pass only adds what lies beyond the first region: a second pass that labels its
     whole crop liver changes nothing inside the first crop, and fills the rest of its own."""
 
-    image = ct_image(
-        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
-    )
+    image = _wide_image(DIRECTIONS["identity"])
     first = _liver_between(20, 60)
-    crops = []
+    crops: list = []
 
-    def forward(x, crop, timings):
-        crops.append(crop)
+    def liver_everywhere_the_second_time(x, crop, timings):
         scores = first(x, crop, timings)
         if len(crops) == 2:
             scores[..., 0], scores[..., LIVER] = 0.0, 1.0
         return scores
+
+    forward = _recorded(liver_everywhere_the_second_time, crops)
 
     result = _with_stand_ins(tiny_models, monkeypatch, image, ((2, 5, 50), (10, 25, 90)), forward)
     labels = sitk.GetArrayFromImage(result.mask)  # identity: canonical
@@ -528,9 +540,7 @@ def test_an_oblique_input_is_segmented_again_over_a_grown_region_on_its_own_grid
     """An oblique input is segmented on its resampled canonical grid: the second pass runs there,
     and the mask comes back with exactly the input's geometry, holding more liver than without it."""
 
-    image = ct_image(
-        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=oblique_direction(8.0)
-    )
+    image = _wide_image(oblique_direction(8.0))
     volumes = {}
     for regrow in (True, False):
         box = ((2, 5, 50), (10, 25, 90))
@@ -547,20 +557,19 @@ def test_a_face_that_cuts_two_organs_is_grown_once(tiny_models, monkeypatch):
     per organ."""
     from flare_seg.service.pipeline import REGROW_MM
 
-    image = ct_image(
-        shape_zyx=(12, 30, 120), spacing_mm_xyz=(2.0, 3.0, 5.0), direction=DIRECTIONS["identity"]
-    )
+    image = _wide_image(DIRECTIONS["identity"])
     liver = _liver_between(10, 100)
-    crops = []
+    crops: list = []
 
-    def forward(x, crop, timings):
-        crops.append(crop)
+    def liver_and_spleen(x, crop, timings):
         scores = liver(x, crop, timings)
         h = crop.out_shape_zyx[1]
         upper = scores[:, h // 2 :]  # the posterior half of the liver's columns becomes spleen
         spleen = upper[..., LIVER] == 1.0
         upper[..., LIVER][spleen], upper[..., SPLEEN][spleen] = 0.0, 1.0
         return scores
+
+    forward = _recorded(liver_and_spleen, crops)
 
     result = _with_stand_ins(tiny_models, monkeypatch, image, ((2, 5, 80), (10, 25, 110)), forward)
     (note,) = [w for w in result.warnings if "segmented again" in w]
