@@ -38,6 +38,7 @@ from flare_seg.training.networks import (
     localization_net,
     spatial_configuration_net,
 )
+from flare_seg.training.widen import widen_unet
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,15 @@ def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) ->
     A segmentation network with ``sc_combine: sum`` may start from a ``product`` one whose spatial
     term is saturated (a constant +-1 per class, see ``flare_seg.training.networks``): the constant
     is folded into the local scores, which gives the same logits, and the spatial branch starts
-    afresh at zero."""
+    afresh at zero.
+
+    A network with wider U-Net levels (``filters``) than the source's starts as the source's
+    network widened without changing its outputs (``flare_seg.training.widen``)."""
     source_combine = _source_combine(source, config)
     source_config = replace(config, sc_combine=source_combine) if config.task == "segmentation" else config
+    recorded_filters = _recorded_config(source).get("filters")
+    if recorded_filters is not None:
+        source_config = replace(source_config, filters=tuple(int(f) for f in recorded_filters))
     if (source / "checkpoints").is_dir():
         trained, _ = restore_model(source, source_config)
         values = {w.path: w.numpy() for w in trained.weights}
@@ -106,6 +113,15 @@ def initialize_weights(model: keras.Model, source: Path, config: TrainConfig) ->
         values = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     else:
         raise FileNotFoundError(f"init_from {source}: neither an exported network nor a run directory")
+    if source_config.filters != config.filters:
+        prefix, head = ("loc", "heatmaps") if config.task == "localization" else ("la", "local_appearance")
+        try:
+            values = widen_unet(values, prefix, head, source_config.filters, config.filters, config.seed)
+        except ValueError as err:
+            raise ValueError(f"init_from {source}: {err}") from None
+        log.info(
+            "widened %s from filters %s to %s", source, list(source_config.filters), list(config.filters)
+        )
     keep_spatial = True
     if config.task == "segmentation" and source_combine != config.sc_combine:
         if (source_combine, config.sc_combine) != ("product", "sum"):
@@ -132,16 +148,20 @@ def _source_combine(source: Path, config: TrainConfig) -> Combine:
     branches, from its recorded config; networks recorded before the choice existed are products."""
     if config.task != "segmentation":
         return config.sc_combine
-    recorded: dict[str, Any] = {}
-    if (source / "config.yaml").is_file():
-        recorded = yaml.safe_load((source / "config.yaml").read_text()) or {}
-    elif (source.parent / MANIFEST_NAME).is_file():
-        manifest = json.loads((source.parent / MANIFEST_NAME).read_text())
-        recorded = ((manifest.get("training") or {}).get(source.name) or {}).get("config") or {}
-    combine = recorded.get("sc_combine", "product")
+    combine = _recorded_config(source).get("sc_combine", "product")
     if combine not in COMBINATIONS:
         raise ValueError(f"init_from {source}: unknown sc_combine {combine!r} in its recorded config")
     return cast(Combine, combine)
+
+
+def _recorded_config(source: Path) -> dict[str, Any]:
+    """The training config recorded with ``source`` (a run or an exported network); {} if none."""
+    if (source / "config.yaml").is_file():
+        return yaml.safe_load((source / "config.yaml").read_text()) or {}
+    if (source.parent / MANIFEST_NAME).is_file():
+        manifest = json.loads((source.parent / MANIFEST_NAME).read_text())
+        return ((manifest.get("training") or {}).get(source.name) or {}).get("config") or {}
+    return {}
 
 
 SATURATED = 0.999  # |tanh| above this everywhere: the product network's spatial term is a constant
