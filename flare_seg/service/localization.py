@@ -10,7 +10,10 @@ branch reads positions relative to the box centre, puts organs in the wrong plac
 
 1. keeps, per organ, the connected blob that holds most of the heatmap's mass (for the kidneys,
    the two largest blobs when they lie side by side: one label covers both), plus fragments close
-   to it;
+   to it; where an organ's heatmap has rival blobs of comparable mass (a liver in the pelvis as
+   large as the real one, as an oblique abdomen-pelvis scan gives), the organs' blobs are chosen
+   together: the choice that leaves the most organs consistent with each other's layout (step 2),
+   then the one holding the most mass;
 2. checks each organ's extent and volume against generous adult ranges, and the organs' layout
    (the spleen left of the liver; each organ within a plausible height of the others);
 3. drops organs that fail, with a warning; grows the segmented region when an organ is missing or
@@ -29,6 +32,7 @@ Everything is in edge coordinates of the localization grid ((z, y, x), voxel ``i
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +64,12 @@ FRAGMENT_GAP_MM = 12.0  # blobs this close to an organ's main blob are part of i
 KIDNEY_PAIR_MIN_MASS = 0.15  # the second kidney blob holds at least this fraction of the first's mass
 KIDNEY_PAIR_MIN_APART_MM = 50.0  # ... lies this far to the side of it
 KIDNEY_PAIR_MAX_HEIGHT_MM = 100.0  # ... and this close in height
+# A blob that holds at least this fraction of an organ's largest blob's mass is a rival to it: the
+# organs' blobs are then chosen together, by their layout (at most MAX_RIVALS per organ, the
+# largest first). On the real abdomen-pelvis CT the pelvis's spurious blobs hold 3 to 40 % of the
+# organ's mass straight, and 100 % (the liver) when the scan is oblique.
+RIVAL_MIN_MASS = 0.25
+MAX_RIVALS = 3
 GROW_MM = 40.0  # region grown on every side when an organ is missing or was dropped
 # Typical adult cranio-caudal length (mm) of each organ's label ("kidney": both kidneys, the right
 # one lower). An organ cut off at the scan's top or bottom face is extended to it, for the box only.
@@ -109,16 +119,18 @@ def plan_localization(
     located: dict[str, OrganLocation] = {}
     missing: list[str] = []
     dropped: dict[str, str] = {}
+    rivals: dict[str, list[OrganLocation]] = {}
     for i, name in enumerate(names):
-        organ = _locate_organ(name, heat[..., i], spacing, threshold)
-        if organ is None:
+        candidates = _organ_candidates(name, heat[..., i], spacing, threshold)
+        if not candidates:
             missing.append(name)
             continue
-        reason = _implausible(organ, spacing)
-        if reason:
-            dropped[name] = reason
+        plausible = [c for c in candidates if not _implausible(c, spacing)]
+        if plausible:
+            rivals[name] = plausible
         else:
-            located[name] = organ
+            dropped[name] = _implausible(candidates[0], spacing)
+    located = _choose_blobs(rivals)
     dropped.update(_layout_outliers(located))
     kept = tuple(o for n, o in located.items() if n not in dropped)
     warnings = [f"the {name}'s localization was ignored: {why}" for name, why in dropped.items()]
@@ -168,34 +180,62 @@ def extend_cut_box(
     return lo, hi
 
 
-def _locate_organ(name: str, heat: np.ndarray, spacing: np.ndarray, threshold: float) -> OrganLocation | None:
-    """The organ's main blob (with its fragments, and the second kidney), or None if nothing is
-    above the threshold."""
+def _organ_candidates(name: str, heat: np.ndarray, spacing: np.ndarray, threshold: float) -> list[OrganLocation]:
+    """The organ's possible locations, largest first: its main blob (with its fragments, and the
+    second kidney), then up to ``MAX_RIVALS - 1`` rival blobs of at least ``RIVAL_MIN_MASS`` of the
+    main blob's mass that are not part of an earlier location, each taken the same way. Empty if
+    nothing is above the threshold."""
     blobs, count = ndimage.label(heat > threshold, structure=np.ones((3, 3, 3), bool))
     if count == 0:
-        return None
+        return []
     index = np.arange(1, count + 1)
     masses = np.asarray(ndimage.sum_labels(heat, blobs, index), float)
     centroids = np.asarray(ndimage.center_of_mass(heat, blobs, index), float).reshape(count, 3)
     centroids_mm = (centroids + 0.5) * spacing
-    order = np.argsort(-masses)
-    keep = [int(order[0])]
-    if name == "kidney":
-        for j in order[1:]:
-            apart = centroids_mm[j] - centroids_mm[order[0]]
-            if (
-                masses[j] >= KIDNEY_PAIR_MIN_MASS * masses[order[0]]
-                and abs(apart[2]) >= KIDNEY_PAIR_MIN_APART_MM
-                and abs(apart[0]) <= KIDNEY_PAIR_MAX_HEIGHT_MM
-            ):
-                keep.append(int(j))
-                break
-    selected = np.isin(blobs, index[keep])
+    order = [int(j) for j in np.argsort(-masses, kind="stable")]
     gap = np.maximum(np.round(FRAGMENT_GAP_MM / spacing).astype(int), 1)
-    near = ndimage.binary_dilation(selected, structure=np.ones(tuple(2 * gap + 1), bool))
-    fragments = np.unique(blobs[near & (blobs > 0)])
-    selected = np.isin(blobs, fragments)
-    return _location(name, heat, selected, spacing)
+    used: set[int] = set()  # blob labels already part of a location
+    out: list[OrganLocation] = []
+    for main in order:
+        if len(out) == MAX_RIVALS or masses[main] < RIVAL_MIN_MASS * masses[order[0]]:
+            break
+        if main + 1 in used:
+            continue
+        keep = [main]
+        if name == "kidney":
+            for j in order:
+                apart = centroids_mm[j] - centroids_mm[main]
+                if (
+                    j != main
+                    and j + 1 not in used
+                    and masses[j] >= KIDNEY_PAIR_MIN_MASS * masses[main]
+                    and abs(apart[2]) >= KIDNEY_PAIR_MIN_APART_MM
+                    and abs(apart[0]) <= KIDNEY_PAIR_MAX_HEIGHT_MM
+                ):
+                    keep.append(j)
+                    break
+        selected = np.isin(blobs, index[keep])
+        near = ndimage.binary_dilation(selected, structure=np.ones(tuple(2 * gap + 1), bool))
+        fragments = np.unique(blobs[near & (blobs > 0)])
+        used.update(int(f) for f in fragments)
+        out.append(_location(name, heat, np.isin(blobs, fragments), spacing))
+    return out
+
+
+def _choose_blobs(rivals: dict[str, list[OrganLocation]]) -> dict[str, OrganLocation]:
+    """One location per organ from its candidates (largest first): the combination whose layout
+    leaves the most organs (``_layout_outliers``), then the one holding the most heatmap mass
+    (each organ's relative to its largest candidate), then the earliest. With one candidate each,
+    the largest blobs."""
+    names = list(rivals)
+    best: tuple[tuple[int, float], dict[str, OrganLocation]] | None = None
+    for combo in itertools.product(*(rivals[n] for n in names)):
+        chosen = dict(zip(names, combo, strict=True))
+        kept = len(chosen) - len(_layout_outliers(chosen))
+        mass = sum(o.volume_ml / rivals[o.name][0].volume_ml for o in combo)
+        if best is None or (kept, mass) > best[0]:
+            best = ((kept, mass), chosen)
+    return best[1] if best is not None else {}
 
 
 def _location(name: str, heat: np.ndarray, selected: np.ndarray, spacing: np.ndarray) -> OrganLocation:

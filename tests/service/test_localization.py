@@ -67,6 +67,33 @@ def test_a_false_positive_blob_far_from_the_organ_does_not_stretch_the_box():
     assert plan.warnings == ()
 
 
+def test_a_rival_blob_as_large_as_the_organ_is_told_apart_by_the_other_organs():
+    """An oblique abdomen-pelvis scan: the liver's heatmap fires in the pelvis with slightly more
+    mass than on the liver. Taken alone, the pelvic blob would win and the liver would then be
+    dropped as a height outlier; chosen with the other organs, the real liver is kept."""
+    heat = heatmaps(shape_zyx=(80, 48, 64), organs={k: v for k, v in ABDOMEN.items() if k != "liver"})
+    heat[30:50, 8:30, 6:30, 0] = 0.9  # the liver, as in ABDOMEN (20 x 22 x 24 voxels)
+    heat[0:14, 8:30, 2:40, 0] = 0.9  # the pelvis, 165 mm lower, a little larger (14 x 22 x 38)
+    plan = plan_localization(heat, SPACING, 0.5)
+    assert plan.dropped == () and plan.warnings == ()
+    liver = next(o for o in plan.organs if o.name == "liver")
+    assert liver.lo_zyx == (30.0, 8.0, 6.0) and liver.hi_zyx == (50.0, 30.0, 30.0)
+    lo, hi = box_of(*all_boxes(ABDOMEN))
+    np.testing.assert_array_equal(plan.lo_zyx, lo)
+    np.testing.assert_array_equal(plan.hi_zyx, hi)
+
+
+def test_rival_blobs_that_fit_the_layout_equally_leave_the_largest():
+    """Two kidney pairs both within the layout's height range: the heavier pair is kept."""
+    organs = dict(ABDOMEN, kidney=[(22, 40, 26, 34, 14, 22), (24, 42, 26, 34, 40, 48)])
+    heat = heatmaps(organs=organs)
+    heat[46:56, 26:34, 14:22, 1] = 0.9  # a smaller pair higher up, still within range
+    heat[46:56, 26:34, 40:48, 1] = 0.9
+    plan = plan_localization(heat, SPACING, 0.5)
+    kidney = next(o for o in plan.organs if o.name == "kidney")
+    assert kidney.lo_zyx[0] == 22 and kidney.hi_zyx[0] == 42
+
+
 def test_an_organ_cut_off_at_the_top_of_the_scan_extends_the_box_but_not_the_region():
     """A scan that starts below the diaphragm: the liver (120 mm seen) and spleen reach the top face.
     The region to segment ends at the edge; the organs' box runs on to the liver's typical 150 mm,
