@@ -162,13 +162,14 @@ class CanonicalTransform:
     oriented: Geometry  # the grid after the lossless flip/permutation (before any oblique resampling)
 
 
-def to_canonical(image: sitk.Image) -> tuple[sitk.Image, CanonicalTransform]:
+def to_canonical(image: sitk.Image, labels: bool = False) -> tuple[sitk.Image, CanonicalTransform]:
     """Return ``image`` on a grid with the identity (LPS) direction, and the record to undo it.
 
     Axis-aligned inputs (any flips or permutations) are reoriented losslessly with
-    ``sitk.DICOMOrient``. Oblique inputs are additionally resampled (linear) onto an
-    identity-direction grid that covers them, at the same spacing; ``undo_canonical`` then
-    resamples the labels back with nearest-neighbour interpolation.
+    ``sitk.DICOMOrient``. Oblique inputs are additionally resampled (linear, or nearest-neighbour
+    for a label image, ``labels``) onto an identity-direction grid that covers them, at the same
+    spacing (``_resample_to_identity_direction``); ``undo_canonical`` then resamples the labels
+    back with nearest-neighbour interpolation.
     """
     original = Geometry.of(image)
     orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(original.direction)
@@ -176,7 +177,7 @@ def to_canonical(image: sitk.Image) -> tuple[sitk.Image, CanonicalTransform]:
     oriented_geometry = Geometry.of(oriented)
     oblique = not original.is_axis_aligned
     if oblique:
-        oriented = _resample_to_identity_direction(oriented)
+        oriented = _resample_to_identity_direction(oriented, labels)
     else:
         # DICOMOrient of an axis-aligned image yields an exact identity up to rounding: make it exact.
         oriented.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
@@ -204,8 +205,18 @@ def undo_canonical(labels: sitk.Image, transform: CanonicalTransform) -> sitk.Im
     return transform.original.apply_to(restored)
 
 
-def _resample_to_identity_direction(image: sitk.Image) -> sitk.Image:
-    """Resample an (oblique) image onto an identity-direction grid covering its physical extent."""
+def _resample_to_identity_direction(image: sitk.Image, labels: bool = False) -> sitk.Image:
+    """Resample an (oblique) image onto an identity-direction grid covering its physical extent
+    (linear; nearest-neighbour for ``labels``).
+
+    The grid's corners lie beyond the image's first and last slice (a tilted scan's top and bottom
+    faces are tilted on it). There the first and last slices are carried on along the image's own
+    slice axis rather than filled with air: the networks never see air beyond a scan's face (their
+    input ends at it), and a slab of air above a liver cut off by the scan's top reads like the
+    lungs (on the development CT, four slices of air above its top slice cost 0.03 to 0.08 Dice on
+    the liver, kidneys and spleen). In-plane, beyond the image's rows and columns, it is the
+    image's lowest value (air outside the body), as before. ``undo_canonical`` keeps only the
+    original grid's voxels, so nothing of the carried-on slices reaches the mask."""
     geometry = Geometry.of(image)
     nx, ny, nz = geometry.size_xyz
     corners = np.array(
@@ -220,4 +231,16 @@ def _resample_to_identity_direction(image: sitk.Image) -> sitk.Image:
     reference.SetOrigin(tuple(float(v) for v in lo))
     reference.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     fill = float(np.min(sitk.GetArrayViewFromImage(image))) if image.GetNumberOfPixels() else 0.0
-    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, fill)
+    # how far the grid's corners reach beyond the first and last slice, in slices
+    grid_corners = [
+        reference.TransformIndexToPhysicalPoint([int(i), int(j), int(k)])
+        for i in (0, size[0] - 1)
+        for j in (0, size[1] - 1)
+        for k in (0, size[2] - 1)
+    ]
+    k = np.array([image.TransformPhysicalPointToContinuousIndex(p)[2] for p in grid_corners])
+    below = int(np.ceil(max(0.0, -float(k.min())))) + 1
+    above = int(np.ceil(max(0.0, float(k.max()) - (nz - 1)))) + 1
+    padded = sitk.ZeroFluxNeumannPad(image, [0, 0, below], [0, 0, above])
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    return sitk.Resample(padded, reference, sitk.Transform(), interpolator, fill)

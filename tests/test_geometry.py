@@ -63,6 +63,56 @@ def test_oblique_round_trip_restores_grid_and_keeps_structures_in_place():
     assert dice > 0.9
 
 
+def _tilted_slab() -> sitk.Image:
+    """A tilted scan: air in-plane around a body, the top slice 60 HU, the bottom one -100 HU."""
+    arr = np.full((20, 30, 30), -1000, np.int16)
+    arr[:, 5:25, 5:25] = 0
+    arr[-1, 5:25, 5:25] = 60
+    arr[0, 5:25, 5:25] = -100
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((2.0, 2.0, 3.0))
+    image.SetOrigin((-30.0, 20.0, 100.0))
+    m = np.asarray(sitk.Euler3DTransform((0, 0, 0), np.deg2rad(15.0), 0.0, 0.0).GetMatrix())
+    image.SetDirection(tuple(m))  # a 15 degree gantry tilt: about the patient's x axis
+    return image
+
+
+def test_an_oblique_scan_carries_its_faces_on_beyond_its_slices_and_air_beyond_its_columns():
+    """On the canonical grid, points above the tilted top face take the top slice's values and
+    points below the bottom face the bottom slice's (the networks never see air beyond a scan's
+    face); points beside the body beyond the image's rows and columns are air."""
+    image = _tilted_slab()
+    canonical, _ = to_canonical(image)
+    body = sitk.GetArrayViewFromImage(image)
+    above, below, beside = [], [], []
+    for index in np.ndindex(*canonical.GetSize()):
+        p = canonical.TransformIndexToPhysicalPoint(index)
+        i, j, k = image.TransformPhysicalPointToContinuousIndex(p)
+        inside_plane = 6 <= i <= 23 and 6 <= j <= 23  # well inside the body's columns and rows
+        if inside_plane and k > 19.5:
+            above.append(canonical[index])
+        elif inside_plane and k < -0.5:
+            below.append(canonical[index])
+        elif (i < -1 or i > 30 or j < -1 or j > 30) and 0 <= k <= 19:
+            beside.append(canonical[index])
+    assert above and below and beside  # the tilt does give the grid corners beyond each face
+    assert set(above) == {60} and set(below) == {-100}
+    assert set(beside) == {int(body.min())}
+
+
+def test_an_oblique_label_image_keeps_only_its_labels():
+    """Labels are resampled nearest-neighbour: no value between two labels appears."""
+    arr = np.zeros((20, 30, 30), np.uint8)
+    arr[4:16, 5:15, 5:25] = 1
+    arr[4:16, 15:25, 5:25] = 4
+    image = sitk.GetImageFromArray(arr)
+    image.SetDirection(oblique_direction(12.0))
+    canonical, _ = to_canonical(image, labels=True)
+    assert set(np.unique(sitk.GetArrayViewFromImage(canonical))) == {0, 1, 4}
+    linear, _ = to_canonical(image)
+    assert set(np.unique(sitk.GetArrayViewFromImage(linear))) - {0, 1, 4}  # what a linear pass gives
+
+
 def test_geometry_index_physical_round_trip_and_axis_order():
     image = _image((0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
     g = Geometry.of(image)

@@ -179,7 +179,7 @@ def organ_box_edges(labels_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | N
 def prepare_case(case: Case, contract: ModelContract, fns: ResampleFunctions) -> PreparedCase:
     image, mask = load_case(case)
     canonical, _ = to_canonical(image)
-    canonical_mask, _ = to_canonical(mask)
+    canonical_mask, _ = to_canonical(mask, labels=True)
     vol = array_zyx(canonical)
     labels = array_zyx(canonical_mask)
     spacing = Geometry.of(canonical).spacing_mm_zyx
