@@ -74,7 +74,7 @@ def _oblique(ct: sitk.Image) -> sitk.Image:
 def _slices(ct: sitk.Image, labels: sitk.Image, keep_from: float, keep_to: float) -> Pair:
     """The slices between fractions ``keep_from`` and ``keep_to`` of the stored slice order."""
     n = ct.GetSize()[2]
-    a, b = int(round(n * keep_from)), int(round(n * keep_to))
+    a, b = round(n * keep_from), round(n * keep_to)
     return ct[:, :, a:b], labels[:, :, a:b]
 
 

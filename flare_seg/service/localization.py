@@ -180,7 +180,9 @@ def extend_cut_box(
     return lo, hi
 
 
-def _organ_candidates(name: str, heat: np.ndarray, spacing: np.ndarray, threshold: float) -> list[OrganLocation]:
+def _organ_candidates(
+    name: str, heat: np.ndarray, spacing: np.ndarray, threshold: float
+) -> list[OrganLocation]:
     """The organ's possible locations, largest first: its main blob (with its fragments, and the
     second kidney), then up to ``MAX_RIVALS - 1`` rival blobs of at least ``RIVAL_MIN_MASS`` of the
     main blob's mass that are not part of an earlier location, each taken the same way. Empty if

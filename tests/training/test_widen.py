@@ -85,5 +85,5 @@ def test_training_starts_from_a_narrower_run(tiny_runs: tuple[Path, Path]):
     x = _input(SEGMENTATION_INPUT_CHANNELS, 6)
     np.testing.assert_allclose(wide_model(x).numpy(), narrow_model(x).numpy(), atol=1e-5)
     narrower = load_config("segmentation", seg_run / "config.yaml", filters=(2, 8, 8, 8))
-    with pytest.raises(ValueError, match="init_from .*narrower"):
+    with pytest.raises(ValueError, match=r"init_from .*narrower"):
         initialize_weights(build_model(narrower), seg_run, narrower)
