@@ -64,7 +64,7 @@ def test_every_version_keeps_image_and_reference_on_one_grid_and_organs_in_place
             assert np.linalg.norm(_centroid_mm(reference, k) - _centroid_mm(lab, k)) < 3.0, (name, k)
             inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(reference) == k]
             assert np.median(inside) >= 30, (name, k)  # the organ's HU came along with its label
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 11
     assert "oblique" in names and "portal_venous" in names
 
 
@@ -95,7 +95,7 @@ def test_the_script_scores_every_version_and_refuses_a_missing_ct(rv, tiny_model
     argv = ["--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "labels.nii.gz")]
     assert rv.main([*argv, "--models-dir", str(tiny_models), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert len(report["versions"]) == 10
+    assert len(report["versions"]) == 11
     for scores in report["versions"].values():
         assert set(scores) == {"liver", "kidney", "spleen", "pancreas"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
