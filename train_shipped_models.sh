@@ -321,6 +321,9 @@ if [ -f "${REAL_CT}/example_ct.nii.gz" ]; then
   flare-seg predict "${WORK}/real_inputs" "${WORK}/real_predictions"
   flare-seg evaluate "${WORK}/real_predictions" "${WORK}/real_labels"
   REAL_EVAL=(--real-ct-evaluation "${WORK}/real_predictions/evaluation.json")
+  # the same CT presented eleven ways (other grids, orientations, fields of view, noise, phase)
+  python bench/realct_versions.py --ct "${REAL_CT}/example_ct.nii.gz" --labels "${REAL_CT}/example_ct_labels.nii.gz" \
+    --models-dir flare_seg/saved_models --out "${WORK}/realct_versions.json"
 fi
 flare-seg export --localization-run "${LOC_RUN}" "${SEG_RUNS[@]}" \
   --out flare_seg/saved_models --force --evaluation "${WORK}/test_predictions/evaluation.json" ${REAL_EVAL[@]+"${REAL_EVAL[@]}"} \
