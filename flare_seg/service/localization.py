@@ -116,7 +116,6 @@ def plan_localization(
     spacing = np.asarray(spacing_mm_zyx, float)
     shape = np.asarray(heat.shape[:3], float)
     names = list(ORGANS.values())
-    located: dict[str, OrganLocation] = {}
     missing: list[str] = []
     dropped: dict[str, str] = {}
     rivals: dict[str, list[OrganLocation]] = {}
@@ -125,11 +124,12 @@ def plan_localization(
         if not candidates:
             missing.append(name)
             continue
-        plausible = [c for c in candidates if not _implausible(c, spacing)]
+        reasons = [_implausible(c, spacing) for c in candidates]
+        plausible = [c for c, reason in zip(candidates, reasons, strict=True) if not reason]
         if plausible:
             rivals[name] = plausible
         else:
-            dropped[name] = _implausible(candidates[0], spacing)
+            dropped[name] = reasons[0]
     located = _choose_blobs(rivals)
     dropped.update(_layout_outliers(located))
     kept = tuple(o for n, o in located.items() if n not in dropped)
