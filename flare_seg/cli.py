@@ -64,6 +64,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             pancreas_forward=args.pancreas_forward,
             liver_fissures=args.liver_fissures,
             gallbladder_fossa=args.gallbladder_fossa,
+            true_pelvis=args.true_pelvis,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -474,6 +475,14 @@ def _add_synth(sub: _Subparsers) -> None:
         help="the gallbladder in its fossa on the liver's underside (25-65%% of it inside the liver's "
         "outline, the fundus forward and down), pear-shaped, with an enhancing wall (70%%), sludge "
         "(15%%) or stones (12%%); left out of the liver label",
+    )
+    p.add_argument(
+        "--true-pelvis",
+        action="store_true",
+        help="the lesser pelvis and the hips (implies --iliac-wings): the sacrum ending at the coccyx, "
+        "pubic and ischial bones, femoral shafts, the iliacus, obturator, gluteal and thigh muscles; "
+        "abdomen-pelvis fields of view (35%% of cases instead of 25%%) that end 20-90 mm below the "
+        "femoral heads",
     )
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)

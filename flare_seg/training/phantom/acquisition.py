@@ -21,6 +21,8 @@ from flare_seg.training.phantom.shapes import rotation
 
 FIELDS_OF_VIEW = ("abdomen", "chest_abdomen", "abdomen_pelvis", "cut_top", "cut_bottom")
 _FOV_PROBABILITIES = (0.4, 0.15, 0.25, 0.1, 0.1)
+_FOV_PROBABILITIES_PELVIS = (0.3, 0.15, 0.35, 0.1, 0.1)  # with a lesser pelvis to show
+MAX_PELVIS_EXTENT_MM = 540.0
 
 Box = tuple[slice, slice, slice]  # numpy (z, y, x) slices into the volume
 
@@ -136,17 +138,24 @@ def resample(grid: Grid, coarse: Coarse, values: np.ndarray, box: Box) -> np.nda
 
 
 def sample_grid(
-    rng: np.random.Generator, options: PhantomOptions, skin_radius_mm: float, kidney_bottom_z: float
+    rng: np.random.Generator,
+    options: PhantomOptions,
+    skin_radius_mm: float,
+    kidney_bottom_z: float,
+    hip_z: float | None = None,
 ) -> tuple[Grid, str, tuple[bool, bool, bool], float]:
     """Field of view, spacing, size, direction and origin for one case.
 
     skin_radius_mm: the body's largest distance from the anatomy z axis (the in-plane field of view
         covers it); kidney_bottom_z: anatomy height (mm) of the lowest kidney pole, which some fields
-        of view are placed against. Returns (grid, field of view name, flips (x, y, z), oblique tilt
-        in degrees).
+        of view are placed against; hip_z: the femoral heads' height (mm) where the anatomy has a
+        lesser pelvis (``true_pelvis``): abdomen-pelvis fields of view are then more frequent and
+        end 20-90 mm below it. Returns (grid, field of view name, flips (x, y, z), oblique tilt in
+        degrees).
     """
-    fov = FIELDS_OF_VIEW[int(rng.choice(len(FIELDS_OF_VIEW), p=_FOV_PROBABILITIES))]
-    top, bottom, extent = _sample_extent(rng, fov, kidney_bottom_z)
+    p = _FOV_PROBABILITIES if hip_z is None else _FOV_PROBABILITIES_PELVIS
+    fov = FIELDS_OF_VIEW[int(rng.choice(len(FIELDS_OF_VIEW), p=p))]
+    top, bottom, extent = _sample_extent(rng, fov, kidney_bottom_z, hip_z)
     half_fov = skin_radius_mm + 15.0
     offset_xy = rng.uniform(-10, 10, 2)
     s_xy, n_xy, s_z = _sample_spacing(rng, options, 2 * (half_fov + np.abs(offset_xy).max()), extent)
@@ -167,9 +176,14 @@ def sample_grid(
     return grid, fov, flips, oblique
 
 
-def _sample_extent(rng: np.random.Generator, fov: str, kidney_bottom_z: float) -> tuple[float, float, float]:
-    """(top, bottom, extent) of field of view `fov` along anatomy z, mm; the extent is 250-450 mm."""
+def _sample_extent(
+    rng: np.random.Generator, fov: str, kidney_bottom_z: float, hip_z: float | None = None
+) -> tuple[float, float, float]:
+    """(top, bottom, extent) of field of view `fov` along anatomy z, mm; the extent is 250-450 mm,
+    or up to ``MAX_PELVIS_EXTENT_MM`` for an abdomen-pelvis scan that ends below the hips at
+    ``hip_z``."""
     kb = kidney_bottom_z
+    longest = 450.0
     if fov == "abdomen":
         top = uniform(rng, 15, 60)
         bottom = min(kb - uniform(rng, 40, 120), top - 250)
@@ -179,13 +193,16 @@ def _sample_extent(rng: np.random.Generator, fov: str, kidney_bottom_z: float) -
     elif fov == "abdomen_pelvis":
         top = uniform(rng, 10, 50)
         bottom = top - uniform(rng, 380, 450)
+        if hip_z is not None:
+            bottom = hip_z - uniform(rng, 20, 90)
+            longest = MAX_PELVIS_EXTENT_MM
     elif fov == "cut_top":
         top = uniform(rng, -55, -20)
         bottom = top - uniform(rng, 250, 400)
     else:
         bottom = kb + uniform(rng, 10, 40)
         top = bottom + uniform(rng, 250, 350)
-    extent = float(np.clip(top - bottom, 250, 450))
+    extent = float(np.clip(top - bottom, 250, longest))
     if fov == "cut_bottom":
         top = bottom + extent
     else:

@@ -37,6 +37,7 @@ from flare_seg.training.phantom.lesions import (
     sample_lesions,
     sample_liver_mass,
 )
+from flare_seg.training.phantom.lesser_pelvis import add_true_pelvis, hip_bottom_z, true_pelvis_rng
 from flare_seg.training.phantom.params import (
     DEFAULT_OPTIONS,
     FREE,
@@ -109,8 +110,12 @@ def generate_case_with_info(
     stomach = sample_stomach_plan(stomach_rng(seed), appearance.phase) if options.collapsed_stomach else None
     builder = AnatomyBuilder(rng_anatomy, appearance, variety, plan, stomach)
     anatomy = builder.build()
-    if options.iliac_wings:
+    if options.iliac_wings or options.true_pelvis:
         anatomy = add_bony_pelvis(rng_variety, builder, anatomy)
+    hips_z = None
+    if options.true_pelvis:
+        anatomy = add_true_pelvis(true_pelvis_rng(seed), builder, anatomy)
+        hips_z = hip_bottom_z(anatomy)
     if options.arms:
         anatomy = add_arms(arms_rng(seed), builder, anatomy)
     fissures: tuple[str, ...] | None = None
@@ -121,7 +126,7 @@ def generate_case_with_info(
         anatomy, gallbladder_plan = add_gallbladder_in_fossa(gallbladder_rng(seed), builder, anatomy)
         gallbladder = {} if gallbladder_plan is None else gallbladder_plan.summary()
     grid, fov, flips, oblique = sample_grid(
-        rng_grid, options, anatomy.in_plane_reach_mm(), anatomy.kidney_bottom_z
+        rng_grid, options, anatomy.in_plane_reach_mm(), anatomy.kidney_bottom_z, hips_z
     )
     sampled = time.perf_counter()
     canvas = _paint(grid, anatomy, appearance.hu, options)

@@ -70,6 +70,10 @@ class PhantomOptions:
     gallbladder_fossa: the gallbladder in a fossa on the liver's underside (a quarter to two thirds
         of it inside the liver's outline, its fundus forward and down), pear-shaped, with a wall,
         sludge or stones in some cases (``phantom.gallbladder``).
+    true_pelvis: the lesser pelvis and the hips below the iliac crests (the sacrum ending at the
+        coccyx, pubic and ischial bones, femoral shafts, the iliacus, obturator, gluteal and thigh
+        muscles) with the ``iliac_wings`` bones, and abdomen-pelvis fields of view that reach below
+        the hips (``phantom.lesser_pelvis``).
     """
 
     size: Literal["full", "small"] = "full"
@@ -91,6 +95,7 @@ class PhantomOptions:
     pancreas_forward: bool = False
     liver_fissures: bool = False
     gallbladder_fossa: bool = False
+    true_pelvis: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

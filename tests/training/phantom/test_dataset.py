@@ -69,6 +69,7 @@ def test_write_dataset_writes_the_flare_layout(
         "pancreas_forward": False,
         "liver_fissures": False,
         "gallbladder_fossa": False,
+        "true_pelvis": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
