@@ -85,7 +85,10 @@
 #       (configs/segmentation_wide.yaml, flare_seg/training/widen.py), 2500 steps on its sets;
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
-#    (configs/localization_fov.yaml).
+#    (configs/localization_fov.yaml). With CANDIDATES=1 also lp and lp2: the field-of-view
+#    localization network fine-tuned on aa2's sets and two sets with the lesser pelvis and the hips
+#    (--true-pelvis, seeds 1800 and 1801), 1500 steps (configs/localization_pelvis.yaml) or 1000 at
+#    a third of the learning rate (configs/localization_pelvis_mild.yaml); measured, not shipped.
 #    The shipped segmentation network is the mean of aa2, aa3 and r (export with three
 #    --segmentation-run; q, t and aa are the steps that lead to aa2; until 20261207-025541 it was p,
 #    aa2 and r); the localization network is the field-of-view one (weights of it, p and q
@@ -298,6 +301,19 @@ if [ "${FINETUNE:-1}" = 1 ]; then
   flare-seg train-localization "${ORGAN_LAYOUT_ALL_DATA}" --run-dir "${WORK}/runs/localization_fov" \
     --config configs/localization_fov.yaml --cache-dir "${WORK}/cache"
   LOC_RUN="${WORK}/runs/localization_fov"
+  if [ "${CANDIDATES:-0}" = 1 ]; then
+    # lp and lp2: the localization network on abdomen-pelvis scans with the lesser pelvis and hips
+    for seed in 1800 1801; do
+      [ -d "${WORK}/phantoms_${seed}/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_${seed}" --cases 48 \
+        --seed "${seed}" "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa --true-pelvis --workers 2
+    done
+    [ -d "${WORK}/train_pelvis/TrainingImg" ] || link_sets "${WORK}/train_pelvis" phantoms_1000 phantoms_1600 \
+      phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731 phantoms_1800 phantoms_1801
+    for name in pelvis pelvis_mild; do
+      flare-seg train-localization "${WORK}/train_pelvis" --run-dir "${WORK}/runs/localization_${name}" \
+        --config "configs/localization_${name}.yaml" --cache-dir "${WORK}/cache"  # lp, lp2
+    done
+  fi
   SEG_RUNS=(--segmentation-run "${WORK}/runs/segmentation_gallbladder_long"
     --segmentation-run "${WORK}/runs/segmentation_gallbladder_longer" --segmentation-run "${WORK}/runs/segmentation_fov_strong")
 fi
