@@ -82,7 +82,8 @@
 #       --pancreas-lipomatosis (seed 1760) or --pancreas-forward (seed 1770); aj. ai repeated with
 #       another sampling seed (configs/segmentation_pancreas_forward_repeat.yaml), to size the
 #       run-to-run spread; ak. aa3 widened to twice its filters without changing its outputs
-#       (configs/segmentation_wide.yaml, flare_seg/training/widen.py), 2500 steps on its sets;
+#       (configs/segmentation_wide.yaml, flare_seg/training/widen.py), 2500 steps on its sets; al.
+#       aa3, 2000 more steps with correlated noise of up to 40 HU (configs/segmentation_noise.yaml);
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml). With CANDIDATES=1 also lp and lp2: the field-of-view
@@ -95,7 +96,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to ak are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag, ai and aj: checkpoints/realct_fov7/segmentation_{thin_left_lobe,pancreas_forward,pancreas_forward_repeat}; ah's and ak's were not kept). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to al are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag, ai and aj: checkpoints/realct_fov7/segmentation_{thin_left_lobe,pancreas_forward,pancreas_forward_repeat}; ah's, ak's and al's were not kept). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -295,6 +296,7 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     done
     finetune "${WORK}/train_pancreas_forward" pancreas_forward_repeat "${WORK}/runs/segmentation_gallbladder_long"  # aj
     finetune "${GALLBLADDER_LONG_DATA}" wide "${WORK}/runs/segmentation_gallbladder_longer"  # ak
+    finetune "${GALLBLADDER_LONG_DATA}" noise "${WORK}/runs/segmentation_gallbladder_longer"  # al
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"

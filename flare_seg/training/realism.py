@@ -14,8 +14,9 @@ default: antialiased, so noise and texture compare at the same scale) and measur
   spine (x: its midline; y: the front of the vertebral body, slice by slice, which unlike the body
   centre does not move with the fat, the arms or the table) and to the liver's centroid (z), the
   body's width and depth, the fraction of the body that is fat, the
-  scan's length, and the liver's leftmost 30% (its left lobe): median front-to-back thickness and
-  the height of its lowest point above the liver's.
+  scan's length, the liver's leftmost 30% (its left lobe): median front-to-back thickness and
+  the height of its lowest point above the liver's, and the pancreas' course: how far its tail (the
+  leftmost 20% of its width) lies above and behind its head (the rightmost 20%).
 
 A phantom dataset is summarised by its median and 10th-90th percentile range over the cases. The
 table is meant to judge changes to the generator by numbers; the real CT is only measured.
@@ -180,6 +181,20 @@ def _shape(labels: np.ndarray, body: np.ndarray, spacing_mm: float, out: Stats, 
             out[f"{name} centroid z - liver mm"] = float(grid_z[idx[0]].mean() - liver_z)
     if np.any(labels == 1):
         _left_lobe(labels == 1, spacing_mm, out)
+    if np.any(labels == 4):
+        _pancreas_course(labels == 4, spacing_mm, out)
+
+
+def _pancreas_course(pancreas: np.ndarray, spacing_mm: float, out: Stats) -> None:
+    """How the pancreas runs from its head (its rightmost 20% of the width, LPS -x) to its tail
+    (the leftmost 20%): how far the tail's centroid lies above the head's and behind it (LPS +y)."""
+    z, y, x = np.nonzero(pancreas)
+    lo, hi = np.percentile(x, [20.0, 80.0])
+    head, tail = x <= lo, x >= hi
+    if not head.any() or not tail.any():
+        return
+    out["pancreas tail - head height mm"] = float(z[tail].mean() - z[head].mean()) * spacing_mm
+    out["pancreas tail - head depth mm"] = float(y[tail].mean() - y[head].mean()) * spacing_mm
 
 
 def _left_lobe(liver: np.ndarray, spacing_mm: float, out: Stats) -> None:

@@ -137,3 +137,26 @@ def test_a_plate_like_left_lobe_is_thin_and_its_bottom_is_measured():
     stats = measure(image, mask)
     assert stats["liver left lobe thickness mm"] == pytest.approx(24.0)
     assert stats["liver left lobe bottom - liver's mm"] == pytest.approx(30.0)
+
+
+def test_the_pancreas_course_from_head_to_tail_is_measured():
+    """A pancreas whose head (LPS -x: low x index) is a low block at the front and whose tail
+    (high x) is 5 slices higher and 4 voxels further back: 15 mm above and 12 mm behind; stored
+    flipped in x, the same anatomy gives the same figures."""
+    hu = np.full((40, 60, 70), -1000.0, np.float32)
+    hu[2:-2, 8:-8, 6:-6] = -100.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[10:20, 20:26, 15:25] = 4  # head
+    labels[14:22, 22:28, 25:45] = 4  # neck and body, in between
+    labels[15:25, 24:30, 45:55] = 4  # tail
+    hu[labels == 4] = 40.0
+    for flip in (False, True):
+        h, lab = (hu[:, :, ::-1].copy(), labels[:, :, ::-1].copy()) if flip else (hu, labels)
+        image, mask = sitk.GetImageFromArray(h), sitk.GetImageFromArray(lab)
+        for im in (image, mask):
+            im.SetSpacing((3.0, 3.0, 3.0))
+            if flip:
+                im.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+        stats = measure(image, mask)
+        assert stats["pancreas tail - head height mm"] == pytest.approx(15.0, abs=1.0)
+        assert stats["pancreas tail - head depth mm"] == pytest.approx(12.0, abs=1.0)
