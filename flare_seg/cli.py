@@ -65,6 +65,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             liver_fissures=args.liver_fissures,
             gallbladder_fossa=args.gallbladder_fossa,
             true_pelvis=args.true_pelvis,
+            flat_pancreas=args.flat_pancreas,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -475,6 +476,12 @@ def _add_synth(sub: _Subparsers) -> None:
         help="the gallbladder in its fossa on the liver's underside (25-65%% of it inside the liver's "
         "outline, the fundus forward and down), pear-shaped, with an enhancing wall (70%%), sludge "
         "(15%%) or stones (12%%); left out of the liver label",
+    )
+    p.add_argument(
+        "--flat-pancreas",
+        action="store_true",
+        help="in 60%% of cases the pancreas' tail 10-30 mm lower (the body half of it, neither below "
+        "the neck): a gland that runs flatter from head to tail",
     )
     p.add_argument(
         "--true-pelvis",

@@ -84,6 +84,8 @@ class OrganVariety:
         neck and body lie that much further to the front, the tail (at the splenic hilum) a third
         of it; less where the abdomen has no room for it (the neck's centre stays within 55% of
         the way from the aorta to the front wall).
+    pancreas_tail_drop_mm: how much lower the pancreas' tail lies than drawn, mm (the body half of
+        it): a flatter gland, its tail no more than 5 mm below the neck.
     """
 
     pancreas_thickness: float = 1.0
@@ -109,6 +111,7 @@ class OrganVariety:
     liver_left_lobe_height: float = 1.0
     liver_left_lobe_front_mm: float = 0.0
     pancreas_forward_mm: float = 0.0
+    pancreas_tail_drop_mm: float = 0.0
 
 
 class AnatomyBuilder:

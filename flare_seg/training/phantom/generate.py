@@ -51,6 +51,8 @@ from flare_seg.training.phantom.variety import (
     bone_density_appearance,
     fatty_pancreas_rng,
     fatty_pancreas_variety,
+    flat_pancreas_rng,
+    flat_pancreas_variety,
     lateral_spleen_rng,
     lateral_spleen_variety,
     low_left_lobe_rng,
@@ -101,6 +103,8 @@ def generate_case_with_info(
         variety = thin_left_lobe_variety(thin_left_lobe_rng(seed), variety)
     if options.pancreas_forward:
         variety = pancreas_forward_variety(pancreas_forward_rng(seed), variety)
+    if options.flat_pancreas:
+        variety = flat_pancreas_variety(flat_pancreas_rng(seed), variety)
     plan = sample_lesions(lesion_rng(seed)) if options.lesions else NO_LESIONS
     mass = None
     if options.liver_masses > 0:

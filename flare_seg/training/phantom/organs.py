@@ -338,6 +338,10 @@ def add_pancreas(b: AnatomyBuilder) -> None:
     kidney_center, kidney_semi, kidney_halo = b.left_kidney
     tail[1] = min(tail[1], kidney_center[1] - kidney_semi[1] * 1.1 - kidney_halo - r_tail - 2.0)  # in front
     tail[2] = float(np.clip(tail[2], z_p, z_p + 40))
+    if b.variety.pancreas_tail_drop_mm > 0:  # a flatter gland: tail and body lower
+        drop = b.variety.pancreas_tail_drop_mm
+        tail[2] = max(tail[2] - drop, z_p - 5.0)
+        body_pt[2] = max(body_pt[2] - 0.5 * drop, z_p - 3.0)
     tail[0] = min(tail[0], body_pt[0] + 70)
     r_ap = np.array([b.u(14, 16) * thick, r_neck, b.u(13, 15) * thick, r_tail])
     r_si = np.array([b.u(16, 20), b.u(14, 17), b.u(15, 18), b.u(13, 16)]) * thick

@@ -70,6 +70,8 @@ class PhantomOptions:
     gallbladder_fossa: the gallbladder in a fossa on the liver's underside (a quarter to two thirds
         of it inside the liver's outline, its fundus forward and down), pear-shaped, with a wall,
         sludge or stones in some cases (``phantom.gallbladder``).
+    flat_pancreas: a pancreas whose tail lies lower, nearer the head's height, in some cases
+        (``phantom.variety``).
     true_pelvis: the lesser pelvis and the hips below the iliac crests (the sacrum ending at the
         coccyx, pubic and ischial bones, femoral shafts, the iliacus, obturator, gluteal and thigh
         muscles) with the ``iliac_wings`` bones, and abdomen-pelvis fields of view that reach below
@@ -96,6 +98,7 @@ class PhantomOptions:
     liver_fissures: bool = False
     gallbladder_fossa: bool = False
     true_pelvis: bool = False
+    flat_pancreas: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

@@ -70,6 +70,7 @@ def test_write_dataset_writes_the_flare_layout(
         "liver_fissures": False,
         "gallbladder_fossa": False,
         "true_pelvis": False,
+        "flat_pancreas": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)

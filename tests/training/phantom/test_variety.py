@@ -217,6 +217,7 @@ def test_anatomy_variety_is_recorded_and_on_the_command_line(tmp_path):
         "liver_left_lobe_height",
         "liver_left_lobe_front_mm",
         "pancreas_forward_mm",
+        "pancreas_tail_drop_mm",
     }
     # the spleen's position stays the textbook one without --lateral-spleen, the pancreas without
     # fat, the organ layout without --organ-layout, the left liver lobe without --low-left-lobe
@@ -548,3 +549,51 @@ def test_pancreas_forward_moves_the_gland_to_the_front_and_leaves_the_kidneys(tm
     np.testing.assert_array_equal(mask == LABEL["kidney"], plain_mask == LABEL["kidney"])
 
     synth_small_case(tmp_path / "ds", "--pancreas-forward")
+
+
+def test_flat_pancreas_lowers_the_tail_and_body_but_not_below_the_neck():
+    """The tail's and the body's control points (the splenic vein's, which run behind them) drop by
+    the drawn amount and its half, never below 5 and 3 mm under the neck; head and neck stay."""
+    from flare_seg.training.phantom.variety import flat_pancreas_rng, flat_pancreas_variety
+
+    def curve(variety: OrganVariety) -> tuple[np.ndarray, float]:
+        rng_anatomy, _, rng_hu, _ = case_rngs(PELVIS_SEED)
+        b = AnatomyBuilder(rng_anatomy, sample_appearance(rng_hu), variety)
+        b.build()
+        return b.splenic_curve.copy(), float(b.z_pancreas)
+
+    plain, z_p = curve(OrganVariety())
+    for drop in (12.0, 200.0):
+        flat, _ = curve(OrganVariety(pancreas_tail_drop_mm=drop))
+        np.testing.assert_array_equal(flat[0], plain[0])  # behind the neck
+        np.testing.assert_array_equal(flat[3], plain[3])  # the splenic hilum
+        assert flat[2][2] == pytest.approx(max(plain[2][2] - drop, z_p - 5.0))
+        assert flat[1][2] == pytest.approx(max(plain[1][2] - 0.5 * drop, z_p - 3.0))
+    draws = [flat_pancreas_variety(flat_pancreas_rng(s), None) for s in range(200)]
+    dropped = [v.pancreas_tail_drop_mm for v in draws if v.pancreas_tail_drop_mm > 0.0]
+    assert 0.45 < len(dropped) / len(draws) < 0.75 and all(10.0 <= d <= 30.0 for d in dropped)
+
+
+def test_flat_pancreas_moves_the_tail_down_and_leaves_the_kidneys(tmp_path):
+    """Where it draws a large drop, the pancreas' leftmost part (its tail; no flips, so the grid's
+    x is LPS x and z runs from feet to head) lies lower, the kidneys are those of the seed; on the
+    command line and in dataset.json."""
+    from flare_seg.training.phantom.variety import flat_pancreas_rng, flat_pancreas_variety
+
+    plain_mask, mask, info = _plain_and_with(
+        "flat_pancreas",
+        lambda v: v.pancreas_tail_drop_mm > 20.0,
+        lambda s: flat_pancreas_variety(flat_pancreas_rng(s), None),
+    )
+
+    def tail_z(m: np.ndarray) -> float:
+        z, _, x = np.nonzero(m == LABEL["pancreas"])
+        return float(z[x >= np.percentile(x, 80)].mean())
+
+    assert (tail_z(plain_mask) - tail_z(mask)) * info.spacing_xyz[2] > 5.0
+    # the kidneys, drawn first, gain nothing; the splenic vein behind the lowered tail may take a
+    # few of the left kidney's voxels (it runs in front of it)
+    kidney, plain_kidney = mask == LABEL["kidney"], plain_mask == LABEL["kidney"]
+    assert not (kidney & ~plain_kidney).any()
+    assert (plain_kidney & ~kidney).sum() <= 0.02 * plain_kidney.sum()
+    synth_small_case(tmp_path / "ds", "--flat-pancreas")
