@@ -66,6 +66,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             gallbladder_fossa=args.gallbladder_fossa,
             true_pelvis=args.true_pelvis,
             flat_pancreas=args.flat_pancreas,
+            stomach_in_front=args.stomach_in_front,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -482,6 +483,12 @@ def _add_synth(sub: _Subparsers) -> None:
         action="store_true",
         help="in 60%% of cases the pancreas' tail 10-30 mm lower (the body half of it, neither below "
         "the neck): a gland that runs flatter from head to tail",
+    )
+    p.add_argument(
+        "--stomach-in-front",
+        action="store_true",
+        help="the stomach kept in front of the pancreas with 3-8 mm of fat between them, instead of "
+        "wrapping around the gland's body and tail",
     )
     p.add_argument(
         "--true-pelvis",

@@ -26,7 +26,12 @@ from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
 from flare_seg.training.phantom.appearance import add_noise, sample_appearance
 from flare_seg.training.phantom.arms import add_arms, arms_rng
 from flare_seg.training.phantom.body import paint_body
-from flare_seg.training.phantom.bowel import sample_stomach_plan, stomach_rng
+from flare_seg.training.phantom.bowel import (
+    keep_stomach_in_front,
+    sample_stomach_plan,
+    stomach_in_front_rng,
+    stomach_rng,
+)
 from flare_seg.training.phantom.canvas import Canvas
 from flare_seg.training.phantom.fissures import add_liver_fissures, liver_fissures_rng
 from flare_seg.training.phantom.gallbladder import add_gallbladder_in_fossa, gallbladder_rng
@@ -122,6 +127,8 @@ def generate_case_with_info(
         hips_z = hip_bottom_z(anatomy)
     if options.arms:
         anatomy = add_arms(arms_rng(seed), builder, anatomy)
+    if options.stomach_in_front:
+        anatomy = keep_stomach_in_front(stomach_in_front_rng(seed), anatomy)
     fissures: tuple[str, ...] | None = None
     if options.liver_fissures:
         anatomy, fissures = add_liver_fissures(liver_fissures_rng(seed), builder, anatomy)

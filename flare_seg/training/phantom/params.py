@@ -72,6 +72,8 @@ class PhantomOptions:
         sludge or stones in some cases (``phantom.gallbladder``).
     flat_pancreas: a pancreas whose tail lies lower, nearer the head's height, in some cases
         (``phantom.variety``).
+    stomach_in_front: the stomach kept in front of the pancreas, with fat between them, instead of
+        its tube wrapping around the gland's body and tail (``phantom.bowel``).
     true_pelvis: the lesser pelvis and the hips below the iliac crests (the sacrum ending at the
         coccyx, pubic and ischial bones, femoral shafts, the iliacus, obturator, gluteal and thigh
         muscles) with the ``iliac_wings`` bones, and abdomen-pelvis fields of view that reach below
@@ -99,6 +101,7 @@ class PhantomOptions:
     gallbladder_fossa: bool = False
     true_pelvis: bool = False
     flat_pancreas: bool = False
+    stomach_in_front: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZE_LIMITS:

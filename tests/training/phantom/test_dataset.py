@@ -71,6 +71,7 @@ def test_write_dataset_writes_the_flare_layout(
         "gallbladder_fossa": False,
         "true_pelvis": False,
         "flat_pancreas": False,
+        "stomach_in_front": False,
     }
     for i, name in enumerate(names):
         assert meta["case_seeds"][name] == case_seed(5, i)
