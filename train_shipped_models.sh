@@ -87,7 +87,8 @@
 #       am. aa2, 2000 steps on its sets and a flatter pancreas further to the front (--pancreas-forward
 #       --flat-pancreas, seed 1790; configs/segmentation_flat_pancreas.yaml); an. aa2, 2000 steps on
 #       its sets and two with the stomach in front of the pancreas (--stomach-in-front, seeds 1791 and
-#       1792; configs/segmentation_stomach.yaml);
+#       1792; configs/segmentation_stomach.yaml); an2. the same on stomach-in-front sets only (1791
+#       to 1793; configs/segmentation_stomach_only.yaml);
 #    and the localization network, from its variety stage (checkpoints/realct_variety/localization),
 #    2000 steps on the same sets with half the samples cut to a shorter scan
 #    (configs/localization_fov.yaml). With CANDIDATES=1 also lp and lp2: the field-of-view
@@ -100,7 +101,7 @@
 #    in checkpoints/realct_fov/, of r, s, t, u and t2 in checkpoints/realct_fov2/segmentation_{strong,
 #    base_mild,low_left_lobe,low_left_lobe_strong,low_left_lobe_long}: copy them to
 #    ${WORK}/runs/segmentation_fov_strong, _fov_base_mild, _low_left_lobe, _low_left_lobe_strong and
-#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to an are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag, ai and aj: checkpoints/realct_fov7/segmentation_{thin_left_lobe,pancreas_forward,pancreas_forward_repeat}; ah's and ak's to an's were not kept). Fine-tuning the localization net the same way
+#    _low_left_lobe_long). d to h, l to o, p, s, u, t2, v to z, ab and ac to an2 are not part of it and run only with CANDIDATES=1 (the weights of v, w and x: checkpoints/realct_fov3/segmentation_{liver_fissures,liver_fissures_strong,centre_jitter}; of y and z: checkpoints/realct_fov4/segmentation_{spatial_sum,spatial_sum_strong}; of ab and aa3: checkpoints/realct_fov5/segmentation_{gallbladder_strong,gallbladder_longer}; of ac to af: checkpoints/realct_fov6/segmentation_{gallbladder_strong_long,gallbladder_base,gallbladder_settle,gallbladder_robust}; of ag, ai and aj: checkpoints/realct_fov7/segmentation_{thin_left_lobe,pancreas_forward,pancreas_forward_repeat}; ah's and ak's to an2's were not kept). Fine-tuning the localization net the same way
 #    (configs/localization_{finetune,variety}.yaml, weights in checkpoints/realct_finetune/ and
 #    checkpoints/realct_variety/) cut organs on the real scans, so the recipe does not run it; nor
 #    configs/segmentation_layout.yaml (weights in checkpoints/realct_layout/), whose network, alone
@@ -315,6 +316,12 @@ if [ "${FINETUNE:-1}" = 1 ]; then
     [ -d "${WORK}/train_stomach/TrainingImg" ] || link_sets "${WORK}/train_stomach" phantoms_1000 phantoms_1600 \
       phantoms_1700 phantoms_1720 phantoms_1730 phantoms_1731 phantoms_1791 phantoms_1792
     finetune "${WORK}/train_stomach" stomach "${WORK}/runs/segmentation_gallbladder_long"  # an
+    # an2: aa2, 2000 steps on stomach-in-front sets only (1791, 1792, 1793)
+    [ -d "${WORK}/phantoms_1793/TrainingImg" ] || flare-seg synth "${WORK}/phantoms_1793" --cases 48 --seed 1793 \
+      "${EVERY_OPTION[@]}" --low-left-lobe --gallbladder-fossa --stomach-in-front --workers 2
+    [ -d "${WORK}/train_stomach_only/TrainingImg" ] || link_sets "${WORK}/train_stomach_only" phantoms_1791 \
+      phantoms_1792 phantoms_1793
+    finetune "${WORK}/train_stomach_only" stomach_only "${WORK}/runs/segmentation_gallbladder_long"  # an2
   fi
   # the localization net's variety stage (its run folder: a copy of checkpoints/realct_variety/localization)
   [ -d "${WORK}/runs/localization_variety" ] || cp -r checkpoints/realct_variety/localization "${WORK}/runs/localization_variety"
