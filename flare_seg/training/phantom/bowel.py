@@ -19,17 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from flare_seg.labels import LABELS
 from flare_seg.training.phantom.appearance import PHASES, Waves
 from flare_seg.training.phantom.canvas import HuFn, PaintContext, Part
 from flare_seg.training.phantom.coarse import Coarse
-from flare_seg.training.phantom.params import option_rng
+from flare_seg.training.phantom.params import PANCREAS, option_rng
 from flare_seg.training.phantom.shapes import Sampled, Tube, unit
 
 if TYPE_CHECKING:
     from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder
-
-PANCREAS_CODE = next(k for k, v in LABELS.items() if v == "pancreas")
 
 
 COLLAPSED_STOMACH_PROBABILITY = 0.5  # of cases with the collapsed_stomach option
@@ -252,7 +249,7 @@ def keep_stomach_in_front(rng: np.random.Generator, anatomy: Anatomy) -> Anatomy
     fat between them. Nothing else changes."""
     parts = list(anatomy.parts)
     index = next((i for i, p in enumerate(parts) if p.name == "stomach"), None)
-    pancreas = next((p for p in parts if p.code == PANCREAS_CODE), None)
+    pancreas = next((p for p in parts if p.code == PANCREAS), None)
     if index is None or pancreas is None:
         return anatomy
     stomach = parts[index]

@@ -29,6 +29,7 @@ import numpy as np
 from flare_seg.training.phantom.body import THETA, Body
 from flare_seg.training.phantom.canvas import Part, const, layers
 from flare_seg.training.phantom.params import option_rng
+from flare_seg.training.phantom.pelvis import femoral_heads, is_pelvis_part
 from flare_seg.training.phantom.shapes import Frame, Tube, ellipsoid_fn
 
 if TYPE_CHECKING:
@@ -60,25 +61,16 @@ def _clipped(shape, clip):
     return fn
 
 
-def femoral_heads(anatomy: Anatomy) -> list[tuple[np.ndarray, float]]:
-    """(centre, radius) of the right (-1) and left (+1) femoral heads, anatomy mm."""
-    heads = []
-    for side in (-1, 1):
-        part = next(p for p in anatomy.parts if p.name == f"femoral_head_{side}")
-        heads.append(((part.lo + part.hi) / 2.0, float((part.hi - part.lo)[0] / 2.0)))
-    return heads
-
-
 def hip_bottom_z(anatomy: Anatomy) -> float:
     """Height (mm, anatomy z) of the lower of the two femoral heads' centres."""
-    return float(min(center[2] for center, _ in femoral_heads(anatomy)))
+    return float(min(center[2] for center, _ in femoral_heads(anatomy.parts)))
 
 
 def add_true_pelvis(rng: np.random.Generator, builder: AnatomyBuilder, anatomy: Anatomy) -> Anatomy:
     """``anatomy`` (with the ``iliac_wings`` bones already added) with the sacrum ended at the
     coccyx, the pubic and ischial bones, the femoral shafts and the pelvic and hip muscles."""
     hu, body, spine = builder.hu, anatomy.body, builder.spine
-    heads = femoral_heads(anatomy)
+    heads = femoral_heads(anatomy.parts)
     head_z = float(np.mean([c[2] for c, _ in heads]))
     bone = layers(hu["cortical"], (rng.uniform(2.0, 3.5), hu["cancellous"]))
     muscle = const(hu["muscle"])
@@ -203,7 +195,7 @@ def add_true_pelvis(rng: np.random.Generator, builder: AnatomyBuilder, anatomy: 
 
     muscles = [dataclasses.replace(m, shape=_clipped(m.shape, outside_column)) for m in muscles]
     n_first = len(builder.force) + len(builder.organs)
-    n_wings = sum(1 for p in parts if p.name.startswith(WING_PARTS))
+    n_wings = sum(1 for p in parts if is_pelvis_part(p.name))
     cut = n_first + n_wings
     parts = [*parts[:n_first], *muscles, *parts[n_first:cut], *bones, *parts[cut:]]
     # the lesser pelvis is narrow: hip muscles fill the body layer's cavity beside it
@@ -214,6 +206,3 @@ def add_true_pelvis(rng: np.random.Generator, builder: AnatomyBuilder, anatomy: 
 
 
 PELVIS_NARROWING = (0.4, 0.55)  # the cavity's lateral narrowing in the lesser pelvis (0.15-0.3 without)
-
-# the parts that ``iliac_wings`` inserts after the organs (``pelvis.pelvis_parts``)
-WING_PARTS = ("iliac_wing_", "gluteus_", "acetabulum_", "femoral_neck_", "trochanter_")

@@ -9,12 +9,31 @@ same with and without it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from flare_seg.training.phantom.body import Body
 from flare_seg.training.phantom.canvas import Part, const, layers
 from flare_seg.training.phantom.shapes import Frame, ellipsoid, ellipsoid_fn, orthonormal, unit
 from flare_seg.training.phantom.skeleton import Spine
+
+# The parts ``pelvis_parts`` draws, one per side each, named "<part>_<side>".
+PELVIS_PARTS = ("iliac_wing", "gluteus", "acetabulum", "femoral_neck", "trochanter")
+
+
+def is_pelvis_part(name: str) -> bool:
+    """Whether a part of that name is one that ``pelvis_parts`` draws."""
+    return name.rsplit("_", 1)[0] in PELVIS_PARTS
+
+
+def femoral_heads(parts: Sequence[Part]) -> list[tuple[np.ndarray, float]]:
+    """(centre, radius) of the right (-1) and left (+1) femoral heads among ``parts``, anatomy mm."""
+    heads = []
+    for side in (-1, 1):
+        part = next(p for p in parts if p.name == f"femoral_head_{side}")
+        heads.append(((part.lo + part.hi) / 2.0, float((part.hi - part.lo)[0] / 2.0)))
+    return heads
 
 
 def _plate(frame: Frame, semi: tuple[float, float, float], cup_mm: float):

@@ -15,7 +15,7 @@ import numpy as np
 from flare_seg.training.phantom.anatomy import Anatomy, AnatomyBuilder, OrganVariety
 from flare_seg.training.phantom.appearance import Appearance
 from flare_seg.training.phantom.params import option_rng
-from flare_seg.training.phantom.pelvis import pelvis_parts
+from flare_seg.training.phantom.pelvis import femoral_heads, pelvis_parts
 
 # Soft tissues whose mean HU gets a per-case offset (air, fat, water, bone and contrast media keep
 # their physical ranges).
@@ -259,10 +259,7 @@ def spread_appearance(rng: np.random.Generator, appearance: Appearance, spread_h
 def add_bony_pelvis(rng: np.random.Generator, builder: AnatomyBuilder, anatomy: Anatomy) -> Anatomy:
     """``anatomy`` with iliac wings, acetabula, femoral necks, trochanters and gluteal muscles, and
     without the body layer's thin-shell wings."""
-    heads = []
-    for side in (-1, 1):
-        part = next(p for p in anatomy.parts if p.name == f"femoral_head_{side}")
-        heads.append(((part.lo + part.hi) / 2.0, float((part.hi - part.lo)[0] / 2.0)))
+    heads = femoral_heads(anatomy.parts)
     extra = pelvis_parts(rng, builder.hu, anatomy.body, builder.spine, builder.cav_a, heads)
     # After the organs (which they never paint over: the organs' shapes stay those of the seed),
     # before the bowel and muscles, which take only what is left.

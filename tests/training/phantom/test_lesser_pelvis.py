@@ -11,13 +11,12 @@ from flare_seg.training.phantom.anatomy import AnatomyBuilder
 from flare_seg.training.phantom.appearance import sample_appearance
 from flare_seg.training.phantom.lesser_pelvis import (
     PELVIS_NARROWING,
-    WING_PARTS,
     add_true_pelvis,
-    femoral_heads,
     hip_bottom_z,
     true_pelvis_rng,
 )
 from flare_seg.training.phantom.params import case_rngs
+from flare_seg.training.phantom.pelvis import femoral_heads, is_pelvis_part
 from flare_seg.training.phantom.variety import add_bony_pelvis, variety_rng
 from tests.training.phantom.helpers import _case_arrays, synth_small_case
 
@@ -42,7 +41,7 @@ def _column_axis(builder: AnatomyBuilder, z: np.ndarray):
 @pytest.mark.parametrize("seed", [3, 11])
 def test_the_column_ends_at_the_coccyx_above_the_hips_and_nothing_else_of_the_anatomy_moves(seed):
     builder, wings, pelvis = _anatomies(seed)
-    head_z = float(np.mean([c[2] for c, _ in femoral_heads(pelvis)]))
+    head_z = float(np.mean([c[2] for c, _ in femoral_heads(pelvis.parts)]))
     z = np.arange(builder.sacrum_z - 130.0, builder.sacrum_z, 1.0, dtype=np.float32)
     before = next(p for p in wings.parts if p.name == "spine").shape(*_column_axis(builder, z))
     after = next(p for p in pelvis.parts if p.name == "spine").shape(*_column_axis(builder, z))
@@ -61,9 +60,7 @@ def test_muscles_come_after_the_organs_and_under_the_bones_and_keep_out_of_the_c
     names = [p.name for p in pelvis.parts]
     organs = [i for i, p in enumerate(pelvis.parts) if p in builder.organs]
     muscles = [i for i, n in enumerate(names) if n.startswith(NEW_MUSCLES)]
-    wing_bones = [
-        i for i, n in enumerate(names) if n.startswith(WING_PARTS) and not n.startswith(NEW_MUSCLES)
-    ]
+    wing_bones = [i for i, n in enumerate(names) if is_pelvis_part(n)]
     bones = [i for i, n in enumerate(names) if n.startswith(NEW_BONES)]
     assert len(muscles) == 8 and len(bones) == 4  # both sides; the wings give both iliaci
     assert max(organs) < min(muscles) and max(muscles) < min(wing_bones) and max(wing_bones) < min(bones)
